@@ -1,0 +1,227 @@
+//! Turning deliveries into handler calls and applying each job's result: `Ok` acks,
+//! a retryable error schedules the next attempt after a backoff, a fatal error or the
+//! last attempt dead-letters.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::ack::Ack;
+use super::{Delivery, Shared};
+use crate::error::{Disposition, JobError};
+use crate::job::now_ms;
+use crate::registry::DEFAULT_MAX_WAIT_MS;
+use crate::{dlq, wire};
+
+/// Gathers deliveries into calls and starts them while the concurrency limit allows;
+/// returns when the consumer shuts down. Deliveries still queued then stay pending in
+/// Redis and are delivered again.
+pub(crate) async fn run(shared: Arc<Shared>, mut deliveries: mpsc::Receiver<Delivery>) {
+    let batch_size = shared.def.batch_size();
+    let max_wait = Duration::from_millis(shared.def.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS));
+    loop {
+        let permit = tokio::select! {
+            permit = shared.concurrency.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            () = shared.shutdown.cancelled() => return,
+        };
+        let first = tokio::select! {
+            delivery = deliveries.recv() => match delivery { Some(d) => d, None => return },
+            () = shared.shutdown.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        if batch_size > 1 {
+            let deadline = Instant::now() + max_wait;
+            while batch.len() < batch_size {
+                tokio::select! {
+                    delivery = deliveries.recv() => match delivery {
+                        Some(d) => batch.push(d),
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = shared.shutdown.cancelled() => break,
+                }
+            }
+        }
+        shared.tasks.spawn(call(shared.clone(), batch, permit));
+    }
+}
+
+/// One handler call and the outcome of each of its jobs.
+async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+    let mut runnable = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        if let Err(reason) = &delivery.job {
+            let reason = reason.clone();
+            dead_letter(&shared, &delivery, &reason).await;
+        } else if delivery.attempt > shared.max_attempts {
+            let reason = format!(
+                "gave up after {} deliveries: the worker stopped (crashed or was killed) \
+                 while running the last ones",
+                delivery.attempt - 1
+            );
+            dead_letter(&shared, &delivery, &reason).await;
+        } else {
+            runnable.push(delivery);
+        }
+    }
+    if runnable.is_empty() {
+        return;
+    }
+    let jobs = runnable
+        .iter()
+        .map(|d| d.job.clone().expect("only decodable deliveries run"))
+        .collect::<Vec<_>>();
+    for job in &jobs {
+        tracing::info!(
+            topic = %shared.topic, partition = job.meta.partition, job_id = %job.meta.id,
+            attempt = job.meta.attempt,
+            "Consumer {} processing job {} (attempt {})",
+            shared.consumer, job.meta.id, job.meta.attempt
+        );
+    }
+    let count = jobs.len();
+    let handler = shared.def.call;
+    let results = match AssertUnwindSafe(async move { handler(jobs).await })
+        .catch_unwind()
+        .await
+    {
+        Ok(results) => results,
+        Err(panic) => {
+            let message = panic_message(&panic);
+            tracing::error!(handler = shared.def.name, "handler panicked: {message}");
+            (0..count)
+                .map(|_| Err(JobError::retry(format!("handler panicked: {message}"))))
+                .collect()
+        }
+    };
+    drop(permit);
+    for (delivery, result) in runnable.into_iter().zip(results) {
+        settle(&shared, delivery, result).await;
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), JobError>) {
+    let error = match result {
+        Ok(()) => return ack(shared, &delivery),
+        Err(error) => error,
+    };
+    let job_id = delivery
+        .job
+        .as_ref()
+        .map(|j| j.meta.id.to_string())
+        .unwrap_or_default();
+    if error.disposition() == Disposition::Fatal || delivery.attempt >= shared.max_attempts {
+        tracing::warn!(
+            topic = %shared.topic, job_id, attempt = delivery.attempt, error = %error,
+            "job failed for good; moving it to the dead-letter queue"
+        );
+        return dead_letter(shared, &delivery, &error.to_string()).await;
+    }
+    let delay = shared.backoff.delay(delivery.attempt + 1);
+    tracing::warn!(
+        topic = %shared.topic, job_id, attempt = delivery.attempt, error = %error,
+        retry_in_ms = delay.as_millis() as u64,
+        "job failed; retrying"
+    );
+    shared.tasks.spawn(retry(shared.clone(), delivery, delay));
+}
+
+fn ack(shared: &Shared, delivery: &Delivery) {
+    let _ = shared.acks.send(Ack::Entry {
+        stream: delivery.stream(shared),
+        id: delivery.entry_id.clone(),
+    });
+}
+
+/// Waits out the backoff, then claims the entry again for the next attempt. The claim
+/// records the attempt in Redis (the delivery counter), so a crash during the attempt
+/// still counts it, and it fails if another consumer took the entry over meanwhile.
+async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        // The entry stays pending and comes back through a claim.
+        () = shared.shutdown.cancelled() => return,
+    }
+    let next = delivery.attempt + 1;
+    let claimed: Result<redis::Value, _> = redis::cmd("XCLAIM")
+        .arg(delivery.stream(&shared))
+        .arg(shared.group)
+        .arg(&shared.consumer)
+        .arg(0)
+        .arg(&delivery.entry_id)
+        .arg("RETRYCOUNT")
+        .arg(next)
+        .arg("JUSTID")
+        .query_async(&mut shared.conn.clone())
+        .await;
+    match claimed.map(|v| wire::parse_strings(&v)) {
+        Ok(Ok(ids)) if !ids.is_empty() => {
+            delivery.attempt = next;
+            if let Ok(job) = &mut delivery.job {
+                job.meta.attempt = next;
+            }
+            tokio::select! {
+                _ = shared.deliveries.send(delivery) => {}
+                () = shared.shutdown.cancelled() => {}
+            }
+        }
+        Ok(_) => {
+            tracing::debug!(entry = %delivery.entry_id, "entry no longer pending here; not retrying")
+        }
+        Err(e) => tracing::warn!(
+            entry = %delivery.entry_id, error = %e,
+            "could not claim the job for its retry; it stays pending and will be delivered again"
+        ),
+    }
+}
+
+async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
+    let (job_id, payload) = match &delivery.job {
+        Ok(job) => (job.meta.id.to_string(), job.payload.to_string()),
+        Err(_) => (
+            delivery.entry_id.clone(),
+            delivery.raw_fields.clone().unwrap_or_default(),
+        ),
+    };
+    let letter = wire::DeadLetter {
+        job_id: &job_id,
+        topic: &shared.topic,
+        group: shared.group,
+        partition: delivery.partition,
+        attempts: delivery.attempt,
+        error,
+        payload: &payload,
+        entry_id: &delivery.entry_id,
+        failed_at_ms: now_ms(),
+    };
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..8 {
+        match dlq::write(&mut shared.conn.clone(), &letter).await {
+            Ok(_) => {
+                tracing::warn!(topic = %shared.topic, job_id, error, "Job {job_id} moved to the dead-letter queue");
+                return ack(shared, delivery);
+            }
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "writing the dead letter failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    tracing::error!(
+        job_id,
+        "could not write the dead letter; the job stays pending and will be delivered again"
+    );
+}

@@ -1,0 +1,100 @@
+//! Reading new entries: one blocking `XREADGROUP` over all partitions on a connection of
+//! its own, sized to the room the executor has, so nothing is fetched that cannot start
+//! soon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Client;
+
+use super::{create_groups, Delivery, Shared};
+use crate::error::Error;
+use crate::keys;
+use crate::redis_conn;
+use crate::wire;
+
+/// Most entries asked for in one read.
+const MAX_READ: usize = 1000;
+
+pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
+    let block_ms = shared.config.block.as_millis() as u64;
+    let mut conn =
+        redis_conn::manager(client, shared.config.block + Duration::from_secs(5)).await?;
+    let streams = shared.streams();
+    let mut failures = 0u32;
+    loop {
+        // Wait for room: a slot in the delivery queue.
+        let room = tokio::select! {
+            permit = shared.deliveries.reserve() => match permit {
+                Ok(permit) => { drop(permit); shared.deliveries.capacity().clamp(1, MAX_READ) }
+                Err(_) => return Ok(()),
+            },
+            () = shared.shutdown.cancelled() => return Ok(()),
+        };
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(shared.group)
+            .arg(&shared.consumer)
+            .arg("COUNT")
+            .arg(room)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&streams);
+        for _ in &streams {
+            read.arg(">");
+        }
+        let reply = tokio::select! {
+            reply = read.query_async::<redis::Value>(&mut conn) => reply,
+            () = shared.shutdown.cancelled() => return Ok(()),
+        };
+        let entries = match reply
+            .map_err(Error::from)
+            .and_then(|v| Ok(wire::parse_read(&v)?))
+        {
+            Ok(entries) => {
+                failures = 0;
+                entries
+            }
+            Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+                // Redis lost the group (restarted without persistence, or someone deleted
+                // it): make it again and go on.
+                tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
+                let mut conn = shared.conn.clone();
+                if let Err(e) =
+                    create_groups(&mut conn, &shared.topic, shared.group, shared.partitions).await
+                {
+                    tracing::warn!(error = %e, "could not create the consumer group");
+                    pause(&shared, &mut failures).await;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %shared.topic, error = %e, "reading jobs failed; retrying");
+                pause(&shared, &mut failures).await;
+                continue;
+            }
+        };
+        for (stream, entries) in entries {
+            let Some(partition) = keys::partition_of(&shared.topic, &stream) else {
+                continue;
+            };
+            for entry in &entries {
+                let delivery = Delivery::new(&shared, partition, entry, 1);
+                if shared.deliveries.send(delivery).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Backs off after a failed read, longer the more reads failed in a row.
+async fn pause(shared: &Shared, failures: &mut u32) {
+    *failures += 1;
+    let delay = Duration::from_millis(100 * 2u64.pow((*failures).min(5)));
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = shared.shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,122 @@
+//! What a handler receives: [`Job`], and the [`JobId`] that names a job from enqueue to
+//! the dead-letter queue.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The id of a job: returned by `enqueue`, carried by [`Job::id`], stored in the stream
+/// entry's `id` field and shown by the tools and the dead-letter queue.
+///
+/// Ids are UUIDv7 strings, so they sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(Arc<str>);
+
+impl JobId {
+    pub(crate) fn generate() -> Self {
+        JobId(uuid::Uuid::now_v7().to_string().into())
+    }
+
+    pub(crate) fn from_stored(id: &str) -> Self {
+        JobId(id.into())
+    }
+
+    /// The id as stored in Redis.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for JobId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One delivery of a job to a handler, with its typed payload.
+#[derive(Debug, Clone)]
+pub struct Job<T> {
+    payload: T,
+    meta: JobMeta,
+}
+
+/// Everything about a delivery except the payload.
+#[derive(Debug, Clone)]
+pub(crate) struct JobMeta {
+    pub(crate) id: JobId,
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: u32,
+    pub(crate) attempt: u32,
+    pub(crate) enqueued_at_ms: u64,
+}
+
+impl<T> Job<T> {
+    pub(crate) fn new(payload: T, meta: JobMeta) -> Self {
+        Job { payload, meta }
+    }
+
+    /// The payload passed to `enqueue`.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+
+    /// Takes the payload out of the job.
+    pub fn into_payload(self) -> T {
+        self.payload
+    }
+
+    /// The id that `enqueue` returned for this job.
+    pub fn id(&self) -> &JobId {
+        &self.meta.id
+    }
+
+    /// The topic the job was enqueued to.
+    pub fn topic(&self) -> &str {
+        &self.meta.topic
+    }
+
+    /// The partition the job is stored in.
+    pub fn partition(&self) -> u32 {
+        self.meta.partition
+    }
+
+    /// Which attempt this is: 1 on first delivery, 2 on the first retry, and so on. A
+    /// delivery cut short by a crash counts as an attempt.
+    pub fn attempt(&self) -> u32 {
+        self.meta.attempt
+    }
+
+    /// When the job was enqueued.
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.meta.enqueued_at_ms)
+    }
+}
+
+/// A delivered job before its payload is decoded into the handler's type.
+#[derive(Debug, Clone)]
+pub struct RawJob {
+    pub(crate) meta: JobMeta,
+    pub(crate) payload: Arc<str>,
+}
+
+impl RawJob {
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Job<T>, serde_json::Error> {
+        let payload = serde_json::from_str(&self.payload)?;
+        Ok(Job::new(payload, self.meta.clone()))
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

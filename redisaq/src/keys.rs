@@ -1,0 +1,69 @@
+//! Every Redis key redisaq uses is built here, and nowhere else.
+//!
+//! All keys start with `redisaq:`. A topic's keys share the hash tag `{topic}`, and each
+//! partition's keys share `{topic:N}`, so in Redis Cluster partitions spread over shards
+//! while no command or script touches two slots.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `redisaq:topics` | set | names of all topics |
+//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen` |
+//! | `redisaq:{topic:N}` | stream | the jobs of partition `N`; one consumer group per handler group |
+//! | `redisaq:{topic}:dlq` | stream | dead-lettered jobs of the topic, all groups |
+//! | `redisaq:{topic}:members:{group}` | sorted set | live consumers of a group, scored by heartbeat expiry (ms) |
+
+/// Prefix of every key.
+pub const PREFIX: &str = "redisaq";
+
+/// The set of all topic names.
+pub fn topics() -> String {
+    format!("{PREFIX}:topics")
+}
+
+/// The hash with a topic's settings (`partitions`, `maxlen`).
+pub fn meta(topic: &str) -> String {
+    format!("{PREFIX}:{{{topic}}}:meta")
+}
+
+/// The stream of one partition of a topic.
+pub fn partition(topic: &str, partition: u32) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}")
+}
+
+/// The dead-letter stream of a topic.
+pub fn dead_letters(topic: &str) -> String {
+    format!("{PREFIX}:{{{topic}}}:dlq")
+}
+
+/// The sorted set of a group's live consumers, scored by heartbeat expiry.
+pub fn members(topic: &str, group: &str) -> String {
+    format!("{PREFIX}:{{{topic}}}:members:{group}")
+}
+
+/// The partition number of a partition stream key, if it is one of `topic`'s.
+pub fn partition_of(topic: &str, key: &str) -> Option<u32> {
+    key.strip_prefix(PREFIX)?
+        .strip_prefix(":{")?
+        .strip_prefix(topic)?
+        .strip_prefix(':')?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_round_trip() {
+        let key = partition("send_email", 3);
+        assert_eq!(key, "redisaq:{send_email:3}");
+        assert_eq!(partition_of("send_email", &key), Some(3));
+        assert_eq!(partition_of("send", &key), None);
+        assert_eq!(
+            partition_of("send_email", &dead_letters("send_email")),
+            None
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Opening connections. Every long-lived connection is a `ConnectionManager`, which
+//! reconnects by itself after a dropped connection or a Redis restart; callers see the
+//! failed command's error and try again.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Client;
+
+use crate::error::Error;
+
+/// Parses the URL (`redis://`, `rediss://` for TLS, with user and password as the
+/// `redis` crate accepts them).
+pub(crate) fn client(url: &str) -> Result<Client, Error> {
+    Client::open(url).map_err(|e| {
+        Error::config(format!(
+            "REDIS_URL {:?} is not a valid Redis URL ({e}); expected e.g. \
+             redis://127.0.0.1:6379 or rediss://user:password@host:6380/0",
+            redact(url)
+        ))
+    })
+}
+
+/// A connection whose commands may take up to `response_timeout` (blocking reads need
+/// more than the default).
+pub(crate) async fn manager(
+    client: &Client,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, Error> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(6);
+    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            super::redact("redis://u:secret@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
+        assert_eq!(super::redact("redis://h:1"), "redis://h:1");
+    }
+}

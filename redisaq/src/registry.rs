@@ -1,0 +1,137 @@
+//! The handlers that `#[job]` registers, and how the runtime finds them.
+//!
+//! Registration goes through [`submit_handler!`](crate::__private::submit_handler) so the
+//! mechanism (today `inventory`) can change without touching generated code.
+
+use std::collections::HashMap;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::{Error, JobError};
+use crate::job::RawJob;
+
+/// The glue between the runtime and one `#[job]` function: it takes the delivered jobs
+/// (one, or a batch) and returns one result per job, in order.
+pub type HandlerFn = fn(Vec<RawJob>) -> BoxFuture<'static, Vec<Result<(), JobError>>>;
+
+/// Stream-level settings of a topic, as declared by `#[job]`. `None` means the default.
+#[derive(Debug)]
+pub struct TopicSpec {
+    /// The topic name.
+    pub topic: &'static str,
+    /// Partition count used when the topic does not exist yet.
+    pub partitions: Option<u32>,
+    /// Retention of processed entries per partition stream.
+    pub maxlen: Option<u64>,
+}
+
+/// One registered `#[job]` function. `None` fields take the runtime's defaults.
+#[derive(Debug)]
+pub struct HandlerDef {
+    /// The topic's stream settings.
+    pub spec: &'static TopicSpec,
+    /// The consumer group.
+    pub group: &'static str,
+    /// `module_path!()::fn_name`, for messages.
+    pub name: &'static str,
+    /// Retries after the first attempt before the job is dead-lettered.
+    pub retries: Option<u32>,
+    /// `Some(n)` for a batch handler taking up to `n` jobs.
+    pub batch: Option<u32>,
+    /// How long a batch waits to fill after its first job arrived.
+    pub max_wait_ms: Option<u64>,
+    /// How many calls of this handler run at once.
+    pub concurrency: Option<u32>,
+    /// Calls the function.
+    pub call: HandlerFn,
+}
+
+inventory::collect!(HandlerDef);
+
+/// Default partition count of a new topic.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+/// Default number of retries after the first attempt.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// Default number of processed entries kept per partition stream.
+pub const DEFAULT_MAXLEN: u64 = 100_000;
+/// Default max wait of a batch handler.
+pub const DEFAULT_MAX_WAIT_MS: u64 = 100;
+
+impl HandlerDef {
+    /// The handler's retries, default applied.
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries.unwrap_or(DEFAULT_RETRIES)
+    }
+
+    /// How many jobs one call takes.
+    pub(crate) fn batch_size(&self) -> usize {
+        self.batch.unwrap_or(1).max(1) as usize
+    }
+
+    pub(crate) fn default_concurrency(&self) -> usize {
+        match self.batch {
+            // A batch already amortises the round trips; two let one batch fill while
+            // the other runs.
+            Some(_) => 2,
+            None => 32,
+        }
+    }
+}
+
+impl TopicSpec {
+    pub(crate) fn partitions(&self) -> u32 {
+        self.partitions.unwrap_or(DEFAULT_PARTITIONS)
+    }
+
+    pub(crate) fn maxlen(&self) -> u64 {
+        self.maxlen.unwrap_or(DEFAULT_MAXLEN)
+    }
+}
+
+/// Every registered handler, checked: at least one, and one per (topic, group).
+pub(crate) fn handlers(only_topics: Option<&[String]>) -> Result<Vec<&'static HandlerDef>, Error> {
+    let all: Vec<&'static HandlerDef> = inventory::iter::<HandlerDef>.into_iter().collect();
+    let mut seen: HashMap<(&str, &str), &HandlerDef> = HashMap::new();
+    for def in &all {
+        if let Some(first) = seen.insert((def.spec.topic, def.group), def) {
+            return Err(Error::DuplicateHandler {
+                topic: def.spec.topic.to_string(),
+                group: def.group.to_string(),
+                first: first.name.to_string(),
+                second: def.name.to_string(),
+            });
+        }
+    }
+    let selected: Vec<_> = match only_topics {
+        None => all,
+        Some(topics) => {
+            for topic in topics {
+                if !all.iter().any(|def| def.spec.topic == topic) {
+                    return Err(Error::config(format!(
+                        "Worker::topics names `{topic}`, but no #[job] handler consumes it; \
+                         registered topics: {}",
+                        topic_list(&all)
+                    )));
+                }
+            }
+            all.into_iter()
+                .filter(|def| topics.iter().any(|t| t == def.spec.topic))
+                .collect()
+        }
+    };
+    if selected.is_empty() {
+        return Err(Error::NoHandlers);
+    }
+    Ok(selected)
+}
+
+fn topic_list(defs: &[&HandlerDef]) -> String {
+    let mut topics: Vec<&str> = defs.iter().map(|d| d.spec.topic).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    if topics.is_empty() {
+        "none".into()
+    } else {
+        topics.join(", ")
+    }
+}

@@ -1,0 +1,86 @@
+//! A topic's settings in Redis (`partitions`, `maxlen` in `redisaq:{topic}:meta`), so
+//! producers and workers agree on them. The first producer or worker to touch a topic
+//! stores what its `#[job]` declared; after that the stored values win.
+
+use redis::aio::ConnectionLike;
+
+use crate::error::Error;
+use crate::keys;
+use crate::registry::TopicSpec;
+
+/// The settings of a topic as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TopicInfo {
+    pub partitions: u32,
+    pub maxlen: u64,
+}
+
+/// Stores the declared settings if the topic is new, and returns the stored ones.
+pub(crate) async fn ensure(
+    conn: &mut impl ConnectionLike,
+    spec: &TopicSpec,
+) -> Result<TopicInfo, Error> {
+    let meta = keys::meta(spec.topic);
+    let (partitions, maxlen): (Option<u32>, Option<u64>) = redis::pipe()
+        .hset_nx(&meta, "partitions", spec.partitions())
+        .ignore()
+        .hset_nx(&meta, "maxlen", spec.maxlen())
+        .ignore()
+        .sadd(keys::topics(), spec.topic)
+        .ignore()
+        .hget(&meta, "partitions")
+        .hget(&meta, "maxlen")
+        .query_async(conn)
+        .await?;
+    Ok(TopicInfo {
+        partitions: partitions.filter(|&p| p > 0).unwrap_or(spec.partitions()),
+        maxlen: maxlen.unwrap_or(spec.maxlen()),
+    })
+}
+
+const RAISE_PARTITIONS: &str = r"
+local current = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '0')
+local wanted = tonumber(ARGV[1])
+if wanted < current then
+  return redis.error_reply('LOWER partitions can only be raised: topic has ' .. current)
+end
+redis.call('HSET', KEYS[1], 'partitions', wanted)
+return current
+";
+
+/// Raises a topic's partition count to `partitions` and returns the previous count (0
+/// for a topic that did not exist). Producers pick up the new partitions within a few
+/// seconds; workers rebalance onto them. Lowering is refused: jobs in the removed
+/// partitions would be stranded.
+///
+/// Uses the same Redis as `enqueue` (see [`set_redis_url`](crate::set_redis_url)).
+pub async fn set_partitions(topic: &str, partitions: u32) -> Result<u32, Error> {
+    if partitions == 0 {
+        return Err(Error::Partitions(format!(
+            "topic `{topic}` needs at least 1 partition"
+        )));
+    }
+    let mut conn = crate::producer::connection().await?;
+    let previous: Result<u32, redis::RedisError> = redis::Script::new(RAISE_PARTITIONS)
+        .key(keys::meta(topic))
+        .arg(partitions)
+        .invoke_async(&mut conn)
+        .await;
+    match previous {
+        Ok(previous) => {
+            redis::cmd("SADD")
+                .arg(keys::topics())
+                .arg(topic)
+                .exec_async(&mut conn)
+                .await?;
+            crate::producer::forget_topic(topic);
+            Ok(previous)
+        }
+        Err(e) if e.code() == Some("LOWER") => Err(Error::Partitions(format!(
+            "cannot lower topic `{topic}` to {partitions} partitions: {}; partition counts \
+             can only be raised",
+            e.detail().unwrap_or_default()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}

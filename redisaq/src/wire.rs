@@ -1,0 +1,422 @@
+//! The one place that knows what redisaq stores in Redis and how replies look on the wire.
+//! Everything else speaks in the types below.
+//!
+//! A job is a stream entry with the fields `id` (the [`JobId`]), `payload` (JSON),
+//! `enqueued_at` (Unix ms) and, when enqueued with a key, `key`. How many attempts a
+//! group made is not stored in the entry: each group keeps it in its pending-entries
+//! list (the delivery counter), so groups retry independently.
+
+use redis::{ErrorKind, RedisError, Value};
+
+use crate::job::JobId;
+
+/// Field names of a job entry.
+pub(crate) mod field {
+    pub const ID: &str = "id";
+    pub const PAYLOAD: &str = "payload";
+    pub const ENQUEUED_AT: &str = "enqueued_at";
+    pub const KEY: &str = "key";
+}
+
+/// Field names of a dead-letter entry.
+pub(crate) mod dead_field {
+    pub const ID: &str = "id";
+    pub const TOPIC: &str = "topic";
+    pub const GROUP: &str = "group";
+    pub const PARTITION: &str = "partition";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const ERROR: &str = "error";
+    pub const PAYLOAD: &str = "payload";
+    pub const ENTRY_ID: &str = "entry_id";
+    pub const FAILED_AT: &str = "failed_at";
+}
+
+/// One stream entry as read. `fields` is `None` when the entry was deleted from the
+/// stream while it was still pending.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamEntry {
+    pub id: String,
+    pub fields: Option<Vec<(String, String)>>,
+}
+
+impl StreamEntry {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A decoded job entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope {
+    pub id: JobId,
+    pub payload: String,
+    pub enqueued_at_ms: u64,
+}
+
+/// The fields of a new job entry, ready for `XADD`.
+pub(crate) fn job_fields<'a>(
+    id: &'a JobId,
+    payload: &'a str,
+    enqueued_at_ms: u64,
+    key: Option<&'a str>,
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        (field::ID, id.to_string()),
+        (field::PAYLOAD, payload.to_string()),
+        (field::ENQUEUED_AT, enqueued_at_ms.to_string()),
+    ];
+    if let Some(key) = key {
+        fields.push((field::KEY, key.to_string()));
+    }
+    fields
+}
+
+/// Decodes a job entry, or says why it is not one.
+pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, String> {
+    if entry.fields.is_none() {
+        return Err("the entry was deleted from the stream while it was pending".into());
+    }
+    let id = entry
+        .field(field::ID)
+        .ok_or("malformed entry: missing field `id`")?;
+    let payload = entry
+        .field(field::PAYLOAD)
+        .ok_or("malformed entry: missing field `payload`")?;
+    let enqueued_at_ms = match entry.field(field::ENQUEUED_AT) {
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("malformed entry: `enqueued_at` is not a number: {text:?}"))?,
+        None => return Err("malformed entry: missing field `enqueued_at`".into()),
+    };
+    Ok(Envelope {
+        id: JobId::from_stored(id),
+        payload: payload.to_string(),
+        enqueued_at_ms,
+    })
+}
+
+/// The raw fields of an entry as a JSON object, for dead-lettering what could not be
+/// decoded.
+pub(crate) fn fields_as_json(entry: &StreamEntry) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = entry
+        .fields
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// A job that failed for good, as written to the dead-letter stream.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter<'a> {
+    pub job_id: &'a str,
+    pub topic: &'a str,
+    pub group: &'a str,
+    pub partition: u32,
+    pub attempts: u32,
+    pub error: &'a str,
+    pub payload: &'a str,
+    pub entry_id: &'a str,
+    pub failed_at_ms: u64,
+}
+
+impl DeadLetter<'_> {
+    pub(crate) fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (dead_field::ID, self.job_id.to_string()),
+            (dead_field::TOPIC, self.topic.to_string()),
+            (dead_field::GROUP, self.group.to_string()),
+            (dead_field::PARTITION, self.partition.to_string()),
+            (dead_field::ATTEMPTS, self.attempts.to_string()),
+            (dead_field::ERROR, self.error.to_string()),
+            (dead_field::PAYLOAD, self.payload.to_string()),
+            (dead_field::ENTRY_ID, self.entry_id.to_string()),
+            (dead_field::FAILED_AT, self.failed_at_ms.to_string()),
+        ]
+    }
+}
+
+/// One row of `XPENDING key group - + count [consumer]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub id: String,
+    pub deliveries: u64,
+}
+
+fn unexpected(what: &str, value: &Value) -> RedisError {
+    RedisError::from((
+        ErrorKind::Parse,
+        "unexpected reply",
+        format!("{what}: {value:?}"),
+    ))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn items(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+/// `[id, [k, v, ...] | nil]`
+fn parse_entry(value: &Value) -> Result<StreamEntry, RedisError> {
+    let parts = items(value).ok_or_else(|| unexpected("stream entry", value))?;
+    let [id, fields] = parts else {
+        return Err(unexpected("stream entry", value));
+    };
+    let id = text(id).ok_or_else(|| unexpected("stream entry id", id))?;
+    let fields = match fields {
+        Value::Nil => None,
+        other => {
+            let flat = items(other).ok_or_else(|| unexpected("stream entry fields", other))?;
+            Some(
+                flat.chunks(2)
+                    .filter_map(|pair| match pair {
+                        [k, v] => Some((text(k)?, text(v)?)),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        }
+    };
+    Ok(StreamEntry { id, fields })
+}
+
+fn parse_entries(value: &Value) -> Result<Vec<StreamEntry>, RedisError> {
+    items(value)
+        .ok_or_else(|| unexpected("stream entries", value))?
+        .iter()
+        .map(parse_entry)
+        .collect()
+}
+
+/// The reply of `XREADGROUP ... STREAMS k1 k2 ...`: entries per stream key. `nil` (the
+/// block timed out) is no entries.
+pub(crate) fn parse_read(value: &Value) -> Result<Vec<(String, Vec<StreamEntry>)>, RedisError> {
+    let streams: Vec<&Value> = match value {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => {
+            return pairs
+                .iter()
+                .map(|(k, v)| {
+                    let key = text(k).ok_or_else(|| unexpected("stream key", k))?;
+                    Ok((key, parse_entries(v)?))
+                })
+                .collect()
+        }
+        other => items(other)
+            .ok_or_else(|| unexpected("XREADGROUP reply", other))?
+            .iter()
+            .collect(),
+    };
+    streams
+        .into_iter()
+        .map(|stream| {
+            let [key, entries] = items(stream).ok_or_else(|| unexpected("stream", stream))? else {
+                return Err(unexpected("stream", stream));
+            };
+            let key = text(key).ok_or_else(|| unexpected("stream key", key))?;
+            Ok((key, parse_entries(entries)?))
+        })
+        .collect()
+}
+
+/// The reply of `XPENDING key group start end count [consumer]`.
+pub(crate) fn parse_pending(value: &Value) -> Result<Vec<Pending>, RedisError> {
+    items(value)
+        .ok_or_else(|| unexpected("XPENDING reply", value))?
+        .iter()
+        .map(|row| {
+            let parse = || {
+                let [id, _consumer, _idle, deliveries] = items(row)? else {
+                    return None;
+                };
+                Some(Pending {
+                    id: text(id)?,
+                    deliveries: int(deliveries)? as u64,
+                })
+            };
+            parse().ok_or_else(|| unexpected("XPENDING row", row))
+        })
+        .collect()
+}
+
+/// The reply of `XCLAIM` (without `JUSTID`): the claimed entries. Redis 6.2 answers
+/// `nil` for entries deleted meanwhile; they are skipped.
+pub(crate) fn parse_claimed(value: &Value) -> Result<Vec<StreamEntry>, RedisError> {
+    items(value)
+        .ok_or_else(|| unexpected("XCLAIM reply", value))?
+        .iter()
+        .filter(|v| !matches!(v, Value::Nil))
+        .map(parse_entry)
+        .collect()
+}
+
+/// `XPENDING key group` summary: the smallest pending id, if any is pending.
+pub(crate) fn parse_pending_summary(value: &Value) -> Result<Option<String>, RedisError> {
+    let parts = items(value).ok_or_else(|| unexpected("XPENDING summary", value))?;
+    match (parts.first().and_then(int), parts.get(1)) {
+        (Some(0), _) | (None, _) | (_, None) => Ok(None),
+        (Some(_), Some(min)) => Ok(text(min)),
+    }
+}
+
+/// A reply that is a list of strings (`ZRANGE`, `SMEMBERS`, `XCLAIM ... JUSTID`).
+pub(crate) fn parse_strings(value: &Value) -> Result<Vec<String>, RedisError> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        other => items(other)
+            .ok_or_else(|| unexpected("list of strings", other))?
+            .iter()
+            .map(|v| text(v).ok_or_else(|| unexpected("string", v)))
+            .collect(),
+    }
+}
+
+/// `XINFO CONSUMERS` rows as (name, pending).
+pub(crate) fn parse_consumers(value: &Value) -> Result<Vec<(String, u64)>, RedisError> {
+    items(value)
+        .ok_or_else(|| unexpected("XINFO CONSUMERS reply", value))?
+        .iter()
+        .map(|row| {
+            let props = key_values(row).ok_or_else(|| unexpected("consumer", row))?;
+            let name = props
+                .iter()
+                .find(|(k, _)| k == "name")
+                .and_then(|(_, v)| text(v));
+            let pending = props
+                .iter()
+                .find(|(k, _)| k == "pending")
+                .and_then(|(_, v)| int(v));
+            match (name, pending) {
+                (Some(name), Some(pending)) => Ok((name, pending as u64)),
+                _ => Err(unexpected("consumer", row)),
+            }
+        })
+        .collect()
+}
+
+/// `XINFO GROUPS` rows as (name, last-delivered-id).
+pub(crate) fn parse_groups(value: &Value) -> Result<Vec<(String, String)>, RedisError> {
+    items(value)
+        .ok_or_else(|| unexpected("XINFO GROUPS reply", value))?
+        .iter()
+        .map(|row| {
+            let props = key_values(row).ok_or_else(|| unexpected("group", row))?;
+            let get = |name: &str| {
+                props
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| text(v))
+            };
+            match (get("name"), get("last-delivered-id")) {
+                (Some(name), Some(last)) => Ok((name, last)),
+                _ => Err(unexpected("group", row)),
+            }
+        })
+        .collect()
+}
+
+fn key_values(value: &Value) -> Option<Vec<(String, &Value)>> {
+    match value {
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| Some((text(k)?, v))).collect(),
+        other => items(other)?
+            .chunks(2)
+            .map(|pair| match pair {
+                [k, v] => Some((text(k)?, v)),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// Stream ids compare as (ms, seq) pairs, not as strings.
+pub(crate) fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The id right after `id`, for exclusive ranges on servers without `(`.
+pub(crate) fn next_stream_id(id: &str) -> Option<String> {
+    let (ms, seq) = parse_stream_id(id)?;
+    Some(match seq.checked_add(1) {
+        Some(seq) => format!("{ms}-{seq}"),
+        None => format!("{}-0", ms + 1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_entries_including_deleted_ones() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("redisaq:{t:0}"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![
+                        bulk("id"),
+                        bulk("j1"),
+                        bulk("payload"),
+                        bulk("{}"),
+                        bulk("enqueued_at"),
+                        bulk("5"),
+                    ]),
+                ]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let streams = parse_read(&reply).unwrap();
+        assert_eq!(streams[0].0, "redisaq:{t:0}");
+        let envelope = decode_job(&streams[0].1[0]).unwrap();
+        assert_eq!(envelope.id.as_str(), "j1");
+        assert_eq!(envelope.enqueued_at_ms, 5);
+        assert!(decode_job(&streams[0].1[1])
+            .unwrap_err()
+            .contains("deleted"));
+    }
+
+    #[test]
+    fn malformed_entries_say_what_is_missing() {
+        let entry = StreamEntry {
+            id: "1-0".into(),
+            fields: Some(vec![("id".into(), "x".into())]),
+        };
+        assert!(decode_job(&entry).unwrap_err().contains("`payload`"));
+        assert_eq!(fields_as_json(&entry), r#"{"id":"x"}"#);
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(parse_stream_id("10-0") > parse_stream_id("9-5"));
+        assert_eq!(next_stream_id("5-1").unwrap(), "5-2");
+    }
+}
