@@ -88,8 +88,16 @@ impl TopicSpec {
     }
 }
 
-/// Every registered handler, checked: at least one, and one per (topic, group).
-pub(crate) fn handlers(only_topics: Option<&[String]>) -> Result<Vec<&'static HandlerDef>, Error> {
+/// Which registered handlers a worker runs: all, or those of some topics or groups.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Selection {
+    pub topics: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+}
+
+/// Every registered handler, checked (one per (topic, group)), narrowed to `selection`;
+/// at least one must remain.
+pub(crate) fn handlers(selection: &Selection) -> Result<Vec<&'static HandlerDef>, Error> {
     let all: Vec<&'static HandlerDef> = inventory::iter::<HandlerDef>.into_iter().collect();
     let mut seen: HashMap<(&str, &str), &HandlerDef> = HashMap::new();
     for def in &all {
@@ -102,36 +110,55 @@ pub(crate) fn handlers(only_topics: Option<&[String]>) -> Result<Vec<&'static Ha
             });
         }
     }
-    let selected: Vec<_> = match only_topics {
-        None => all,
-        Some(topics) => {
-            for topic in topics {
-                if !all.iter().any(|def| def.spec.topic == topic) {
-                    return Err(Error::config(format!(
-                        "Worker::topics names `{topic}`, but no #[job] handler consumes it; \
-                         registered topics: {}",
-                        topic_list(&all)
-                    )));
-                }
-            }
-            all.into_iter()
-                .filter(|def| topics.iter().any(|t| t == def.spec.topic))
-                .collect()
-        }
-    };
-    if selected.is_empty() {
+    if all.is_empty() {
         return Err(Error::NoHandlers);
+    }
+    let mut selected = all.clone();
+    if let Some(topics) = &selection.topics {
+        check_known(
+            "Worker::topics",
+            "topic",
+            topics,
+            all.iter().map(|d| d.spec.topic),
+        )?;
+        selected.retain(|def| topics.iter().any(|t| t == def.spec.topic));
+    }
+    if let Some(groups) = &selection.groups {
+        check_known(
+            "Worker::groups",
+            "group",
+            groups,
+            all.iter().map(|d| d.group),
+        )?;
+        selected.retain(|def| groups.iter().any(|g| g == def.group));
+    }
+    if selected.is_empty() {
+        return Err(Error::config(format!(
+            "no #[job] handler matches both Worker::topics and Worker::groups; registered \
+             handlers: {}",
+            all.iter()
+                .map(|d| format!("{} (topic `{}`, group `{}`)", d.name, d.spec.topic, d.group))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
     Ok(selected)
 }
 
-fn topic_list(defs: &[&HandlerDef]) -> String {
-    let mut topics: Vec<&str> = defs.iter().map(|d| d.spec.topic).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    if topics.is_empty() {
-        "none".into()
-    } else {
-        topics.join(", ")
+fn check_known<'a>(
+    setting: &str,
+    what: &str,
+    wanted: &[String],
+    registered: impl Iterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let mut registered: Vec<&str> = registered.collect();
+    registered.sort_unstable();
+    registered.dedup();
+    match wanted.iter().find(|w| !registered.contains(&w.as_str())) {
+        None => Ok(()),
+        Some(unknown) => Err(Error::config(format!(
+            "{setting} names `{unknown}`, but no #[job] handler has that {what}; registered: {}",
+            registered.join(", ")
+        ))),
     }
 }

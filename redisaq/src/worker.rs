@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
 use crate::error::Error;
-use crate::{consumer, redis_conn, registry};
+use crate::registry::{self, Selection};
+use crate::{consumer, redis_conn};
 
 /// Runs every `#[job]` handler of this binary until SIGINT or SIGTERM, then stops
 /// fetching, lets running jobs finish (up to 30 s; the rest is delivered again later)
@@ -54,7 +55,7 @@ pub async fn run() -> Result<(), Error> {
 #[must_use = "a Worker does nothing until `run` or `run_until` is awaited"]
 pub struct Worker {
     overrides: Overrides,
-    topics: Option<Vec<String>>,
+    selection: Selection,
 }
 
 impl Worker {
@@ -82,7 +83,17 @@ impl Worker {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.topics = Some(topics.into_iter().map(Into::into).collect());
+        self.selection.topics = Some(topics.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Runs only the handlers of these consumer groups.
+    pub fn groups<I, S>(mut self, groups: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.selection.groups = Some(groups.into_iter().map(Into::into).collect());
         self
     }
 
@@ -135,7 +146,7 @@ impl Worker {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let config = Config::resolve(&self.overrides)?;
         redis_conn::client(&config.redis_url)?;
-        let handlers = registry::handlers(self.topics.as_deref())?;
+        let handlers = registry::handlers(&self.selection)?;
         let shutdown = CancellationToken::new();
         let mut consumers = tokio::task::JoinSet::new();
         for def in handlers {

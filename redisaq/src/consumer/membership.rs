@@ -29,10 +29,20 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 /// Claims taken in one round trip.
 const CLAIM_PAGE: usize = 100;
 
+/// Renews this consumer's record; returns the live members.
 async fn heartbeat(shared: &Shared) -> Result<HashSet<String>, Error> {
+    members(shared, &shared.consumer).await
+}
+
+/// The live members, without renewing anything.
+async fn live_members(shared: &Shared) -> Result<HashSet<String>, Error> {
+    members(shared, "").await
+}
+
+async fn members(shared: &Shared, renew: &str) -> Result<HashSet<String>, Error> {
     let live: redis::Value = redis::Script::new(HEARTBEAT)
         .key(keys::members(&shared.topic, shared.group))
-        .arg(&shared.consumer)
+        .arg(renew)
         .arg(shared.config.heartbeat_ttl.as_millis() as u64)
         .invoke_async(&mut shared.conn.clone())
         .await?;
@@ -77,13 +87,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     };
     let reap = async move {
         loop {
-            match heartbeat(&shared).await {
-                Ok(live) => {
-                    if let Err(e) = take_over_dead(&shared, &live).await {
-                        tracing::warn!(error = %e, "taking over dead consumers failed; will try again");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not list live consumers"),
+            if let Err(e) = take_over_dead(&shared).await {
+                tracing::warn!(error = %e, "taking over dead consumers failed; will try again");
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
@@ -94,7 +99,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     tokio::join!(beat, reap);
 }
 
-async fn take_over_dead(shared: &Shared, live: &HashSet<String>) -> Result<(), Error> {
+async fn take_over_dead(shared: &Shared) -> Result<(), Error> {
     let mut conn = shared.conn.clone();
     for partition in 0..shared.partitions {
         let stream = keys::partition(&shared.topic, partition);
@@ -104,8 +109,18 @@ async fn take_over_dead(shared: &Shared, live: &HashSet<String>) -> Result<(), E
             .arg(shared.group)
             .query_async(&mut conn)
             .await?;
-        for (name, pending) in wire::parse_consumers(&consumers)? {
-            if name == shared.consumer || live.contains(&name) {
+        let others: Vec<(String, u64)> = wire::parse_consumers(&consumers)?
+            .into_iter()
+            .filter(|(name, _)| *name != shared.consumer)
+            .collect();
+        if others.is_empty() {
+            continue;
+        }
+        // Listed after the consumers: a consumer joins before it first reads, so one that
+        // appears in the group but not here really has no live heartbeat.
+        let live = live_members(shared).await?;
+        for (name, pending) in others {
+            if live.contains(&name) {
                 continue;
             }
             let left = if pending > 0 {

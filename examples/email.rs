@@ -1,0 +1,192 @@
+//! The e-mail example: a producer enqueues batches of 2–5 e-mails every 0.5–2 s to
+//! `send_email`; consumers in `email_group` send them; a consumer in `email_group_v2`,
+//! started later, reconsumes every e-mail from the beginning.
+//!
+//! `cargo run -p redisaq-examples --bin email` runs all of it for 15 seconds against
+//! `REDIS_URL` (or a private `redis-server` when nothing answers there). The parts run
+//! alone too: `email producer`, `email worker --name consumer_1 [--group email_group_v2]`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rand::Rng;
+use redisaq::{job, Job, JobError};
+use serde::{Deserialize, Serialize};
+
+/// An e-mail to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Email {
+    /// Recipient.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+}
+
+/// Sends an e-mail (here: logs it after a short pause, as a real SMTP call would take).
+#[job(
+    topic = "send_email",
+    group = "email_group",
+    partitions = 4,
+    retries = 3
+)]
+pub async fn send_email(job: Job<Email>) -> Result<(), JobError> {
+    let email = job.payload();
+    let smtp_time = Duration::from_millis(rand::rng().random_range(50..300));
+    tokio::time::sleep(smtp_time).await;
+    tracing::info!(
+        "Sent email to {} about {:?} (job {})",
+        email.to,
+        email.subject,
+        job.id()
+    );
+    Ok(())
+}
+
+/// A second group on the same topic: gets every e-mail too, from the oldest retained one.
+#[job(topic = "send_email", group = "email_group_v2")]
+pub async fn send_email_v2(job: Job<Email>) -> Result<(), JobError> {
+    tracing::info!(
+        "[v2] Re-processed email to {} (job {})",
+        job.payload().to,
+        job.id()
+    );
+    Ok(())
+}
+
+#[derive(Parser)]
+#[command(about = "The redisaq e-mail example")]
+struct Args {
+    /// Redis to use; when nothing answers there, a private redis-server is started.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    redis_url: String,
+    #[command(subcommand)]
+    part: Option<Part>,
+}
+
+#[derive(Subcommand)]
+enum Part {
+    /// Producer, two `email_group` consumers and a late `email_group_v2` consumer.
+    Demo {
+        /// How long to run before stopping everything.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
+    /// Enqueues batches of 2–5 e-mails every 0.5–2 s until stopped (or `--batches` done).
+    Producer {
+        /// Stop after this many batches.
+        #[arg(long)]
+        batches: Option<u32>,
+    },
+    /// Runs consumers until SIGINT / SIGTERM.
+    Worker {
+        /// Consumer name prefix.
+        #[arg(long, default_value = "consumer_1")]
+        name: String,
+        /// Only this group's handler.
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,redisaq=info".into()),
+        )
+        .with_target(false)
+        .init();
+    let args = Args::parse();
+    match args.part.unwrap_or(Part::Demo { seconds: 15 }) {
+        Part::Demo { seconds } => demo(&args.redis_url, seconds).await,
+        Part::Producer { batches } => {
+            redisaq::set_redis_url(&args.redis_url)?;
+            produce(batches).await
+        }
+        Part::Worker { name, group } => {
+            let mut worker = redisaq::Worker::new()
+                .redis_url(args.redis_url)
+                .consumer_name(name);
+            if let Some(group) = group {
+                worker = worker.groups([group]);
+            }
+            Ok(worker.run().await?)
+        }
+    }
+}
+
+async fn produce(batches: Option<u32>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut sent = 0;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    while batches.is_none_or(|limit| sent < limit) {
+        let size = rand::rng().random_range(2..=5);
+        let emails = (0..size).map(|i| Email {
+            to: format!("user{}@example.com", rand::rng().random_range(1..100)),
+            subject: format!("Newsletter #{sent}.{i}"),
+        });
+        let ids = send_email::enqueue_batch(emails).await?;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        tracing::info!("Enqueued batch of {} jobs: {:?}", ids.len(), ids);
+        sent += 1;
+        let pause = Duration::from_millis(rand::rng().random_range(500..=2000));
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = &mut stop => break,
+        }
+    }
+    Ok(())
+}
+
+/// Runs every part as its own process (as they would be deployed), then stops them with
+/// SIGTERM: workers finish their running jobs and leave their groups.
+async fn demo(redis_url: &str, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let (url, _private) = redisaq_tests::redis_or_private(redis_url)?;
+    if _private.is_some() {
+        tracing::info!("nothing answers at {redis_url}; started a private redis-server at {url}");
+    }
+    let me = std::env::current_exe()?;
+    let spawn = |args: &[&str]| {
+        tokio::process::Command::new(&me)
+            .args(args)
+            .env("REDIS_URL", &url)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    let mut children = vec![
+        spawn(&["worker", "--name", "consumer_1", "--group", "email_group"])?,
+        spawn(&["worker", "--name", "consumer_2", "--group", "email_group"])?,
+        spawn(&["producer"])?,
+    ];
+    tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+    tracing::info!("starting consumer_v2 in email_group_v2: it reconsumes from the first e-mail");
+    children.push(spawn(&[
+        "worker",
+        "--name",
+        "consumer_v2",
+        "--group",
+        "email_group_v2",
+    ])?);
+    tokio::time::sleep(Duration::from_secs(seconds - seconds / 2)).await;
+    tracing::info!("demo over: stopping the producer and the workers");
+    for child in &children {
+        if let Some(pid) = child.id() {
+            // SIGTERM, the signal a process manager sends.
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    for child in &mut children {
+        child.wait().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The working core against a real redis-server: every job processed, failures retried
+//! then dead-lettered, bad entries dead-lettered, several groups, dropped connections.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redisaq::{job, Job, JobError};
+use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Task {
+    n: u64,
+}
+
+/// (job id, attempt, partition) of every handler call, by test.
+type Calls = HashMap<String, Vec<(String, u32, u32)>>;
+static SEEN: Mutex<Option<Calls>> = Mutex::new(None);
+
+fn record(tag: &str, job: &Job<Task>) {
+    SEEN.lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(tag.to_string())
+        .or_default()
+        .push((job.id().to_string(), job.attempt(), job.partition()));
+}
+
+fn seen(tag: &str) -> Vec<(String, u32, u32)> {
+    SEEN.lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(tag).cloned())
+        .unwrap_or_default()
+}
+
+fn seen_ids(tag: &str) -> HashSet<String> {
+    seen(tag).into_iter().map(|(id, _, _)| id).collect()
+}
+
+fn worker(topics: &[&str]) -> redisaq::Worker {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics(topics.iter().copied())
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_millis(600))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+}
+
+/// Runs the worker until `done` holds (or a generous guard expires), then stops it.
+async fn run_until(worker: redisaq::Worker, done: impl FnMut() -> bool + Send) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+    let watcher = async move {
+        let held = eventually(Duration::from_secs(60), done).await;
+        let _ = tx.send(held);
+    };
+    let stop = async move {
+        watcher.await;
+    };
+    worker.run_until(stop).await.expect("worker ran");
+    rx.await.unwrap()
+}
+
+#[job(topic = "core_bulk", group = "bulk_group", partitions = 4)]
+async fn bulk(job: Job<Task>) -> Result<(), JobError> {
+    record("bulk", &job);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_over_four_partitions_are_all_processed() {
+    let _ = worker(&[]);
+    let mut ids = HashSet::new();
+    for chunk in 0..10u64 {
+        let batch: Vec<Task> = (0..100).map(|i| Task { n: chunk * 100 + i }).collect();
+        for id in bulk::enqueue_batch(batch).await.unwrap() {
+            ids.insert(id.to_string());
+        }
+    }
+    assert_eq!(ids.len(), 1000);
+    let expected = ids.clone();
+    let done = run_until(worker(&[bulk::TOPIC]), move || seen_ids("bulk") == expected).await;
+    assert!(
+        done,
+        "only {} of 1000 jobs were processed",
+        seen_ids("bulk").len()
+    );
+    assert_eq!(seen_ids("bulk"), ids);
+    let partitions: HashSet<u32> = seen("bulk").iter().map(|(_, _, p)| *p).collect();
+    assert_eq!(
+        partitions,
+        (0..4).collect(),
+        "round-robin uses every partition"
+    );
+    let mut conn = redis().connection();
+    assert_eq!(pending(&mut conn, bulk::TOPIC, bulk::GROUP, 4), 0);
+    assert!(seen("bulk").iter().all(|(_, attempt, _)| *attempt == 1));
+}
+
+#[job(
+    topic = "core_flaky",
+    group = "flaky_group",
+    partitions = 2,
+    retries = 2
+)]
+async fn always_failing(job: Job<Task>) -> Result<(), JobError> {
+    record("flaky", &job);
+    Err(JobError::retry(format!(
+        "smtp timeout for job {}",
+        job.payload().n
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_is_retried_then_dead_lettered_with_its_error() {
+    let _ = worker(&[]);
+    let id = always_failing::enqueue(Task { n: 42 }).await.unwrap();
+    let mut conn = redis().connection();
+    let done = run_until(worker(&[always_failing::TOPIC]), move || {
+        !dead_letters(&mut redis().connection(), always_failing::TOPIC).is_empty()
+    })
+    .await;
+    assert!(done, "the job was never dead-lettered");
+    let attempts: Vec<u32> = seen("flaky").iter().map(|(_, a, _)| *a).collect();
+    assert_eq!(attempts, vec![1, 2, 3], "first attempt and two retries");
+    let letters = dead_letters(&mut conn, always_failing::TOPIC);
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter["id"], id.to_string());
+    assert_eq!(letter["error"], "smtp timeout for job 42");
+    assert_eq!(letter["attempts"], "3");
+    assert_eq!(letter["topic"], "core_flaky");
+    assert_eq!(letter["group"], "flaky_group");
+    assert_eq!(letter["partition"], seen("flaky")[0].2.to_string());
+    assert_eq!(letter["payload"], r#"{"n":42}"#);
+    assert_eq!(
+        pending(&mut conn, always_failing::TOPIC, always_failing::GROUP, 2),
+        0
+    );
+}
+
+#[job(
+    topic = "core_fatal",
+    group = "fatal_group",
+    partitions = 1,
+    retries = 5
+)]
+async fn fatal(job: Job<Task>) -> Result<(), JobError> {
+    record("fatal", &job);
+    Err(JobError::fatal("address does not exist"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_dead_letters_at_once() {
+    let _ = worker(&[]);
+    let id = fatal::enqueue(Task { n: 1 }).await.unwrap();
+    let done = run_until(worker(&[fatal::TOPIC]), move || {
+        !dead_letters(&mut redis().connection(), fatal::TOPIC).is_empty()
+    })
+    .await;
+    assert!(done);
+    assert_eq!(seen("fatal").len(), 1, "no retry after a fatal error");
+    let letters = dead_letters(&mut redis().connection(), fatal::TOPIC);
+    assert_eq!(letters[0]["id"], id.to_string());
+    assert_eq!(letters[0]["error"], "address does not exist");
+    assert_eq!(letters[0]["attempts"], "1");
+    assert_eq!(
+        pending(&mut redis().connection(), fatal::TOPIC, fatal::GROUP, 1),
+        0
+    );
+}
+
+#[job(topic = "core_poison", group = "poison_group", partitions = 1)]
+async fn poison(job: Job<Task>) -> Result<(), JobError> {
+    record("poison", &job);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_dead_lettered_and_the_worker_goes_on() {
+    let _ = worker(&[]);
+    let before = poison::enqueue(Task { n: 1 }).await.unwrap();
+    let mut conn = redis().connection();
+    let stream = redisaq::keys::partition(poison::TOPIC, 0);
+    let no_payload: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("garbage")
+        .arg("yes")
+        .query(&mut conn)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(&[
+            "id",
+            "wrong-shape",
+            "payload",
+            r#"{"m":"not a task"}"#,
+            "enqueued_at",
+            "1",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let after = poison::enqueue(Task { n: 2 }).await.unwrap();
+    let expected: HashSet<String> = [before.to_string(), after.to_string()].into();
+    let done = run_until(worker(&[poison::TOPIC]), move || {
+        seen_ids("poison") == expected
+            && dead_letters(&mut redis().connection(), poison::TOPIC).len() == 2
+    })
+    .await;
+    assert!(done, "seen {:?}", seen_ids("poison"));
+    let letters = dead_letters(&mut conn, poison::TOPIC);
+    let missing = letters
+        .iter()
+        .find(|l| l["entry_id"] == no_payload)
+        .expect("entry without payload");
+    assert!(
+        missing["error"].contains("missing field `id`"),
+        "{}",
+        missing["error"]
+    );
+    assert_eq!(missing["payload"], r#"{"garbage":"yes"}"#);
+    let shape = letters
+        .iter()
+        .find(|l| l["id"] == "wrong-shape")
+        .expect("undecodable payload");
+    assert!(
+        shape["error"].contains("payload does not decode as"),
+        "{}",
+        shape["error"]
+    );
+    assert!(
+        shape["error"].contains("missing field `n`"),
+        "{}",
+        shape["error"]
+    );
+    assert_eq!(shape["attempts"], "1", "decode errors are not retried");
+    assert_eq!(pending(&mut conn, poison::TOPIC, poison::GROUP, 1), 0);
+}
+
+#[job(topic = "core_fanout", group = "fanout_a", partitions = 3)]
+async fn fanout_a(job: Job<Task>) -> Result<(), JobError> {
+    record("fanout_a", &job);
+    Ok(())
+}
+
+#[job(topic = "core_fanout", group = "fanout_b", partitions = 3)]
+async fn fanout_b(job: Job<Task>) -> Result<(), JobError> {
+    record("fanout_b", &job);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_gets_every_job_even_when_it_starts_later() {
+    let _ = worker(&[]);
+    // Enqueued before either group exists: both read from the oldest entry.
+    let ids: HashSet<String> = fanout_a::enqueue_batch((0..50).map(|n| Task { n }))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let expected = ids.clone();
+    let done = run_until(worker(&[fanout_a::TOPIC]), move || {
+        seen_ids("fanout_a") == expected && seen_ids("fanout_b") == expected
+    })
+    .await;
+    assert!(done);
+    assert_eq!(seen("fanout_a").len(), 50, "each job once per group");
+    assert_eq!(seen("fanout_b").len(), 50);
+    let mut conn = redis().connection();
+    assert_eq!(pending(&mut conn, fanout_a::TOPIC, fanout_a::GROUP, 3), 0);
+    assert_eq!(pending(&mut conn, fanout_b::TOPIC, fanout_b::GROUP, 3), 0);
+}
+
+#[job(topic = "core_keyed", group = "keyed_group", partitions = 4)]
+async fn keyed(job: Job<Task>) -> Result<(), JobError> {
+    record("keyed", &job);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_with_one_key_share_a_partition() {
+    let _ = worker(&[]);
+    for n in 0..20 {
+        keyed::enqueue_with(Task { n }, redisaq::EnqueueOptions::new().key("user-42"))
+            .await
+            .unwrap();
+    }
+    let done = run_until(worker(&[keyed::TOPIC]), || seen("keyed").len() == 20).await;
+    assert!(done);
+    let partitions: HashSet<u32> = seen("keyed").iter().map(|(_, _, p)| *p).collect();
+    assert_eq!(partitions.len(), 1);
+}
+
+#[job(topic = "core_kill", group = "kill_group", partitions = 2)]
+async fn survives_client_kill(job: Job<Task>) -> Result<(), JobError> {
+    record("kill", &job);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_are_survived_without_losing_jobs() {
+    let _ = worker(&[]);
+    let ids = std::sync::Arc::new(Mutex::new(HashSet::new()));
+    let producer = {
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            for round in 0..30u64 {
+                // Enqueue can fail while its connection is being killed; a caller retries.
+                loop {
+                    match survives_client_kill::enqueue_batch(
+                        (0..10).map(|i| Task { n: round * 10 + i }),
+                    )
+                    .await
+                    {
+                        Ok(new) => {
+                            ids.lock()
+                                .unwrap()
+                                .extend(new.into_iter().map(|id| id.to_string()));
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                if round % 10 == 5 {
+                    let killed: i64 = redis::cmd("CLIENT")
+                        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+                        .query(&mut redis().connection())
+                        .unwrap();
+                    assert!(killed > 0, "the worker's connections were killed");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let expected = ids.clone();
+    let producer_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = producer_done.clone();
+    let watcher = tokio::spawn(async move {
+        producer.await.unwrap();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let done = run_until(worker(&[survives_client_kill::TOPIC]), move || {
+        producer_done.load(std::sync::atomic::Ordering::SeqCst)
+            && seen_ids("kill") == *expected.lock().unwrap()
+    })
+    .await;
+    watcher.await.unwrap();
+    assert!(
+        done,
+        "processed {} of {}",
+        seen_ids("kill").len(),
+        ids.lock().unwrap().len()
+    );
+    assert_eq!(ids.lock().unwrap().len(), 300);
+    let mut conn = redis().connection();
+    assert_eq!(
+        pending(
+            &mut conn,
+            survives_client_kill::TOPIC,
+            survives_client_kill::GROUP,
+            2
+        ),
+        0
+    );
+}
+
+#[tokio::test]
+async fn running_with_an_unknown_topic_fails_with_a_clear_error() {
+    let error = worker(&["no_such_topic"])
+        .run_until(async {})
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("no_such_topic") && message.contains("core_bulk"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_heartbeat_setting_names_the_variable() {
+    let error = worker(&[bulk::TOPIC])
+        .heartbeat_ttl(Duration::from_millis(100))
+        .run_until(async {})
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("REDISAQ_HEARTBEAT_TTL_MS"),
+        "{error}"
+    );
+}
