@@ -77,10 +77,11 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
         .collect::<Vec<_>>();
     for job in &jobs {
         tracing::info!(
-            topic = %shared.topic, partition = job.meta.partition, job_id = %job.meta.id,
-            attempt = job.meta.attempt,
+            partition = job.meta.partition,
             "Consumer {} processing job {} (attempt {})",
-            shared.consumer, job.meta.id, job.meta.attempt
+            shared.consumer,
+            job.meta.id,
+            job.meta.attempt
         );
     }
     let count = jobs.len();
