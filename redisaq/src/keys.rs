@@ -11,6 +11,8 @@
 //! | `redisaq:{topic:N}` | stream | the jobs of partition `N`; one consumer group per handler group |
 //! | `redisaq:{topic}:dlq` | stream | dead-lettered jobs of the topic, all groups |
 //! | `redisaq:{topic}:members:{group}` | sorted set | live consumers of a group, scored by heartbeat expiry (ms) |
+//! | `redisaq:{topic}:assignment:{group}` | hash | `generation`, `members`, `owners` (JSON lists; owner by partition) |
+//! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
 
 /// Prefix of every key.
 pub const PREFIX: &str = "redisaq";
@@ -38,6 +40,16 @@ pub fn dead_letters(topic: &str) -> String {
 /// The sorted set of a group's live consumers, scored by heartbeat expiry.
 pub fn members(topic: &str, group: &str) -> String {
     format!("{PREFIX}:{{{topic}}}:members:{group}")
+}
+
+/// The hash with a group's current partition assignment.
+pub fn assignment(topic: &str, group: &str) -> String {
+    format!("{PREFIX}:{{{topic}}}:assignment:{group}")
+}
+
+/// The lease that fences a group's ownership of one partition.
+pub fn lease(topic: &str, partition: u32, group: &str) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}:lease:{group}")
 }
 
 /// The partition number of a partition stream key, if it is one of `topic`'s.

@@ -1,43 +1,15 @@
 //! Bounding the partition streams. Each partition keeps about `maxlen` entries, but an
 //! entry is only trimmed once every group is done with it: not pending anywhere and
 //! already delivered to every group. A lagging group therefore makes the stream grow
-//! instead of losing jobs.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! instead of losing jobs. The owner of a partition trims it on every heartbeat.
 
 use redis::aio::ConnectionManager;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::keys;
 use crate::wire;
 
 /// Most entries looked at in one pass when finding the retention boundary.
 const MAX_SCAN: u64 = 10_000;
-
-/// Trims every partition of `topic` every `every` until `stop`.
-pub(crate) async fn run(
-    conn: ConnectionManager,
-    topic: Arc<str>,
-    partitions: u32,
-    maxlen: u64,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = stop.cancelled() => return,
-        }
-        for partition in 0..partitions {
-            let stream = keys::partition(&topic, partition);
-            if let Err(e) = trim(&mut conn.clone(), &stream, maxlen).await {
-                tracing::debug!(stream, error = %e, "trimming failed; will try again");
-            }
-        }
-    }
-}
 
 fn min_id(a: Option<String>, b: String) -> String {
     match a {

@@ -145,6 +145,7 @@ impl DeadLetter<'_> {
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
     pub id: String,
+    pub consumer: String,
     pub deliveries: u64,
 }
 
@@ -250,11 +251,12 @@ pub(crate) fn parse_pending(value: &Value) -> Result<Vec<Pending>, RedisError> {
         .iter()
         .map(|row| {
             let parse = || {
-                let [id, _consumer, _idle, deliveries] = items(row)? else {
+                let [id, consumer, _idle, deliveries] = items(row)? else {
                     return None;
                 };
                 Some(Pending {
                     id: text(id)?,
+                    consumer: text(consumer)?,
                     deliveries: int(deliveries)? as u64,
                 })
             };

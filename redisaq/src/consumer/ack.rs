@@ -1,11 +1,17 @@
 //! Acknowledgements, coalesced: whatever arrived while the previous pipeline was in
-//! flight goes out together, one `XACK` per stream with all its ids.
+//! flight goes out together, one fenced `XACK` per partition with all its ids. An ack
+//! into a partition whose lease this consumer lost is refused; the new owner runs the
+//! job again (at-least-once).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use super::lease;
+use crate::keys;
 
 /// Most ids sent in one round trip.
 const MAX_PER_FLUSH: usize = 2048;
@@ -13,68 +19,101 @@ const MAX_PER_FLUSH: usize = 2048;
 /// A request to the acknowledger.
 #[derive(Debug)]
 pub(crate) enum Ack {
-    /// Acknowledge this entry of this stream.
-    Entry { stream: String, id: String },
+    /// Acknowledge this entry of this partition.
+    Entry { partition: u32, id: String },
+    /// Answer once everything sent before is flushed.
+    Flush(oneshot::Sender<()>),
     /// Flush what came before and stop.
     Close,
 }
 
-pub(crate) async fn run(
-    mut conn: ConnectionManager,
-    group: &'static str,
-    mut requests: mpsc::UnboundedReceiver<Ack>,
-) {
-    let mut closing = false;
-    while !closing {
-        let Some(first) = requests.recv().await else {
-            break;
-        };
-        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
-        let mut count = 0;
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Ack::Entry { stream, id } => {
-                    by_stream.entry(stream).or_default().push(id);
-                    count += 1;
-                }
-                Ack::Close => closing = true,
-            }
-            if count < MAX_PER_FLUSH && !closing {
-                next = requests.try_recv().ok();
-            }
-        }
-        if count > 0 {
-            flush(&mut conn, group, &by_stream).await;
-        }
-    }
+/// Who acknowledges: the consumer, for fencing.
+pub(crate) struct Acker {
+    pub conn: ConnectionManager,
+    pub topic: Arc<str>,
+    pub group: &'static str,
+    pub consumer: String,
 }
 
-/// Sends the acks, retrying through reconnects for a while. If Redis stays away the jobs
-/// stay pending and are delivered again: at-least-once, never lost.
-async fn flush(
-    conn: &mut ConnectionManager,
-    group: &str,
-    by_stream: &HashMap<String, Vec<String>>,
-) {
-    let mut pipe = redis::pipe();
-    for (stream, ids) in by_stream {
-        pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
-    }
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=8 {
-        match pipe.exec_async(conn).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "acknowledging jobs failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+impl Acker {
+    pub(crate) async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Ack>) {
+        let mut closing = false;
+        while !closing {
+            let Some(first) = requests.recv().await else {
+                break;
+            };
+            let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            let mut waiting = Vec::new();
+            let mut count = 0;
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Ack::Entry { partition, id } => {
+                        by_partition.entry(partition).or_default().push(id);
+                        count += 1;
+                    }
+                    Ack::Flush(reply) => waiting.push(reply),
+                    Ack::Close => closing = true,
+                }
+                if count < MAX_PER_FLUSH && !closing {
+                    next = requests.try_recv().ok();
+                }
+            }
+            if count > 0 {
+                self.flush(&by_partition).await;
+            }
+            for reply in waiting {
+                let _ = reply.send(());
             }
         }
     }
-    let count: usize = by_stream.values().map(Vec::len).sum();
-    tracing::error!(
-        count,
-        "could not acknowledge jobs; they stay pending and will be delivered again"
-    );
+
+    /// Sends the acks, retrying through reconnects for a while. If Redis stays away the
+    /// jobs stay pending and are delivered again: at-least-once, never lost.
+    async fn flush(&mut self, by_partition: &BTreeMap<u32, Vec<String>>) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (&partition, ids) in by_partition {
+            pipe.add_command(
+                lease::fenced(
+                    &keys::lease(&self.topic, partition, self.group),
+                    &keys::partition(&self.topic, partition),
+                    &self.consumer,
+                    "XACK",
+                )
+                .arg(self.group)
+                .arg(ids)
+                .to_owned(),
+            );
+        }
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=8 {
+            match pipe
+                .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut self.conn)
+                .await
+            {
+                Ok(results) => {
+                    for ((partition, ids), result) in by_partition.iter().zip(results) {
+                        if let Err(e) = result {
+                            tracing::warn!(
+                                partition, count = ids.len(), error = %e,
+                                "acknowledgements refused; the partition's owner runs these jobs again"
+                            );
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "acknowledging jobs failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let count: usize = by_partition.values().map(Vec::len).sum();
+        tracing::error!(
+            count,
+            "could not acknowledge jobs; they stay pending and will be delivered again"
+        );
+    }
 }

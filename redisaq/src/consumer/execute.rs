@@ -2,6 +2,7 @@
 //! a retryable error schedules the next attempt after a backoff, a fatal error or the
 //! last attempt dead-letters.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::ack::Ack;
+use super::lease::{self, Guard};
 use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
@@ -54,7 +56,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut deliveries: mpsc::Receiver<Deli
 async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphorePermit) {
     let mut runnable = Vec::with_capacity(batch.len());
     for delivery in batch {
-        if let Err(reason) = &delivery.job {
+        if !shared.held.is_active(delivery.partition) {
+            // The partition moved (or is moving) elsewhere: its new owner claims the entry.
+            tracing::debug!(partition = delivery.partition, entry = %delivery.entry_id, "partition not ours; leaving the job to its owner");
+        } else if let Err(reason) = &delivery.job {
             let reason = reason.clone();
             dead_letter(&shared, &delivery, &reason).await;
         } else if delivery.attempt > shared.max_attempts {
@@ -71,6 +76,12 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     if runnable.is_empty() {
         return;
     }
+    let mut partitions: Vec<u32> = runnable.iter().map(|d| d.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    let Some(guard) = shared.held.begin(&partitions) else {
+        return;
+    };
     let jobs = runnable
         .iter()
         .map(|d| d.job.clone().expect("only decodable deliveries run"))
@@ -86,12 +97,20 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     }
     let count = jobs.len();
     let handler = shared.def.call;
-    let results = match AssertUnwindSafe(async move { handler(jobs).await })
-        .catch_unwind()
-        .await
-    {
-        Ok(results) => results,
-        Err(panic) => {
+    let running = AssertUnwindSafe(async move { handler(jobs).await }).catch_unwind();
+    let results = match while_owned(&shared, &partitions, guard, running).await {
+        None => {
+            tracing::warn!(
+                partitions = ?partitions,
+                "Consumer {} lost a partition while running {count} job(s); abandoning them to the new owner",
+                shared.consumer
+            );
+            drop(permit);
+            shared.held.end(&partitions);
+            return;
+        }
+        Some(Ok(results)) => results,
+        Some(Err(panic)) => {
             let message = panic_message(&panic);
             tracing::error!(handler = shared.def.name, "handler panicked: {message}");
             (0..count)
@@ -102,6 +121,35 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     drop(permit);
     for (delivery, result) in runnable.into_iter().zip(results) {
         settle(&shared, delivery, result).await;
+    }
+    shared.held.end(&partitions);
+}
+
+/// Runs `work` while this consumer surely holds every partition it touches; stops it
+/// (drops it at its next await) as soon as a lease is lost or may have run out, e.g.
+/// after the process was paused for longer than the lease TTL.
+async fn while_owned<F: Future>(
+    shared: &Shared,
+    partitions: &[u32],
+    guard: Guard,
+    work: F,
+) -> Option<F::Output> {
+    let lost = futures_util::future::select_all(
+        guard.lost.iter().map(|token| Box::pin(token.cancelled())),
+    );
+    tokio::pin!(work);
+    tokio::pin!(lost);
+    let mut until = guard.valid_until;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut lost => return None,
+            () = tokio::time::sleep_until(until) => match shared.held.valid_until(partitions) {
+                Some(renewed) if renewed > Instant::now() => until = renewed,
+                _ => return None,
+            },
+            output = &mut work => return Some(output),
+        }
     }
 }
 
@@ -141,7 +189,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
 
 fn ack(shared: &Shared, delivery: &Delivery) {
     let _ = shared.acks.send(Ack::Entry {
-        stream: delivery.stream(shared),
+        partition: delivery.partition,
         id: delivery.entry_id.clone(),
     });
 }
@@ -155,18 +203,25 @@ async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
         // The entry stays pending and comes back through a claim.
         () = shared.shutdown.cancelled() => return,
     }
+    if !shared.held.is_active(delivery.partition) {
+        return; // its new owner claims it
+    }
     let next = delivery.attempt + 1;
-    let claimed: Result<redis::Value, _> = redis::cmd("XCLAIM")
-        .arg(delivery.stream(&shared))
-        .arg(shared.group)
-        .arg(&shared.consumer)
-        .arg(0)
-        .arg(&delivery.entry_id)
-        .arg("RETRYCOUNT")
-        .arg(next)
-        .arg("JUSTID")
-        .query_async(&mut shared.conn.clone())
-        .await;
+    let claimed: Result<redis::Value, _> = lease::fenced(
+        &delivery.lease(&shared),
+        &delivery.stream(&shared),
+        &shared.consumer,
+        "XCLAIM",
+    )
+    .arg(shared.group)
+    .arg(&shared.consumer)
+    .arg(0)
+    .arg(&delivery.entry_id)
+    .arg("RETRYCOUNT")
+    .arg(next)
+    .arg("JUSTID")
+    .query_async(&mut shared.conn.clone())
+    .await;
     match claimed.map(|v| wire::parse_strings(&v)) {
         Ok(Ok(ids)) if !ids.is_empty() => {
             delivery.attempt = next;
@@ -180,6 +235,9 @@ async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
         }
         Ok(_) => {
             tracing::debug!(entry = %delivery.entry_id, "entry no longer pending here; not retrying")
+        }
+        Err(e) if lease::is_fenced(&e) => {
+            tracing::debug!(entry = %delivery.entry_id, "partition moved; its new owner retries the job")
         }
         Err(e) => tracing::warn!(
             entry = %delivery.entry_id, error = %e,

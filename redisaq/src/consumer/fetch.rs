@@ -1,6 +1,6 @@
-//! Reading new entries: one blocking `XREADGROUP` over all partitions on a connection of
-//! its own, sized to the room the executor has, so nothing is fetched that cannot start
-//! soon.
+//! Reading new entries: one blocking `XREADGROUP` over the partitions this consumer owns
+//! (with a lease surely still valid), on a connection of its own, sized to the room the
+//! executor has, so nothing is fetched that cannot start soon.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +17,31 @@ use crate::wire;
 const MAX_READ: usize = 1000;
 
 pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
-    let block_ms = shared.config.block.as_millis() as u64;
     let mut conn =
         redis_conn::manager(client, shared.config.block + Duration::from_secs(5)).await?;
-    let streams = shared.streams();
     let mut failures = 0u32;
     loop {
+        let partitions = shared.held.fetchable();
+        if partitions.is_empty() {
+            tokio::select! {
+                () = shared.ownership_changed.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = shared.shutdown.cancelled() => return Ok(()),
+            }
+            continue;
+        }
+        let streams: Vec<String> = partitions
+            .iter()
+            .map(|&p| keys::partition(&shared.topic, p))
+            .collect();
+        // Never block past the point where a lease might have run out.
+        let lease_left = shared
+            .held
+            .valid_until(&partitions)
+            .map_or(Duration::ZERO, |until| {
+                until.saturating_duration_since(tokio::time::Instant::now())
+            });
+        let block_ms = shared.config.block.min(lease_left).as_millis().max(1) as u64;
         // Wait for room: a slot in the delivery queue.
         let room = tokio::select! {
             permit = shared.deliveries.reserve() => match permit {
@@ -61,8 +80,13 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                 // it): make it again and go on.
                 tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
                 let mut conn = shared.conn.clone();
-                if let Err(e) =
-                    create_groups(&mut conn, &shared.topic, shared.group, shared.partitions).await
+                if let Err(e) = create_groups(
+                    &mut conn,
+                    &shared.topic,
+                    shared.group,
+                    shared.known_partitions(),
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "could not create the consumer group");
                     pause(&shared, &mut failures).await;

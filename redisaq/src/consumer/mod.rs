@@ -1,21 +1,29 @@
 //! Running one handler: a consumer in the handler's group on every partition of its topic.
 //!
 //! A job's way through a consumer, one file each:
-//! [`fetch`] reads new entries from the partition streams → [`execute`] gathers them into
-//! calls (one job, or a batch) within the concurrency limit and applies each result →
-//! [`ack`] acknowledges in coalesced pipelines, or `execute` schedules a retry or writes a
-//! dead letter. [`membership`] keeps this consumer's heartbeat and takes over the pending
-//! jobs of consumers whose heartbeat expired; [`crate::trim`] bounds the streams.
+//! [`fetch`] reads new entries from the partitions this consumer owns → [`execute`]
+//! gathers them into calls (one job, or a batch) within the concurrency limit and applies
+//! each result → [`ack`] acknowledges in coalesced, fenced pipelines, or `execute`
+//! schedules a retry or writes a dead letter.
+//!
+//! Which partitions a consumer owns: [`membership`] (heartbeats) → [`assignment`] (who
+//! owns what, per generation) → [`lease`] (fenced ownership of one partition) →
+//! [`takeover`] (claiming what others left) — driven by the [`coordinator`] loop.
 
 mod ack;
+mod assignment;
+mod coordinator;
 mod execute;
 mod fetch;
+mod lease;
 mod membership;
+mod takeover;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -71,6 +79,10 @@ impl Delivery {
     fn stream(&self, shared: &Shared) -> String {
         keys::partition(&shared.topic, self.partition)
     }
+
+    fn lease(&self, shared: &Shared) -> String {
+        keys::lease(&shared.topic, self.partition, shared.group)
+    }
 }
 
 /// What every task of one consumer shares.
@@ -79,7 +91,12 @@ pub(crate) struct Shared {
     pub topic: Arc<str>,
     pub group: &'static str,
     pub consumer: String,
-    pub partitions: u32,
+    /// Partitions known to have the group (raised at run time as the topic grows).
+    known_partitions: AtomicU32,
+    /// The partitions this consumer holds.
+    pub held: lease::Partitions,
+    /// Wakes the fetch loop when it may read from other partitions.
+    pub ownership_changed: Notify,
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub config: Config,
@@ -93,10 +110,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn streams(&self) -> Vec<String> {
-        (0..self.partitions)
-            .map(|p| keys::partition(&self.topic, p))
-            .collect()
+    fn known_partitions(&self) -> u32 {
+        self.known_partitions.load(Ordering::Relaxed)
+    }
+
+    fn set_known_partitions(&self, partitions: u32) {
+        self.known_partitions
+            .fetch_max(partitions, Ordering::Relaxed);
     }
 }
 
@@ -167,7 +187,9 @@ pub(crate) async fn run(
         topic: def.spec.topic.into(),
         group: def.group,
         consumer,
-        partitions: info.partitions,
+        known_partitions: AtomicU32::new(info.partitions),
+        held: lease::Partitions::default(),
+        ownership_changed: Notify::new(),
         max_attempts: def.retries().saturating_add(1),
         backoff: Backoff {
             first: config.retry_backoff_min,
@@ -183,23 +205,21 @@ pub(crate) async fn run(
     });
     tracing::info!(
         topic = %shared.topic, group = shared.group, consumer = %shared.consumer,
-        partitions = info.partitions, concurrency, batch,
-        "Consumer {} started on topic {} in group {}, partitions {:?}",
-        shared.consumer, shared.topic, shared.group, (0..info.partitions).collect::<Vec<_>>()
+        concurrency, batch,
+        "Consumer {} joined group {} on topic {} ({} partitions)",
+        shared.consumer, shared.group, shared.topic, info.partitions
     );
 
-    let acker = tokio::spawn(ack::run(conn.clone(), shared.group, ack_rx));
+    let acker = ack::Acker {
+        conn: conn.clone(),
+        topic: shared.topic.clone(),
+        group: shared.group,
+        consumer: shared.consumer.clone(),
+    };
+    let acker = tokio::spawn(acker.run(ack_rx));
     let background = CancellationToken::new();
-    membership::join(&shared).await?;
-    let heartbeat = tokio::spawn(membership::run(shared.clone(), background.clone()));
-    let trimmer = tokio::spawn(crate::trim::run(
-        conn.clone(),
-        shared.topic.clone(),
-        info.partitions,
-        info.maxlen,
-        shared.config.heartbeat_interval,
-        background.clone(),
-    ));
+    membership::heartbeat(&shared).await?;
+    let coordinator = tokio::spawn(coordinator::run(shared.clone(), background.clone()));
     let executor = tokio::spawn(execute::run(shared.clone(), delivery_rx));
     let fetched = fetch::run(shared.clone(), &client).await;
 
@@ -207,10 +227,20 @@ pub(crate) async fn run(
     let _ = executor.await;
     shared.tasks.close();
     let finished = tokio::time::timeout(shared.config.shutdown_timeout, shared.tasks.wait()).await;
-    let running = shared.concurrency.available_permits();
+    let running = concurrency - shared.concurrency.available_permits();
     background.cancel();
-    let _ = heartbeat.await;
-    let _ = trimmer.await;
+    let _ = coordinator.await;
+    // Hand everything back at once: the others need not wait for lease or heartbeat TTLs.
+    // (Partitions with calls still running past the deadline keep their lease until it
+    // expires, so their next owner cannot start while those calls might still run.)
+    for (partition, _, running) in shared.held.held() {
+        if running > 0 {
+            continue;
+        }
+        if let Err(e) = coordinator::release(&shared, partition).await {
+            tracing::warn!(partition, error = %e, "could not release the partition; it moves after the lease TTL");
+        }
+    }
     membership::leave(&shared).await;
     let (topic, consumer) = (shared.topic.clone(), shared.consumer.clone());
     // Calls still running past the deadline may ack later into a closed channel; their
@@ -222,6 +252,6 @@ pub(crate) async fn run(
     fetched?;
     match finished {
         Ok(()) => Ok(()),
-        Err(_) => Err(Error::ShutdownTimeout(concurrency.saturating_sub(running))),
+        Err(_) => Err(Error::ShutdownTimeout(running)),
     }
 }

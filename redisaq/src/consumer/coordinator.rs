@@ -1,0 +1,229 @@
+//! The consumer's control loop: heartbeat, follow the group's assignment, hand partitions
+//! over in two steps, renew leases, take over what others left, trim.
+//!
+//! Handing a partition from A to B: A sees the new assignment, stops fetching it and
+//! starting its jobs ("pausing consumption"), waits for its running jobs and their acks,
+//! then releases the lease. B tries to take the lease on every tick; once it is free (or
+//! expired, when A died) B claims what is still pending there and starts ("resuming
+//! consumption"). Partitions that keep their owner are never paused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ack::Ack;
+use super::assignment::{self, Assignment};
+use super::lease::{self, Phase};
+use super::{create_groups, membership, takeover, Shared};
+use crate::error::Error;
+use crate::{keys, topic, trim};
+
+/// The last known state of the group, as this consumer saw it.
+#[derive(Default)]
+struct View {
+    live: Vec<String>,
+    assignment: Assignment,
+    maxlen: u64,
+}
+
+/// How long a lease is surely ours after we asked Redis to extend it: the TTL, less a
+/// margin for clocks running at slightly different rates.
+fn lease_validity(shared: &Shared, asked_at: Instant) -> Instant {
+    let ttl = shared.config.heartbeat_ttl;
+    asked_at + ttl - ttl / 20
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let interval = shared.config.heartbeat_interval;
+    let tick = (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut view = View::default();
+    let mut next_heartbeat = Instant::now();
+    loop {
+        let result = if Instant::now() >= next_heartbeat {
+            next_heartbeat = Instant::now() + interval;
+            heartbeat(&shared, &mut view).await
+        } else {
+            follow(&shared, &mut view, true).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(topic = %shared.topic, group = shared.group, error = %e, "coordination step failed; retrying");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Every heartbeat interval: renew liveness and leases, take over, remove the dead, trim.
+async fn heartbeat(shared: &Shared, view: &mut View) -> Result<(), Error> {
+    view.live = membership::heartbeat(shared).await?;
+    renew_leases(shared).await;
+    follow(shared, view, false).await?;
+    for (partition, phase, _) in shared.held.held() {
+        if phase != Phase::Active {
+            continue;
+        }
+        takeover::claim_orphans(shared, partition).await?;
+        takeover::remove_dead(shared, partition, &view.live).await?;
+        if view.maxlen > 0 {
+            trim::trim(
+                &mut shared.conn.clone(),
+                &keys::partition(&shared.topic, partition),
+                view.maxlen,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn renew_leases(shared: &Shared) {
+    let ttl = shared.config.heartbeat_ttl;
+    for (partition, _, _) in shared.held.held() {
+        let asked_at = Instant::now();
+        let lease_key = keys::lease(&shared.topic, partition, shared.group);
+        match lease::renew(&mut shared.conn.clone(), &lease_key, &shared.consumer, ttl).await {
+            Ok(true) => shared
+                .held
+                .extend(partition, lease_validity(shared, asked_at)),
+            Ok(false) => {
+                tracing::warn!(
+                    partition,
+                    "Consumer {} lost the lease of partition {partition}; stopping its jobs",
+                    shared.consumer
+                );
+                shared.held.drop_partition(partition);
+                shared.ownership_changed.notify_one();
+            }
+            // Keep going on the local deadline: if Redis stays away, the lease runs out
+            // locally before it can run out in Redis.
+            Err(e) => tracing::warn!(partition, error = %e, "renewing a lease failed"),
+        }
+    }
+}
+
+/// Every tick: read the assignment (moving it on if membership or partitions changed)
+/// and act on it.
+async fn follow(shared: &Shared, view: &mut View, refresh_live: bool) -> Result<(), Error> {
+    let mut conn = shared.conn.clone();
+    if refresh_live {
+        view.live = membership::live_members(shared).await?;
+    }
+    if !view.live.contains(&shared.consumer) {
+        // Our record expired (we were paused?): come back before anything else.
+        view.live = membership::heartbeat(shared).await?;
+    }
+    let info = topic::ensure(&mut conn, shared.def.spec).await?;
+    view.maxlen = info.maxlen;
+    let mut current = assignment::load(&mut conn, &shared.topic, shared.group).await?;
+    if !current.matches(&view.live, info.partitions) {
+        assignment::advance(
+            &mut conn,
+            &shared.topic,
+            shared.group,
+            &current,
+            &view.live,
+            info.partitions,
+        )
+        .await?;
+        current = assignment::load(&mut conn, &shared.topic, shared.group).await?;
+    }
+    if current.generation != view.assignment.generation {
+        let mine = current.owned_by(&shared.consumer);
+        tracing::info!(
+            topic = %shared.topic, group = shared.group, generation = current.generation,
+            "Consumer {} assigned partitions {:?} (generation {})",
+            shared.consumer, mine, current.generation
+        );
+    }
+    view.assignment = current;
+    apply(shared, &view.assignment, info.partitions).await
+}
+
+/// Moves towards owning exactly the assigned partitions.
+async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Result<(), Error> {
+    let target = assignment.owned_by(&shared.consumer);
+    let held = shared.held.held();
+    let pausing: Vec<u32> = held
+        .iter()
+        .filter(|(p, phase, _)| *phase == Phase::Active && !target.contains(p))
+        .map(|(p, _, _)| *p)
+        .collect();
+    if !pausing.is_empty() {
+        tracing::info!(
+            generation = assignment.generation,
+            "Consumer {} pausing consumption of partitions {:?} (generation {})",
+            shared.consumer,
+            pausing,
+            assignment.generation
+        );
+        for p in &pausing {
+            shared.held.start_release(*p);
+        }
+    }
+    for (partition, phase, running) in shared.held.held() {
+        if phase == Phase::Releasing && running == 0 {
+            release(shared, partition).await?;
+        }
+    }
+    let mut resumed = Vec::new();
+    let ttl = shared.config.heartbeat_ttl;
+    for partition in target {
+        if shared.held.is_active(partition) {
+            continue;
+        }
+        if partition >= shared.known_partitions() {
+            create_groups(
+                &mut shared.conn.clone(),
+                &shared.topic,
+                shared.group,
+                partition + 1,
+            )
+            .await?;
+            shared.set_known_partitions(partitions);
+        }
+        let asked_at = Instant::now();
+        let lease_key = keys::lease(&shared.topic, partition, shared.group);
+        if !lease::acquire(&mut shared.conn.clone(), &lease_key, &shared.consumer, ttl).await? {
+            continue; // the previous owner is still finishing; try again next tick
+        }
+        shared
+            .held
+            .hold(partition, lease_validity(shared, asked_at));
+        takeover::claim_orphans(shared, partition).await?;
+        resumed.push(partition);
+    }
+    if !resumed.is_empty() {
+        tracing::info!(
+            generation = assignment.generation,
+            "Consumer {} resuming consumption of partitions {:?} (generation {})",
+            shared.consumer,
+            resumed,
+            assignment.generation
+        );
+        shared.ownership_changed.notify_one();
+    }
+    Ok(())
+}
+
+/// Second step of a hand-over: once nothing of the partition runs here, flush its acks
+/// and free the lease for the next owner.
+pub(crate) async fn release(shared: &Shared, partition: u32) -> Result<(), Error> {
+    let (flushed, done) = oneshot::channel();
+    if shared.acks.send(Ack::Flush(flushed)).is_ok() {
+        let _ = done.await;
+    }
+    let lease_key = keys::lease(&shared.topic, partition, shared.group);
+    lease::release(&mut shared.conn.clone(), &lease_key, &shared.consumer).await?;
+    shared.held.drop_partition(partition);
+    tracing::info!(
+        partition,
+        "Consumer {} released partition {partition}",
+        shared.consumer
+    );
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Fenced ownership of partitions. A consumer works on a partition only while it holds
+//! the partition's lease (`redisaq:{topic:N}:lease:{group}`, value: the consumer's name,
+//! with the heartbeat TTL). Every acknowledgement and claim into the partition goes
+//! through a script that first checks the lease, so a consumer that lost it (paused,
+//! cut off) cannot act on the partition any more; locally, it stops fetching and
+//! abandons running jobs of the partition once its lease may have expired.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+
+/// `SET lease me NX PX ttl`, but also succeeds when the lease is already ours.
+const ACQUIRE: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if owner then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Extends the lease if it is still ours.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes the lease if it is still ours.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Runs `ARGV[2]` on the stream `KEYS[2]` with the remaining arguments, only while the
+/// lease `KEYS[1]` belongs to `ARGV[1]`.
+const FENCED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
+end
+return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
+";
+
+/// A stream command that runs only while `owner` holds `lease`; add the command's
+/// arguments after the stream key. Sent as `EVAL` (the server caches the script), so it
+/// works in pipelines and after a Redis restart alike.
+pub(crate) fn fenced(lease: &str, stream: &str, owner: &str, command: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(FENCED)
+        .arg(2)
+        .arg(lease)
+        .arg(stream)
+        .arg(owner)
+        .arg(command);
+    cmd
+}
+
+/// Whether an error says the lease was not held.
+pub(crate) fn is_fenced(error: &redis::RedisError) -> bool {
+    error.code() == Some("FENCED")
+}
+
+async fn run_script(
+    conn: &mut ConnectionManager,
+    script: &str,
+    lease: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let done: i64 = redis::Script::new(script)
+        .key(lease)
+        .arg(owner)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    Ok(done == 1)
+}
+
+/// Takes the lease if it is free (or already ours).
+pub(crate) async fn acquire(
+    conn: &mut ConnectionManager,
+    lease: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    run_script(conn, ACQUIRE, lease, owner, ttl).await
+}
+
+/// Extends the lease; false when it is not ours any more.
+pub(crate) async fn renew(
+    conn: &mut ConnectionManager,
+    lease: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    run_script(conn, RENEW, lease, owner, ttl).await
+}
+
+/// Gives the lease up so the next owner can start at once.
+pub(crate) async fn release(
+    conn: &mut ConnectionManager,
+    lease: &str,
+    owner: &str,
+) -> Result<(), Error> {
+    run_script(conn, RELEASE, lease, owner, Duration::ZERO)
+        .await
+        .map(|_| ())
+}
+
+/// Where a held partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Fetching and running jobs.
+    Active,
+    /// Assigned elsewhere: no new jobs start; the lease goes once running ones finish.
+    Releasing,
+}
+
+#[derive(Debug)]
+struct Slot {
+    phase: Phase,
+    /// Until when the lease is surely ours, by this process's clock.
+    valid_until: Instant,
+    running: usize,
+    lost: CancellationToken,
+}
+
+/// The partitions this consumer holds, shared by fetch, execute and the coordinator.
+#[derive(Debug, Default)]
+pub(crate) struct Partitions {
+    slots: Mutex<HashMap<u32, Slot>>,
+}
+
+/// What a running call needs to stop when one of its partitions is lost.
+pub(crate) struct Guard {
+    pub valid_until: Instant,
+    pub lost: Vec<CancellationToken>,
+}
+
+impl Partitions {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<u32, Slot>) -> R) -> R {
+        f(&mut self.slots.lock().expect("partition table lock"))
+    }
+
+    /// Records a freshly acquired lease, valid until `valid_until`.
+    pub(crate) fn hold(&self, partition: u32, valid_until: Instant) {
+        self.with(|slots| {
+            slots.insert(
+                partition,
+                Slot {
+                    phase: Phase::Active,
+                    valid_until,
+                    running: 0,
+                    lost: CancellationToken::new(),
+                },
+            );
+        });
+    }
+
+    /// Extends a held lease.
+    pub(crate) fn extend(&self, partition: u32, valid_until: Instant) {
+        self.with(|slots| {
+            if let Some(slot) = slots.get_mut(&partition) {
+                slot.valid_until = valid_until;
+            }
+        });
+    }
+
+    /// Forgets a partition whose lease is gone, stopping its running jobs.
+    pub(crate) fn drop_partition(&self, partition: u32) {
+        if let Some(slot) = self.with(|slots| slots.remove(&partition)) {
+            slot.lost.cancel();
+        }
+    }
+
+    /// Stops new work on a partition that moves elsewhere.
+    pub(crate) fn start_release(&self, partition: u32) {
+        self.with(|slots| {
+            if let Some(slot) = slots.get_mut(&partition) {
+                slot.phase = Phase::Releasing;
+            }
+        });
+    }
+
+    /// Partitions held, with their phase and running count.
+    pub(crate) fn held(&self) -> Vec<(u32, Phase, usize)> {
+        let mut held: Vec<_> = self.with(|slots| {
+            slots
+                .iter()
+                .map(|(p, s)| (*p, s.phase, s.running))
+                .collect()
+        });
+        held.sort_unstable_by_key(|(p, _, _)| *p);
+        held
+    }
+
+    /// Partitions to fetch from: active, with a lease that is surely still ours.
+    pub(crate) fn fetchable(&self) -> Vec<u32> {
+        let now = Instant::now();
+        let mut list: Vec<u32> = self.with(|slots| {
+            slots
+                .iter()
+                .filter(|(_, s)| s.phase == Phase::Active && s.valid_until > now)
+                .map(|(p, _)| *p)
+                .collect()
+        });
+        list.sort_unstable();
+        list
+    }
+
+    /// Registers a call on these partitions if all are active with a valid lease.
+    pub(crate) fn begin(&self, partitions: &[u32]) -> Option<Guard> {
+        let now = Instant::now();
+        self.with(|slots| {
+            let usable = partitions.iter().all(|p| {
+                slots
+                    .get(p)
+                    .is_some_and(|s| s.phase == Phase::Active && s.valid_until > now)
+            });
+            if !usable {
+                return None;
+            }
+            let mut guard = Guard {
+                valid_until: now + Duration::from_secs(3600),
+                lost: Vec::with_capacity(partitions.len()),
+            };
+            for p in partitions {
+                let slot = slots.get_mut(p).expect("checked above");
+                slot.running += 1;
+                guard.valid_until = guard.valid_until.min(slot.valid_until);
+                guard.lost.push(slot.lost.clone());
+            }
+            Some(guard)
+        })
+    }
+
+    /// The earliest lease end among these partitions now (leases get extended while a
+    /// call runs); `None` if one is gone.
+    pub(crate) fn valid_until(&self, partitions: &[u32]) -> Option<Instant> {
+        self.with(|slots| {
+            partitions
+                .iter()
+                .map(|p| slots.get(p).map(|s| s.valid_until))
+                .try_fold(None::<Instant>, |min, v| {
+                    v.map(|v| Some(min.map_or(v, |m: Instant| m.min(v))))
+                })
+                .flatten()
+        })
+    }
+
+    /// Ends a call registered with [`begin`](Self::begin).
+    pub(crate) fn end(&self, partitions: &[u32]) {
+        self.with(|slots| {
+            for p in partitions {
+                if let Some(slot) = slots.get_mut(p) {
+                    slot.running = slot.running.saturating_sub(1);
+                }
+            }
+        });
+    }
+
+    /// Whether the partition is held and active.
+    pub(crate) fn is_active(&self, partition: u32) -> bool {
+        self.with(|slots| {
+            slots
+                .get(&partition)
+                .is_some_and(|s| s.phase == Phase::Active)
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Taking over what others left in a partition this consumer owns: pending entries of
+//! other consumers (a dead one, or the previous owner's unstarted jobs) are claimed,
+//! fenced by the lease, and queued here; consumers without a heartbeat and without
+//! pending entries are removed from the Redis group.
+
+use super::{lease, Delivery, Shared};
+use crate::error::Error;
+use crate::keys;
+use crate::wire;
+
+/// Entries claimed in one round trip.
+const CLAIM_PAGE: usize = 100;
+
+/// Claims every pending entry of `partition` that another consumer holds. Returns how
+/// many were queued here.
+pub(crate) async fn claim_orphans(shared: &Shared, partition: u32) -> Result<usize, Error> {
+    let stream = keys::partition(&shared.topic, partition);
+    let lease_key = keys::lease(&shared.topic, partition, shared.group);
+    let mut conn = shared.conn.clone();
+    let mut queued = 0;
+    let mut start = "-".to_string();
+    loop {
+        let rows: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(shared.group)
+            .arg(&start)
+            .arg("+")
+            .arg(CLAIM_PAGE)
+            .query_async(&mut conn)
+            .await?;
+        let page = wire::parse_pending(&rows)?;
+        let Some(last) = page.last() else { break };
+        start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
+        let others: Vec<&wire::Pending> = page
+            .iter()
+            .filter(|p| p.consumer != shared.consumer)
+            .collect();
+        if !others.is_empty() {
+            let claimed: redis::Value =
+                lease::fenced(&lease_key, &stream, &shared.consumer, "XCLAIM")
+                    .arg(shared.group)
+                    .arg(&shared.consumer)
+                    .arg(0)
+                    .arg(others.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+                    .query_async(&mut conn)
+                    .await?;
+            for entry in wire::parse_claimed(&claimed)? {
+                let previous = others.iter().find(|p| p.id == entry.id);
+                let deliveries = previous.map_or(1, |p| p.deliveries);
+                let attempt = u32::try_from(deliveries + 1).unwrap_or(u32::MAX);
+                tracing::info!(
+                    partition, entry = %entry.id,
+                    from = previous.map_or("", |p| p.consumer.as_str()),
+                    "Consumer {} took over pending job", shared.consumer
+                );
+                let delivery = Delivery::new(shared, partition, &entry, attempt);
+                tokio::select! {
+                    sent = shared.deliveries.send(delivery) => if sent.is_err() { return Ok(queued) },
+                    () = shared.shutdown.cancelled() => return Ok(queued),
+                }
+                queued += 1;
+            }
+        }
+        if page.len() < CLAIM_PAGE {
+            break;
+        }
+    }
+    Ok(queued)
+}
+
+/// Removes from the group, on this partition, consumers that are not alive and hold
+/// nothing (DELCONSUMER would drop pending entries, so only those without).
+pub(crate) async fn remove_dead(
+    shared: &Shared,
+    partition: u32,
+    live: &[String],
+) -> Result<(), Error> {
+    let stream = keys::partition(&shared.topic, partition);
+    let mut conn = shared.conn.clone();
+    let consumers: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg(shared.group)
+        .query_async(&mut conn)
+        .await?;
+    for (name, pending) in wire::parse_consumers(&consumers)? {
+        if pending > 0 || name == shared.consumer || live.contains(&name) {
+            continue;
+        }
+        redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(&stream)
+            .arg(shared.group)
+            .arg(&name)
+            .exec_async(&mut conn)
+            .await?;
+        tracing::info!(partition, dead = %name, "Consumer {} removed dead consumer {name} from the group", shared.consumer);
+    }
+    Ok(())
+}
