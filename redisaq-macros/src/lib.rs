@@ -36,16 +36,16 @@
 //!
 //! `#[job(name = value, ...)]`, comma separated:
 //!
-//! | option        | value                  | default                 |
-//! |---------------|------------------------|-------------------------|
-//! | `topic`       | string, required       |                         |
-//! | `group`       | string                 | the function's name     |
-//! | `partitions`  | integer ≥ 1            | runtime default (4)     |
-//! | `retries`     | integer ≥ 0            | runtime default (3)     |
-//! | `batch`       | integer ≥ 1            | one job per call        |
-//! | `max_wait_ms` | integer ≥ 0, with `batch` only | runtime default (100) |
-//! | `concurrency` | integer ≥ 1            | runtime default         |
-//! | `maxlen`      | integer ≥ 1            | runtime default (100 000) |
+//! | option        | value                          | default                   |
+//! |---------------|--------------------------------|---------------------------|
+//! | `topic`       | string, required               |                           |
+//! | `group`       | string                         | the function's name       |
+//! | `partitions`  | integer ≥ 1                    | runtime default (4)       |
+//! | `retries`     | integer ≥ 0                    | runtime default (3)       |
+//! | `batch`       | integer ≥ 1                    | one job per call          |
+//! | `max_wait_ms` | integer ≥ 0, with `batch` only | runtime default (100)     |
+//! | `concurrency` | integer ≥ 1                    | runtime default           |
+//! | `maxlen`      | integer ≥ 1                    | runtime default (100 000) |
 //!
 //! `topic` and `group` must not be empty and must not contain `{`, `}` or whitespace,
 //! because Redis keys and hash tags are built from them. `partitions` only applies when
@@ -62,6 +62,10 @@
 //!
 //! `T` must implement `serde::Serialize` and `serde::Deserialize`. The function itself is
 //! left as written and can still be called directly, e.g. from unit tests.
+//!
+//! The function must be an item of a module, not of a function body: the generated
+//! module reaches the payload type through `super::`, which does not see items declared
+//! inside a block.
 //!
 //! # Generated items
 //!

@@ -1,14 +1,14 @@
 //! The code `#[job]` emits for a [`JobDef`]: thin glue around the runtime's
 //! `redisaq::__private` items, so behaviour lives (and is tested) in the runtime.
 
-use proc_macro2::{Delimiter, Group, Literal, Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens};
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 
-use crate::parser::{JobDef, Kind};
+use crate::parser::{first_span, JobDef, Kind};
 
 /// The function, untouched, followed by its payload alias, its module of enqueue
-/// functions, the payload check and the handler registration.
+/// functions and the handler registration (which also checks the payload type).
 pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let JobDef {
         vis, name, payload, ..
@@ -28,14 +28,19 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     // does not see (imports are not inherited), so the module reaches it through an
     // alias declared next to the function.
     let alias = format_ident!("__redisaq_payload_{}", name_str, span = name.span());
-    let payload_span = payload_span(payload);
+    // Where "`Foo` cannot be used as a job payload" should point.
+    let payload_span = first_span(payload);
     let alias_item = quote_spanned! {payload_span=>
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #vis type #alias = #payload;
     };
+    // Inside the registration rather than in a `const _` of its own: rustc reports an
+    // unmet bound once per item, and here the check shares its item and span with the
+    // `call_single::<T, ..>` below, so a payload without serde is reported only once
+    // there (the enqueue functions, being items of their own, add theirs).
     let assert_payload = quote_spanned! {payload_span=>
-        const _: () = ::redisaq::__private::assert_payload::<#payload>();
+        let () = ::redisaq::__private::assert_payload::<#payload>();
     };
 
     let module_doc = format!(
@@ -49,7 +54,6 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let max_wait_ms = option_literal(options.max_wait_ms.map(Literal::u64_unsuffixed));
     let concurrency = option_literal(options.concurrency.map(Literal::u32_unsuffixed));
     let call = call_expression(def);
-    let payload_in_mod = quote_spanned!(payload_span=> Payload);
 
     quote! {
         #item
@@ -83,7 +87,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                 Output = ::core::result::Result<::redisaq::JobId, ::redisaq::Error>,
             > + ::core::marker::Send
                    + 'static {
-                ::redisaq::__private::enqueue::<#payload_in_mod>(&SPEC, payload, ::redisaq::EnqueueOptions::new())
+                ::redisaq::__private::enqueue(&SPEC, payload, ::redisaq::EnqueueOptions::new())
             }
 
             /// Enqueues one job with options (e.g. a key: same key, same partition, in order).
@@ -94,7 +98,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                 Output = ::core::result::Result<::redisaq::JobId, ::redisaq::Error>,
             > + ::core::marker::Send
                    + 'static {
-                ::redisaq::__private::enqueue::<#payload_in_mod>(&SPEC, payload, options)
+                ::redisaq::__private::enqueue(&SPEC, payload, options)
             }
 
             /// Enqueues many jobs in one pipelined round trip; ids in input order.
@@ -104,22 +108,23 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                 Output = ::core::result::Result<::std::vec::Vec<::redisaq::JobId>, ::redisaq::Error>,
             > + ::core::marker::Send
                    + 'static {
-                ::redisaq::__private::enqueue_batch::<#payload_in_mod, I>(&SPEC, payloads)
+                ::redisaq::__private::enqueue_batch(&SPEC, payloads)
             }
         }
 
-        #assert_payload
-
         ::redisaq::__private::submit_handler! {
-            ::redisaq::__private::HandlerDef {
-                spec: &#name::SPEC,
-                group: #name::GROUP,
-                name: ::core::concat!(::core::module_path!(), "::", #name_str),
-                retries: #retries,
-                batch: #batch,
-                max_wait_ms: #max_wait_ms,
-                concurrency: #concurrency,
-                call: |jobs| #call,
+            {
+                #assert_payload
+                ::redisaq::__private::HandlerDef {
+                    spec: &#name::SPEC,
+                    group: #name::GROUP,
+                    name: ::core::concat!(::core::module_path!(), "::", #name_str),
+                    retries: #retries,
+                    batch: #batch,
+                    max_wait_ms: #max_wait_ms,
+                    concurrency: #concurrency,
+                    call: |jobs| #call,
+                }
             }
         }
     }
@@ -135,32 +140,23 @@ pub(crate) fn with_errors(item: TokenStream, error: syn::Error) -> TokenStream {
     }
 }
 
-/// `call_single(jobs, name)` / `call_batch(jobs, name)`, spread over the return type:
-/// rustc reports a wrong return type at this expression, and an expression whose first
-/// token carries the type's first span and whose last carries its last span covers the
-/// whole type.
+/// `call_single::<T, _, _>(jobs, name)` (`call_batch` for a batch handler).
+///
+/// `T` is given explicitly, so that an unusable payload is reported at the payload type,
+/// the same place as `assert_payload`'s error, which makes rustc print it once. The
+/// inferred `_` for the future then carries rustc's complaint about a wrong return type,
+/// so it is spanned at the return type. (Only at its first token: one token can't cover
+/// the whole type.)
 fn call_expression(def: &JobDef) -> TokenStream {
-    let (first, last) = def.output_span;
     let adapter = match def.kind {
-        Kind::Single => quote_spanned!(first=> call_single),
-        Kind::Batch => quote_spanned!(first=> call_batch),
+        Kind::Single => quote!(call_single),
+        Kind::Batch => quote!(call_batch),
     };
     let name = &def.name;
     let payload = &def.payload;
-    let mut args = Group::new(Delimiter::Parenthesis, quote_spanned!(last=> jobs, #name));
-    args.set_span(last);
-    let mut call = quote_spanned!(first=> ::redisaq::__private::#adapter::<#payload, _, _>);
-    args.to_tokens(&mut call);
-    call
-}
-
-/// The payload's first token: where "`Foo` cannot be used as a job payload" should point.
-fn payload_span(payload: &syn::Type) -> Span {
-    payload
-        .to_token_stream()
-        .into_iter()
-        .next()
-        .map_or_else(Span::call_site, |token| token.span())
+    quote_spanned! {def.output_span=>
+        ::redisaq::__private::#adapter::<#payload, _, _>(jobs, #name)
+    }
 }
 
 fn option_literal(value: Option<Literal>) -> TokenStream {

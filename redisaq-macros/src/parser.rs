@@ -25,9 +25,9 @@ pub(crate) struct JobDef {
     pub(crate) kind: Kind,
     /// `T` of `Job<T>`.
     pub(crate) payload: Type,
-    /// First and last token of the return type (the name if there is none), so that
-    /// rustc's complaint about a wrong return type underlines it.
-    pub(crate) output_span: (Span, Span),
+    /// The return type's first token (the name if there is none), where rustc's
+    /// complaint about a wrong return type should point.
+    pub(crate) output_span: Span,
     /// The attribute's options, checked.
     pub(crate) options: Options,
 }
@@ -48,11 +48,17 @@ pub(crate) struct Options {
     pub(crate) topic: Option<String>,
     /// Defaults to the function's name.
     pub(crate) group: Option<String>,
+    /// Partition count of a topic created by this handler's runtime.
     pub(crate) partitions: Option<u32>,
+    /// Retries after the first attempt.
     pub(crate) retries: Option<u32>,
+    /// `Some` exactly for batch handlers.
     pub(crate) batch: Option<u32>,
+    /// Only with `batch`.
     pub(crate) max_wait_ms: Option<u64>,
+    /// Calls of the handler running at once.
     pub(crate) concurrency: Option<u32>,
+    /// Processed entries kept per partition stream.
     pub(crate) maxlen: Option<u64>,
 }
 
@@ -65,13 +71,13 @@ pub(crate) fn parse(args: TokenStream, item: TokenStream) -> Result<JobDef, syn:
     for segment in split_at_commas(args, &mut errors) {
         parse_option(segment, &mut options, &mut seen, &mut errors);
     }
-    if seen.first[Opt::Topic as usize].is_none() {
+    if !seen.has(Opt::Topic) {
         errors.push(syn::Error::new(
             Span::call_site(),
             "missing `topic`: write `#[job(topic = \"my_topic\")]`",
         ));
     }
-    if let (Some(max_wait), None) = (&seen.max_wait_ms, seen.first[Opt::Batch as usize]) {
+    if let (Some(max_wait), false) = (&seen.max_wait_ms, seen.has(Opt::Batch)) {
         errors.push(syn::Error::new_spanned(
             max_wait,
             "`max_wait_ms` is how long a batch waits to fill, so it needs `batch = N`: \
@@ -82,20 +88,23 @@ pub(crate) fn parse(args: TokenStream, item: TokenStream) -> Result<JobDef, syn:
     let function = match syn::parse2::<FnHeader>(item) {
         Ok(function) => function,
         Err(error) => {
-            errors.push(syn::Error::new(
+            errors.at(
                 error.span(),
                 "`#[job]` goes on an `async fn` taking `Job<T>`: \
                  `async fn send_email(job: Job<Email>) -> Result<(), JobError>`",
-            ));
-            return Err(errors.finish().unwrap_err());
+            );
+            return Err(errors.into_error());
         }
     };
     let sig = &function.sig;
     check_signature(sig, &mut errors);
 
-    let kind = match seen.first[Opt::Batch as usize] {
-        Some(_) => Kind::Batch,
-        None => Kind::Single,
+    // Decided by whether `batch` is written at all, even with a bad value, so that the
+    // parameter is checked against what the user meant.
+    let kind = if seen.has(Opt::Batch) {
+        Kind::Batch
+    } else {
+        Kind::Single
     };
     let payload = match single_parameter(sig, kind, &mut errors) {
         Some((pat, ty)) => payload_type(pat, ty, kind, options.batch, &mut errors),
@@ -112,8 +121,8 @@ pub(crate) fn parse(args: TokenStream, item: TokenStream) -> Result<JobDef, syn:
         kind,
         payload: payload.expect("a payload type when there are no errors"),
         output_span: match &sig.output {
-            ReturnType::Default => (sig.ident.span(), sig.ident.span()),
-            ReturnType::Type(_, ty) => first_and_last_span(ty),
+            ReturnType::Default => sig.ident.span(),
+            ReturnType::Type(_, ty) => first_span(ty),
         },
         options,
     })
@@ -139,6 +148,11 @@ impl Errors {
     /// Underlines all of `tokens`, not just the first one.
     fn over(&mut self, tokens: impl ToTokens, message: impl Display) {
         self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    /// All errors, when at least one was recorded.
+    fn into_error(self) -> syn::Error {
+        self.0.expect("an error was recorded")
     }
 
     fn finish(self) -> Result<(), syn::Error> {
@@ -222,6 +236,12 @@ struct Seen {
     max_wait_ms: Option<TokenStream>,
 }
 
+impl Seen {
+    fn has(&self, opt: Opt) -> bool {
+        self.first[opt as usize].is_some()
+    }
+}
+
 /// Splits the arguments at top-level commas; groups are single token trees, so commas
 /// inside brackets stay put. A trailing comma is fine, an empty option is not.
 fn split_at_commas(args: TokenStream, errors: &mut Errors) -> Vec<Vec<TokenTree>> {
@@ -257,6 +277,20 @@ fn parse_option(
     let mut tokens = segment.into_iter();
     let name = match tokens.next() {
         Some(TokenTree::Ident(name)) => name,
+        // `#[job("send_email")]`: clearly meant as the topic, so say how to name it
+        // and don't also report the topic as missing.
+        Some(TokenTree::Literal(lit))
+            if lit.to_string().starts_with('"') && whole.clone().into_iter().count() == 1 =>
+        {
+            if !seen.has(Opt::Topic) {
+                seen.first[Opt::Topic as usize] = Some(lit.span());
+            }
+            errors.at(
+                lit.span(),
+                format!("options are named: write `topic = {lit}`"),
+            );
+            return;
+        }
         _ => {
             errors.over(
                 whole,
@@ -320,19 +354,28 @@ fn parse_option(
         );
         return;
     }
-    let Some(lit) = parse_literal(opt, value, errors) else {
+    let Some(lit) = parse_literal(opt, value.clone(), errors) else {
         return;
     };
+    // Errors below underline `value` rather than `lit`: a negative number is two tokens,
+    // and the literal syn makes of them only carries the span of the `-`.
+    let value = Value { lit, tokens: value };
     match opt {
-        Opt::Topic => options.topic = string_value(opt, &lit, errors),
-        Opt::Group => options.group = string_value(opt, &lit, errors),
-        Opt::Partitions => options.partitions = int_value(opt, &lit, errors),
-        Opt::Retries => options.retries = int_value(opt, &lit, errors),
-        Opt::Batch => options.batch = int_value(opt, &lit, errors),
-        Opt::MaxWaitMs => options.max_wait_ms = int_value(opt, &lit, errors),
-        Opt::Concurrency => options.concurrency = int_value(opt, &lit, errors),
-        Opt::Maxlen => options.maxlen = int_value(opt, &lit, errors),
+        Opt::Topic => options.topic = string_value(opt, &value, errors),
+        Opt::Group => options.group = string_value(opt, &value, errors),
+        Opt::Partitions => options.partitions = int_value(opt, &value, errors),
+        Opt::Retries => options.retries = int_value(opt, &value, errors),
+        Opt::Batch => options.batch = int_value(opt, &value, errors),
+        Opt::MaxWaitMs => options.max_wait_ms = int_value(opt, &value, errors),
+        Opt::Concurrency => options.concurrency = int_value(opt, &value, errors),
+        Opt::Maxlen => options.maxlen = int_value(opt, &value, errors),
     }
+}
+
+/// An option's value: the literal, and the tokens it was written as.
+struct Value {
+    lit: Lit,
+    tokens: TokenStream,
 }
 
 /// The value as one literal of the option's kind; anything else is reported with the
@@ -381,12 +424,12 @@ fn parse_literal(opt: Opt, value: TokenStream, errors: &mut Errors) -> Option<Li
         Some(_) => matches!(lit, Lit::Int(_)),
     };
     if !kind_matches {
-        errors.over(&lit, kind_error);
+        errors.over(&value, kind_error);
         return None;
     }
     if !lit.suffix().is_empty() {
         errors.over(
-            &lit,
+            &value,
             format!(
                 "`{}` takes a literal without a type suffix: `{}`",
                 opt.name(),
@@ -400,43 +443,47 @@ fn parse_literal(opt: Opt, value: TokenStream, errors: &mut Errors) -> Option<Li
 
 /// Topic and group names end up inside Redis keys and `{hash tags}`, so braces and
 /// whitespace would change which key or cluster slot they denote.
-fn string_value(opt: Opt, lit: &Lit, errors: &mut Errors) -> Option<String> {
-    let Lit::Str(lit) = lit else { return None };
-    let value = lit.value();
+fn string_value(opt: Opt, value: &Value, errors: &mut Errors) -> Option<String> {
+    let Lit::Str(lit) = &value.lit else {
+        return None;
+    };
+    let tokens = &value.tokens;
+    let text = lit.value();
     let name = opt.name();
-    if value.is_empty() {
+    if text.is_empty() {
         errors.over(
-            lit,
+            tokens,
             format!("`{name}` must not be empty: `{}`", opt.example()),
         );
         return None;
     }
-    if value.contains(['{', '}']) {
+    if text.contains(['{', '}']) {
         errors.over(
-            lit,
+            tokens,
             format!("`{name}` must not contain `{{` or `}}`: Redis hash tags are built from it"),
         );
         return None;
     }
-    if value.contains(char::is_whitespace) {
+    if text.contains(char::is_whitespace) {
         errors.over(
-            lit,
+            tokens,
             format!("`{name}` must not contain whitespace: Redis keys are built from it"),
         );
         return None;
     }
-    Some(value)
+    Some(text)
 }
 
-fn int_value<T: TryFrom<u128>>(opt: Opt, lit: &Lit, errors: &mut Errors) -> Option<T> {
-    let Lit::Int(lit) = lit else { return None };
-    let Some((min, max)) = opt.int_range() else {
+fn int_value<T: TryFrom<u128>>(opt: Opt, value: &Value, errors: &mut Errors) -> Option<T> {
+    let Lit::Int(lit) = &value.lit else {
         return None;
     };
+    let tokens = &value.tokens;
+    let (min, max) = opt.int_range()?;
     let name = opt.name();
     if lit.base10_digits().starts_with('-') {
         errors.over(
-            lit,
+            tokens,
             format!("`{name}` must not be negative: `{}`", opt.example()),
         );
         return None;
@@ -444,7 +491,7 @@ fn int_value<T: TryFrom<u128>>(opt: Opt, lit: &Lit, errors: &mut Errors) -> Opti
     let value = match lit.base10_parse::<u128>() {
         Ok(value) if value <= max => value,
         _ => {
-            errors.over(lit, format!("`{name}` is too large: at most {max}"));
+            errors.over(tokens, format!("`{name}` is too large: at most {max}"));
             return None;
         }
     };
@@ -464,7 +511,7 @@ fn int_value<T: TryFrom<u128>>(opt: Opt, lit: &Lit, errors: &mut Errors) -> Opti
                 .to_string(),
             _ => format!("`{name}` must be at least {min}"),
         };
-        errors.over(lit, message);
+        errors.over(tokens, message);
         return None;
     }
     T::try_from(value).ok()
@@ -683,13 +730,12 @@ fn strip_groups(ty: &Type) -> &Type {
     }
 }
 
-fn first_and_last_span(tokens: &impl ToTokens) -> (Span, Span) {
-    let mut spans = tokens
+pub(crate) fn first_span(tokens: &impl ToTokens) -> Span {
+    tokens
         .to_token_stream()
         .into_iter()
-        .map(|token| token.span());
-    let first = spans.next().unwrap_or_else(Span::call_site);
-    (first, spans.last().unwrap_or(first))
+        .next()
+        .map_or_else(Span::call_site, |token| token.span())
 }
 
 /// Renders a type as a person would write it (`Vec<Job<Email>>`, not the spaced-out

@@ -260,3 +260,94 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// A `test_worker` process on the test server, as a test would start one: short
+/// heartbeats (200 ms, TTL 600 ms), jobs taking `job_ms`, running only `topics`.
+/// `binary` is `env!("CARGO_BIN_EXE_test_worker")` of the calling test.
+pub fn worker_command(binary: &str, name: &str, topics: &str, job_ms: u64) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env("REDIS_URL", redis().url())
+        .env("REDISAQ_CONSUMER_NAME", name)
+        .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "200")
+        .env("REDISAQ_HEARTBEAT_TTL_MS", "600")
+        .env("TEST_JOB_MS", job_ms.to_string())
+        .env("TEST_TOPICS", topics)
+        .env_remove("REDISAQ_CONCURRENCY")
+        .env("RUST_LOG", "warn,redisaq::consumer::coordinator=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    command
+}
+
+/// How many times the test workers ran each job of `topic`.
+pub fn calls(conn: &mut redis::Connection, topic: &str) -> std::collections::HashMap<String, u64> {
+    redis::cmd("HGETALL")
+        .arg(format!("redisaq-test:calls:{topic}"))
+        .query(conn)
+        .expect("HGETALL calls")
+}
+
+/// One handler run recorded by a test worker.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    /// The job's partition.
+    pub partition: u32,
+    /// The worker's consumer name prefix.
+    pub consumer: String,
+    /// Start, µs since the epoch.
+    pub start: u128,
+    /// End, µs since the epoch.
+    pub end: u128,
+}
+
+/// Every handler run the test workers recorded for `topic`.
+pub fn intervals(conn: &mut redis::Connection, topic: &str) -> Vec<Interval> {
+    let rows: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("redisaq-test:intervals:{topic}"))
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .expect("LRANGE intervals");
+    rows.iter()
+        .filter_map(|row| {
+            let mut parts = row.split(' ');
+            Some(Interval {
+                partition: parts.next()?.parse().ok()?,
+                consumer: parts.next()?.to_string(),
+                start: parts.next()?.parse().ok()?,
+                end: parts.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Pairs of runs on one partition by two different consumers that overlapped in time.
+pub fn overlaps(intervals: &[Interval]) -> Vec<(Interval, Interval)> {
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<&Interval>> = Default::default();
+    for interval in intervals {
+        by_partition
+            .entry(interval.partition)
+            .or_default()
+            .push(interval);
+    }
+    let mut found = Vec::new();
+    for runs in by_partition.values_mut() {
+        runs.sort_by_key(|r| r.start);
+        // Latest end seen so far per consumer; a run overlaps another consumer's if that
+        // consumer's latest end is after this run's start.
+        let mut latest_end: std::collections::HashMap<&str, &Interval> = Default::default();
+        for run in runs.iter() {
+            for (consumer, other) in &latest_end {
+                if *consumer != run.consumer && other.end > run.start {
+                    found.push(((*other).clone(), (*run).clone()));
+                }
+            }
+            let entry = latest_end.entry(run.consumer.as_str()).or_insert(run);
+            if run.end > entry.end {
+                *entry = run;
+            }
+        }
+    }
+    found
+}

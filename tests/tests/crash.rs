@@ -2,32 +2,23 @@
 //! next worker.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use redisaq_tests::{eventually, pending, redis};
+use redisaq_tests::{eventually, pending, redis, worker_command};
 
 const TOPIC: &str = "crash";
 const GROUP: &str = "crash_group";
 
 fn spawn_worker(name: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_test_worker"))
-        .env("REDIS_URL", redis().url())
-        .env("REDISAQ_CONSUMER_NAME", name)
-        .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "200")
-        .env("REDISAQ_HEARTBEAT_TTL_MS", "600")
-        .env("TEST_JOB_MS", "20")
-        .env("RUST_LOG", "warn")
+    worker_command(env!("CARGO_BIN_EXE_test_worker"), name, TOPIC, 20)
         .stdout(Stdio::null())
         .spawn()
         .expect("start test_worker")
 }
 
 fn calls(conn: &mut redis::Connection) -> HashMap<String, u64> {
-    redis::cmd("HGETALL")
-        .arg(format!("redisaq-test:calls:{TOPIC}"))
-        .query(conn)
-        .unwrap()
+    redisaq_tests::calls(conn, TOPIC)
 }
 
 fn consumers(conn: &mut redis::Connection) -> HashSet<String> {

@@ -1,11 +1,12 @@
 //! A worker process for the multi-process tests. Its handlers record every call in Redis
-//! (`redisaq-test:calls:{topic}` hash: job id -> number of calls) so the test can check
-//! what was processed after killing and restarting workers.
+//! so the test can check what was processed after killing, pausing and restarting
+//! workers: `redisaq-test:calls:{topic}` (hash: job id -> number of calls) and
+//! `redisaq-test:intervals:{topic}` (list of "partition consumer start_us end_us").
 //!
-//! Environment: `REDIS_URL`, the `REDISAQ_*` settings, and `TEST_JOB_MS` (how long each
-//! job takes, default 0).
+//! Environment: `REDIS_URL`, the `REDISAQ_*` settings, `TEST_JOB_MS` (how long each job
+//! takes, default 0) and `TEST_TOPICS` (comma-separated topics to run, default all).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
 use redisaq::{job, Job, JobError};
@@ -30,20 +31,60 @@ async fn recorder() -> ConnectionManager {
     .clone()
 }
 
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
 async fn record(job: &Job<Work>) -> Result<(), JobError> {
+    let started = now_us();
     let pause = std::env::var("TEST_JOB_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(pause)).await;
+    let ended = now_us();
+    let consumer = CONSUMER.get().map(String::as_str).unwrap_or("?");
     let mut conn = recorder().await;
-    redis::cmd("HINCRBY")
+    redis::pipe()
+        .cmd("HINCRBY")
         .arg(format!("redisaq-test:calls:{}", job.topic()))
         .arg(job.id().as_str())
         .arg(1)
+        .cmd("RPUSH")
+        .arg(format!("redisaq-test:intervals:{}", job.topic()))
+        .arg(format!("{} {consumer} {started} {ended}", job.partition()))
         .exec_async(&mut conn)
         .await?;
     Ok(())
+}
+
+/// This process's consumer name prefix, unique per test worker.
+static CONSUMER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Jobs of the coordination tests.
+#[job(
+    topic = "coord",
+    group = "coord_group",
+    partitions = 8,
+    concurrency = 4
+)]
+pub async fn coord(job: Job<Work>) -> Result<(), JobError> {
+    record(&job).await
+}
+
+/// Jobs of the rebalance-on-join test.
+#[job(topic = "join", group = "join_group", partitions = 6, concurrency = 4)]
+pub async fn join(job: Job<Work>) -> Result<(), JobError> {
+    record(&job).await
+}
+
+/// Jobs of the partition-raising test.
+#[job(topic = "grow", group = "grow_group", partitions = 2, concurrency = 4)]
+pub async fn grow(job: Job<Work>) -> Result<(), JobError> {
+    record(&job).await
 }
 
 /// Jobs of the crash tests.
@@ -63,6 +104,14 @@ async fn main() -> Result<(), redisaq::Error> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(false)
         .init();
-    redisaq::run().await
+    CONSUMER
+        .set(std::env::var("REDISAQ_CONSUMER_NAME").unwrap_or_else(|_| "worker".into()))
+        .unwrap();
+    let mut worker = redisaq::Worker::new();
+    if let Ok(topics) = std::env::var("TEST_TOPICS") {
+        worker = worker.topics(topics.split(','));
+    }
+    worker.run().await
 }
