@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::ack::Ack;
 use super::assignment::{self, Assignment};
 use super::lease::{self, Phase};
-use super::{create_groups, membership, takeover, Shared};
+use super::takeover::{self, Orphans};
+use super::{create_groups, membership, Shared};
 use crate::error::Error;
 use crate::{keys, topic, trim};
 
@@ -67,7 +68,7 @@ async fn heartbeat(shared: &Shared, view: &mut View) -> Result<(), Error> {
         if phase != Phase::Active {
             continue;
         }
-        takeover::claim_orphans(shared, partition).await?;
+        takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
         takeover::remove_dead(shared, partition, &view.live).await?;
         if view.maxlen > 0 {
             trim::trim(
@@ -194,7 +195,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         shared
             .held
             .hold(partition, lease_validity(shared, asked_at));
-        takeover::claim_orphans(shared, partition).await?;
+        takeover::claim_orphans(shared, partition, Orphans::All).await?;
         resumed.push(partition);
     }
     if !resumed.is_empty() {

@@ -11,9 +11,23 @@ use crate::wire;
 /// Entries claimed in one round trip.
 const CLAIM_PAGE: usize = 100;
 
-/// Claims every pending entry of `partition` that another consumer holds. Returns how
-/// many were queued here.
-pub(crate) async fn claim_orphans(shared: &Shared, partition: u32) -> Result<usize, Error> {
+/// Who left the entries to claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Orphans {
+    /// Other consumers: a dead one, a previous owner, a paused one that lost the lease.
+    OfOthers,
+    /// Also this consumer's own, when it (re)acquires the partition: entries whose ack
+    /// was refused or whose delivery was dropped while the partition was not ours.
+    All,
+}
+
+/// Claims the pending entries of `partition` that `whose` says were left behind, and
+/// queues them here. Returns how many were queued.
+pub(crate) async fn claim_orphans(
+    shared: &Shared,
+    partition: u32,
+    whose: Orphans,
+) -> Result<usize, Error> {
     let stream = keys::partition(&shared.topic, partition);
     let lease_key = keys::lease(&shared.topic, partition, shared.group);
     let mut conn = shared.conn.clone();
@@ -33,7 +47,7 @@ pub(crate) async fn claim_orphans(shared: &Shared, partition: u32) -> Result<usi
         start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
         let others: Vec<&wire::Pending> = page
             .iter()
-            .filter(|p| p.consumer != shared.consumer)
+            .filter(|p| whose == Orphans::All || p.consumer != shared.consumer)
             .collect();
         if !others.is_empty() {
             let claimed: redis::Value =
