@@ -285,6 +285,24 @@ pub(crate) fn parse_pending_summary(value: &Value) -> Result<Option<String>, Red
     }
 }
 
+/// `XPENDING key group` summary: pending count per consumer.
+pub(crate) fn parse_pending_by_consumer(value: &Value) -> Result<Vec<(String, u64)>, RedisError> {
+    let parts = items(value).ok_or_else(|| unexpected("XPENDING summary", value))?;
+    let Some(consumers) = parts.get(3).and_then(items) else {
+        return Ok(Vec::new()); // nothing pending: the list is nil
+    };
+    consumers
+        .iter()
+        .map(|row| match items(row) {
+            Some([name, count]) => Ok((
+                text(name).ok_or_else(|| unexpected("consumer", row))?,
+                int(count).ok_or_else(|| unexpected("count", row))? as u64,
+            )),
+            _ => Err(unexpected("XPENDING consumer row", row)),
+        })
+        .collect()
+}
+
 /// A reply that is a list of strings (`ZRANGE`, `SMEMBERS`, `XCLAIM ... JUSTID`).
 pub(crate) fn parse_strings(value: &Value) -> Result<Vec<String>, RedisError> {
     match value {
@@ -414,6 +432,27 @@ mod tests {
         };
         assert!(decode_job(&entry).unwrap_err().contains("`payload`"));
         assert_eq!(fields_as_json(&entry), r#"{"id":"x"}"#);
+    }
+
+    #[test]
+    fn pending_summaries_list_consumers() {
+        let none = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert!(parse_pending_by_consumer(&none).unwrap().is_empty());
+        assert_eq!(parse_pending_summary(&none).unwrap(), None);
+        let some = Value::Array(vec![
+            Value::Int(3),
+            bulk("1-0"),
+            bulk("9-0"),
+            Value::Array(vec![Value::Array(vec![bulk("w1"), bulk("3")])]),
+        ]);
+        assert_eq!(
+            parse_pending_by_consumer(&some).unwrap(),
+            vec![("w1".to_string(), 3)]
+        );
+        assert_eq!(
+            parse_pending_summary(&some).unwrap().as_deref(),
+            Some("1-0")
+        );
     }
 
     #[test]

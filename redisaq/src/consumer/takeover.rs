@@ -31,6 +31,18 @@ pub(crate) async fn claim_orphans(
     let stream = keys::partition(&shared.topic, partition);
     let lease_key = keys::lease(&shared.topic, partition, shared.group);
     let mut conn = shared.conn.clone();
+    if whose == Orphans::OfOthers {
+        // Cheap check first: usually nobody else holds anything here.
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(shared.group)
+            .query_async(&mut conn)
+            .await?;
+        let by_consumer = wire::parse_pending_by_consumer(&summary)?;
+        if by_consumer.iter().all(|(name, _)| *name == shared.consumer) {
+            return Ok(0);
+        }
+    }
     let mut queued = 0;
     let mut start = "-".to_string();
     loop {
