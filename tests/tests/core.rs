@@ -395,3 +395,67 @@ async fn a_bad_heartbeat_setting_names_the_variable() {
         "{error}"
     );
 }
+
+#[job(topic = "core_trim", group = "trim_fast", partitions = 1, maxlen = 100)]
+async fn trim_fast(job: Job<Task>) -> Result<(), JobError> {
+    record("trim_fast", &job);
+    Ok(())
+}
+
+#[job(
+    topic = "core_trim",
+    group = "trim_slow",
+    partitions = 1,
+    maxlen = 100,
+    retries = 1
+)]
+async fn trim_slow(job: Job<Task>) -> Result<(), JobError> {
+    record("trim_slow", &job);
+    if job.attempt() == 1 {
+        return Err(JobError::retry("not yet"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_keeps_what_a_group_still_has_pending() {
+    let _ = worker(&[]);
+    let ids: HashSet<String> = trim_fast::enqueue_batch((0..1_000).map(|n| Task { n }))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let expected = ids.clone();
+    // The slow group holds every job pending through a retry backoff while the fast
+    // group finishes them all and the trimmer runs on every heartbeat.
+    let slow_done = move || {
+        let retried: HashSet<String> = seen("trim_slow")
+            .into_iter()
+            .filter(|(_, attempt, _)| *attempt == 2)
+            .map(|(id, _, _)| id)
+            .collect();
+        retried == expected
+    };
+    let done = run_until(
+        worker(&[trim_fast::TOPIC]).retry_backoff(Duration::from_secs(2), Duration::from_secs(2)),
+        slow_done,
+    )
+    .await;
+    assert!(done, "every pending job survived trimming and ran again");
+    assert_eq!(seen_ids("trim_fast"), ids);
+    let mut conn = redis().connection();
+    assert!(dead_letters(&mut conn, trim_fast::TOPIC).is_empty());
+    // Now both groups are done: a run of the worker trims down to about maxlen (whole
+    // stream nodes of 100 entries at a time).
+    let stream = redisaq::keys::partition(trim_fast::TOPIC, 0);
+    let trimmed = run_until(worker(&[trim_fast::TOPIC]), || {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query(&mut redis().connection())
+            .unwrap();
+        len <= 200
+    })
+    .await;
+    assert!(trimmed, "the stream was trimmed once every group was done");
+}
