@@ -117,3 +117,74 @@ async fn enqueue(payloads: Vec<serde_json::Value>) -> Vec<String> {
 async fn crash_producer(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
     Ok(())
 }
+
+#[redisaq::job(topic = "graceful", group = "graceful_group", partitions = 2)]
+async fn graceful_producer(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_running_jobs_and_hands_everything_back() {
+    let mut conn = redis().connection();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let ids: HashSet<String> =
+        graceful_producer::enqueue_batch((0..200).map(|n| serde_json::json!({ "n": n })))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+    let done = |conn: &mut redis::Connection| redisaq_tests::calls(conn, "graceful");
+
+    let mut first = worker_command(
+        env!("CARGO_BIN_EXE_test_worker"),
+        "stopping",
+        "graceful",
+        200,
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    assert!(eventually(Duration::from_secs(30), || !done(&mut conn).is_empty()).await);
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGTERM);
+    }
+    let status = first.wait().unwrap();
+    assert!(status.success(), "a clean exit: {status:?}");
+    let leases: Vec<Option<String>> = (0..2)
+        .map(|p| {
+            redis::cmd("GET")
+                .arg(redisaq::keys::lease("graceful", p, "graceful_group"))
+                .query(&mut conn)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(leases, vec![None, None], "leases released at once");
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(redisaq::keys::members("graceful", "graceful_group"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert!(members.is_empty(), "left the group at once: {members:?}");
+    let finished_before_exit = done(&mut conn).len();
+    assert!(finished_before_exit < ids.len(), "the stop came mid-run");
+
+    let mut second = worker_command(env!("CARGO_BIN_EXE_test_worker"), "next", "graceful", 0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let all = eventually(Duration::from_secs(60), || {
+        done(&mut conn).into_keys().collect::<HashSet<_>>() == ids
+            && pending(&mut conn, "graceful", "graceful_group", 2) == 0
+    })
+    .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(all, "the next worker processed everything left");
+    let twice = done(&mut conn).values().filter(|&&n| n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "jobs running at SIGTERM finished and were acknowledged, not redone"
+    );
+}

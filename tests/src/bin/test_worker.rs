@@ -81,6 +81,17 @@ pub async fn join(job: Job<Work>) -> Result<(), JobError> {
     record(&job).await
 }
 
+/// Jobs of the graceful-shutdown test.
+#[job(
+    topic = "graceful",
+    group = "graceful_group",
+    partitions = 2,
+    concurrency = 8
+)]
+pub async fn graceful(job: Job<Work>) -> Result<(), JobError> {
+    record(&job).await
+}
+
 /// Jobs of the partition-raising test.
 #[job(topic = "grow", group = "grow_group", partitions = 2, concurrency = 4)]
 pub async fn grow(job: Job<Work>) -> Result<(), JobError> {
