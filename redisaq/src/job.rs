@@ -57,8 +57,41 @@ pub(crate) struct JobMeta {
 }
 
 impl<T> Job<T> {
-    pub(crate) fn new(payload: T, meta: JobMeta) -> Self {
+    pub(crate) fn with_meta(payload: T, meta: JobMeta) -> Self {
         Job { payload, meta }
+    }
+
+    /// A first delivery of `payload` on partition 0 of `topic`, with a fresh id: for
+    /// calling a handler directly, e.g. in a unit test.
+    ///
+    /// ```
+    /// use redisaq::{Job, JobError};
+    ///
+    /// async fn greet(job: Job<String>) -> Result<(), JobError> {
+    ///     assert_eq!(job.attempt(), 1);
+    ///     println!("hello {}", job.payload());
+    ///     Ok(())
+    /// }
+    /// # futures_executor_stub::block_on(async {
+    /// greet(Job::new("greetings", "world".to_string())).await.unwrap();
+    /// # });
+    /// # mod futures_executor_stub {
+    /// #     pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    /// #     }
+    /// # }
+    /// ```
+    pub fn new(topic: &str, payload: T) -> Self {
+        Job::with_meta(
+            payload,
+            JobMeta {
+                id: JobId::generate(),
+                topic: topic.into(),
+                partition: 0,
+                attempt: 1,
+                enqueued_at_ms: now_ms(),
+            },
+        )
     }
 
     /// The payload passed to `enqueue`.
@@ -110,7 +143,7 @@ impl RawJob {
         &self,
     ) -> Result<Job<T>, serde_json::Error> {
         let payload = serde_json::from_str(&self.payload)?;
-        Ok(Job::new(payload, self.meta.clone()))
+        Ok(Job::with_meta(payload, self.meta.clone()))
     }
 }
 

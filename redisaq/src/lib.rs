@@ -23,6 +23,7 @@
 //! // In the worker binary (stops on SIGINT / SIGTERM):
 //! redisaq::run().await?;
 //! # Ok(()) }
+//! # fn main() {}
 //! ```
 //!
 //! Jobs are acknowledged only after their handler returned `Ok` (or after they were
