@@ -165,20 +165,6 @@ fn route(state: &TopicState, key: Option<&str>) -> u32 {
     (slot % state.partitions as u64) as u32
 }
 
-fn xadd(
-    pipe: &mut redis::Pipeline,
-    spec: &TopicSpec,
-    partition: u32,
-    id: &JobId,
-    payload: &str,
-    key: Option<&str>,
-) {
-    pipe.cmd("XADD")
-        .arg(keys::partition(spec.topic, partition))
-        .arg("*")
-        .arg(wire::job_fields(id, payload, now_ms(), key));
-}
-
 /// Enqueues one job (what `my_job::enqueue` and `my_job::enqueue_with` call).
 pub fn enqueue<T: JobPayload>(
     spec: &'static TopicSpec,
@@ -191,15 +177,10 @@ pub fn enqueue<T: JobPayload>(
         let mut conn = connection().await?;
         let state = topic_state(&mut conn, spec).await?;
         let id = JobId::generate();
+        let key = options.key.as_deref();
+        let stream = keys::partition(spec.topic, route(&state, key));
         let mut pipe = redis::pipe();
-        xadd(
-            &mut pipe,
-            spec,
-            route(&state, options.key.as_deref()),
-            &id,
-            &json,
-            options.key.as_deref(),
-        );
+        wire::add_job(&mut pipe, &stream, &id, &json, now_ms(), key);
         pipe.exec_async(&mut conn).await?;
         Ok(id)
     }
@@ -221,12 +202,17 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
         }
         let mut conn = connection().await?;
         let state = topic_state(&mut conn, spec).await?;
+        let streams: Vec<String> = (0..state.partitions)
+            .map(|p| keys::partition(spec.topic, p))
+            .collect();
+        let enqueued_at = now_ms();
         let mut pipe = redis::pipe();
         let ids: Vec<JobId> = jsons
             .iter()
             .map(|json| {
                 let id = JobId::generate();
-                xadd(&mut pipe, spec, route(&state, None), &id, json, None);
+                let stream = &streams[route(&state, None) as usize];
+                wire::add_job(&mut pipe, stream, &id, json, enqueued_at, None);
                 id
             })
             .collect();

@@ -57,22 +57,27 @@ pub(crate) struct Envelope {
     pub enqueued_at_ms: u64,
 }
 
-/// The fields of a new job entry, ready for `XADD`.
-pub(crate) fn job_fields<'a>(
-    id: &'a JobId,
-    payload: &'a str,
+/// Adds the `XADD` of a new job entry to `pipe`.
+pub(crate) fn add_job(
+    pipe: &mut redis::Pipeline,
+    stream: &str,
+    id: &JobId,
+    payload: &str,
     enqueued_at_ms: u64,
-    key: Option<&'a str>,
-) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
-        (field::ID, id.to_string()),
-        (field::PAYLOAD, payload.to_string()),
-        (field::ENQUEUED_AT, enqueued_at_ms.to_string()),
-    ];
+    key: Option<&str>,
+) {
+    pipe.cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(field::ID)
+        .arg(id.as_str())
+        .arg(field::PAYLOAD)
+        .arg(payload)
+        .arg(field::ENQUEUED_AT)
+        .arg(enqueued_at_ms);
     if let Some(key) = key {
-        fields.push((field::KEY, key.to_string()));
+        pipe.arg(field::KEY).arg(key);
     }
-    fields
 }
 
 /// Decodes a job entry, or says why it is not one.
