@@ -23,7 +23,6 @@ pub(crate) struct Overrides {
     pub metrics_addr: Option<SocketAddr>,
     pub shutdown_timeout: Option<Duration>,
     pub retry_backoff: Option<(Duration, Duration)>,
-    pub block: Option<Duration>,
 }
 
 /// The resolved configuration of a worker.
@@ -34,12 +33,13 @@ pub(crate) struct Config {
     pub heartbeat_interval: Duration,
     pub heartbeat_ttl: Duration,
     pub concurrency: Option<usize>,
-    /// Accepted and checked now; served by the metrics endpoint.
-    #[allow(dead_code)]
+    /// Where metrics are to be served; checked at start.
     pub metrics_addr: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
     pub retry_backoff_min: Duration,
     pub retry_backoff_max: Duration,
+    /// Longest wait of one blocking read; bounds how late a fetch loop notices a change of
+    /// its partitions or a shutdown.
     pub block: Duration,
 }
 
@@ -131,7 +131,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(30)),
             retry_backoff_min,
             retry_backoff_max,
-            block: overrides.block.unwrap_or(Duration::from_secs(1)),
+            block: Duration::from_secs(1),
         })
     }
 

@@ -116,7 +116,8 @@ impl Worker {
         self
     }
 
-    /// Where to serve Prometheus metrics.
+    /// Where to serve Prometheus metrics (checked at start; the endpoint itself is not in
+    /// this version yet).
     pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
         self.overrides.metrics_addr = Some(addr);
         self
@@ -146,6 +147,9 @@ impl Worker {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let config = Config::resolve(&self.overrides)?;
         redis_conn::client(&config.redis_url)?;
+        if let Some(addr) = config.metrics_addr {
+            tracing::warn!(%addr, "the metrics endpoint is not available in this version; REDISAQ_METRICS_ADDR is ignored");
+        }
         let handlers = registry::handlers(&self.selection)?;
         let shutdown = CancellationToken::new();
         let mut consumers = tokio::task::JoinSet::new();
