@@ -13,6 +13,7 @@
 //! | `redisaq:{topic}:members:{group}` | sorted set | live consumers of a group, scored by heartbeat expiry (ms) |
 //! | `redisaq:{topic}:assignment:{group}` | hash | `generation`, `members`, `owners` (JSON lists; owner by partition) |
 //! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
+//! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
 
 /// Prefix of every key.
 pub const PREFIX: &str = "redisaq";
@@ -50,6 +51,11 @@ pub fn assignment(topic: &str, group: &str) -> String {
 /// The lease that fences a group's ownership of one partition.
 pub fn lease(topic: &str, partition: u32, group: &str) -> String {
     format!("{PREFIX}:{{{topic}:{partition}}}:lease:{group}")
+}
+
+/// Dead-letter ids already replayed into one partition, so a replay runs once.
+pub fn replayed(topic: &str, partition: u32) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}:replayed")
 }
 
 /// The partition number of a partition stream key, if it is one of `topic`'s.

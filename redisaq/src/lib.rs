@@ -32,6 +32,7 @@
 //! `redis-cli`.
 #![warn(missing_docs)]
 
+pub mod admin;
 mod config;
 mod consumer;
 mod dlq;

@@ -22,16 +22,29 @@ pub(crate) fn client(url: &str) -> Result<Client, Error> {
 }
 
 /// A connection whose commands may take up to `response_timeout` (blocking reads need
-/// more than the default).
+/// more than the default). It rides out a Redis restart of a few seconds.
 pub(crate) async fn manager(
     client: &Client,
     response_timeout: Duration,
+) -> Result<ConnectionManager, Error> {
+    connect(client, response_timeout, 6).await
+}
+
+/// A connection for one-off tools: fails at once when nothing answers.
+pub(crate) async fn quick_manager(client: &Client) -> Result<ConnectionManager, Error> {
+    connect(client, Duration::from_secs(10), 0).await
+}
+
+async fn connect(
+    client: &Client,
+    response_timeout: Duration,
+    retries: usize,
 ) -> Result<ConnectionManager, Error> {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_max_delay(Duration::from_secs(2))
-        .set_number_of_retries(6);
+        .set_number_of_retries(retries);
     Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
 }
 

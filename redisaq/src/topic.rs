@@ -42,7 +42,7 @@ const RAISE_PARTITIONS: &str = r"
 local current = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '0')
 local wanted = tonumber(ARGV[1])
 if wanted < current then
-  return redis.error_reply('LOWER partitions can only be raised: topic has ' .. current)
+  return redis.error_reply('LOWER ' .. current)
 end
 redis.call('HSET', KEYS[1], 'partitions', wanted)
 return current
@@ -55,31 +55,41 @@ return current
 ///
 /// Uses the same Redis as `enqueue` (see [`set_redis_url`](crate::set_redis_url)).
 pub async fn set_partitions(topic: &str, partitions: u32) -> Result<u32, Error> {
+    let mut conn = crate::producer::connection().await?;
+    let previous = raise(&mut conn, topic, partitions).await?;
+    crate::producer::forget_topic(topic);
+    Ok(previous)
+}
+
+/// [`set_partitions`] on a given connection.
+pub(crate) async fn raise(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partitions: u32,
+) -> Result<u32, Error> {
     if partitions == 0 {
         return Err(Error::Partitions(format!(
             "topic `{topic}` needs at least 1 partition"
         )));
     }
-    let mut conn = crate::producer::connection().await?;
     let previous: Result<u32, redis::RedisError> = redis::Script::new(RAISE_PARTITIONS)
         .key(keys::meta(topic))
         .arg(partitions)
-        .invoke_async(&mut conn)
+        .invoke_async(conn)
         .await;
     match previous {
         Ok(previous) => {
             redis::cmd("SADD")
                 .arg(keys::topics())
                 .arg(topic)
-                .exec_async(&mut conn)
+                .exec_async(conn)
                 .await?;
-            crate::producer::forget_topic(topic);
             Ok(previous)
         }
         Err(e) if e.code() == Some("LOWER") => Err(Error::Partitions(format!(
-            "cannot lower topic `{topic}` to {partitions} partitions: {}; partition counts \
-             can only be raised",
-            e.detail().unwrap_or_default()
+            "cannot lower topic `{topic}` from {} to {partitions} partitions: partition counts \
+             can only be raised (jobs in the removed partitions would be stranded)",
+            e.detail().unwrap_or("?")
         ))),
         Err(e) => Err(e.into()),
     }

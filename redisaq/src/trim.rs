@@ -48,10 +48,11 @@ pub(crate) async fn trim(
         .arg(stream)
         .query_async(conn)
         .await?;
-    for (group, last_delivered) in wire::parse_groups(&groups)? {
+    for group in wire::parse_groups(&groups)? {
+        let last_delivered = group.last_delivered;
         let summary: redis::Value = redis::cmd("XPENDING")
             .arg(stream)
-            .arg(&group)
+            .arg(&group.name)
             .query_async(conn)
             .await?;
         let unread = wire::next_stream_id(&last_delivered).unwrap_or(last_delivered);

@@ -40,7 +40,7 @@ pub(crate) struct StreamEntry {
 }
 
 impl StreamEntry {
-    fn field(&self, name: &str) -> Option<&str> {
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .as_ref()?
             .iter()
@@ -77,6 +77,41 @@ pub(crate) fn add_job(
         .arg(enqueued_at_ms);
     if let Some(key) = key {
         pipe.arg(field::KEY).arg(key);
+    }
+}
+
+/// The `XADD` field arguments of a job entry (for scripts that add jobs).
+pub(crate) fn job_args(id: &str, payload: &str, enqueued_at_ms: u64) -> Vec<String> {
+    vec![
+        field::ID.into(),
+        id.into(),
+        field::PAYLOAD.into(),
+        payload.into(),
+        field::ENQUEUED_AT.into(),
+        enqueued_at_ms.to_string(),
+    ]
+}
+
+/// Decodes a dead-letter entry; fields it lacks come out empty or zero.
+pub(crate) fn decode_dead_letter(entry: &StreamEntry) -> crate::dlq::DeadLetterEntry {
+    let text = |name| entry.field(name).unwrap_or_default().to_string();
+    let number = |name| {
+        entry
+            .field(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    };
+    crate::dlq::DeadLetterEntry {
+        dead_letter_id: entry.id.clone(),
+        id: text(dead_field::ID),
+        topic: text(dead_field::TOPIC),
+        group: text(dead_field::GROUP),
+        partition: number(dead_field::PARTITION) as u32,
+        attempts: number(dead_field::ATTEMPTS) as u32,
+        error: text(dead_field::ERROR),
+        payload: text(dead_field::PAYLOAD),
+        entry_id: text(dead_field::ENTRY_ID),
+        failed_at_ms: number(dead_field::FAILED_AT),
     }
 }
 
@@ -210,7 +245,8 @@ fn parse_entry(value: &Value) -> Result<StreamEntry, RedisError> {
     Ok(StreamEntry { id, fields })
 }
 
-fn parse_entries(value: &Value) -> Result<Vec<StreamEntry>, RedisError> {
+/// The reply of `XRANGE` / `XREVRANGE`.
+pub(crate) fn parse_entries(value: &Value) -> Result<Vec<StreamEntry>, RedisError> {
     items(value)
         .ok_or_else(|| unexpected("stream entries", value))?
         .iter()
@@ -343,21 +379,33 @@ pub(crate) fn parse_consumers(value: &Value) -> Result<Vec<(String, u64)>, Redis
         .collect()
 }
 
-/// `XINFO GROUPS` rows as (name, last-delivered-id).
-pub(crate) fn parse_groups(value: &Value) -> Result<Vec<(String, String)>, RedisError> {
+/// One row of `XINFO GROUPS`.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupRow {
+    pub name: String,
+    pub pending: u64,
+    pub last_delivered: String,
+    /// Entries not yet delivered to the group; Redis 7 reports it (nil when unknown).
+    pub lag: Option<u64>,
+}
+
+/// `XINFO GROUPS` rows.
+pub(crate) fn parse_groups(value: &Value) -> Result<Vec<GroupRow>, RedisError> {
     items(value)
         .ok_or_else(|| unexpected("XINFO GROUPS reply", value))?
         .iter()
         .map(|row| {
             let props = key_values(row).ok_or_else(|| unexpected("group", row))?;
-            let get = |name: &str| {
-                props
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .and_then(|(_, v)| text(v))
-            };
-            match (get("name"), get("last-delivered-id")) {
-                (Some(name), Some(last)) => Ok((name, last)),
+            let get = |name: &str| props.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            let name = get("name").and_then(text);
+            let last = get("last-delivered-id").and_then(text);
+            match (name, last) {
+                (Some(name), Some(last_delivered)) => Ok(GroupRow {
+                    name,
+                    pending: get("pending").and_then(int).unwrap_or(0) as u64,
+                    last_delivered,
+                    lag: get("lag").and_then(int).map(|l| l as u64),
+                }),
                 _ => Err(unexpected("group", row)),
             }
         })

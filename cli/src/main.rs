@@ -1,0 +1,307 @@
+//! `redisaq`: look at and repair redisaq's data in Redis. Renders what
+//! `redisaq::admin` returns: tables for people, `--json` for scripts.
+//!
+//! Exit codes: 0 done; 1 failed (Redis unreachable, unknown topic, refused change);
+//! 2 bad usage, or a destructive command without `--yes`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use comfy_table::Table;
+use redisaq::admin::{Admin, DeadLetterEntry};
+
+#[derive(Parser)]
+#[command(
+    name = "redisaq",
+    version,
+    about = "Inspect and repair redisaq job queues in Redis"
+)]
+struct Cli {
+    /// The Redis to inspect.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    redis_url: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Topics, partition counts, stream lengths and entry ages.
+    Topics,
+    /// A topic's consumer groups: lag, pending, live consumers, assignment.
+    Groups {
+        /// The topic.
+        topic: String,
+    },
+    /// Dead-lettered jobs.
+    Dlq {
+        #[command(subcommand)]
+        action: Dlq,
+    },
+    /// Raise a topic's partition count (lowering is refused).
+    Partitions {
+        /// The topic.
+        topic: String,
+        /// The new partition count.
+        #[arg(long)]
+        set: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// Dead letters, oldest first.
+    List {
+        /// The topic.
+        topic: String,
+        /// Only this group's.
+        #[arg(long)]
+        group: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One dead letter in full, payload included.
+    Show {
+        /// The topic.
+        topic: String,
+        /// Job id or dead-letter id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Put dead-lettered jobs back (attempts start again at 1; every group of the topic
+    /// gets them). Replaying the same dead letter twice adds it once.
+    Replay {
+        /// The topic.
+        topic: String,
+        /// Only this group's dead letters.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only these (job id or dead-letter id); all when none is given.
+        #[arg(long)]
+        id: Vec<String>,
+    },
+    /// Delete every dead letter of a topic.
+    Purge {
+        /// The topic.
+        topic: String,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn age(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 1_000 => format!("{ms} ms"),
+        Some(ms) if ms < 120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        Some(ms) if ms < 7_200_000 => format!("{:.1} min", ms as f64 / 60_000.0),
+        Some(ms) => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
+fn short(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(width - 1).collect::<String>())
+    }
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, table: impl FnOnce() -> Table) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("serializable")
+        );
+    } else {
+        println!("{}", table());
+    }
+}
+
+fn letters_table(letters: &[DeadLetterEntry]) -> Table {
+    let mut table = Table::new();
+    table.set_header([
+        "job id",
+        "group",
+        "partition",
+        "attempts",
+        "error",
+        "dead-lettered",
+    ]);
+    for l in letters {
+        table.add_row([
+            l.id.clone(),
+            l.group.clone(),
+            l.partition.to_string(),
+            l.attempts.to_string(),
+            short(&l.error, 60),
+            l.failed_at_ms.to_string(),
+        ]);
+    }
+    table
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
+    let admin = Admin::connect(&cli.redis_url).await?;
+    match cli.command {
+        Command::Topics => {
+            let topics = admin.topics().await?;
+            print(cli.json, &topics, || {
+                let mut table = Table::new();
+                table.set_header([
+                    "topic",
+                    "partitions",
+                    "lengths",
+                    "oldest",
+                    "newest",
+                    "dead letters",
+                ]);
+                for t in &topics {
+                    let lengths: Vec<String> =
+                        t.streams.iter().map(|s| s.length.to_string()).collect();
+                    let oldest = t.streams.iter().filter_map(|s| s.oldest_age_ms).max();
+                    let newest = t.streams.iter().filter_map(|s| s.newest_age_ms).min();
+                    table.add_row([
+                        t.topic.clone(),
+                        t.partitions.to_string(),
+                        lengths.join(" "),
+                        age(oldest),
+                        age(newest),
+                        t.dead_letters.to_string(),
+                    ]);
+                }
+                table
+            });
+        }
+        Command::Groups { topic } => {
+            let groups = admin.groups(&topic).await?;
+            print(cli.json, &groups, || {
+                let mut table = Table::new();
+                table.set_header([
+                    "group",
+                    "lag",
+                    "pending",
+                    "consumers",
+                    "generation",
+                    "assignment",
+                ]);
+                for g in &groups {
+                    let assignment: Vec<String> = g
+                        .owners
+                        .iter()
+                        .enumerate()
+                        .map(|(p, o)| format!("{p}:{o}"))
+                        .collect();
+                    table.add_row([
+                        g.group.clone(),
+                        g.lag.to_string(),
+                        g.pending.to_string(),
+                        g.consumers.join(" "),
+                        g.generation.to_string(),
+                        assignment.join(" "),
+                    ]);
+                }
+                table
+            });
+        }
+        Command::Dlq { action } => match action {
+            Dlq::List {
+                topic,
+                group,
+                limit,
+            } => {
+                let letters = admin.dead_letters(&topic, group.as_deref(), limit).await?;
+                print(cli.json, &letters, || letters_table(&letters));
+            }
+            Dlq::Show { topic, id } => {
+                let letters = admin.dead_letters(&topic, None, usize::MAX).await?;
+                let Some(letter) = letters
+                    .iter()
+                    .find(|l| l.id == id || l.dead_letter_id == id)
+                else {
+                    eprintln!("no dead letter `{id}` on topic `{topic}`; `redisaq dlq list {topic}` lists them");
+                    return Ok(ExitCode::from(1));
+                };
+                print(cli.json, letter, || {
+                    let mut table = Table::new();
+                    let rows = [
+                        ("job id", letter.id.clone()),
+                        ("dead-letter id", letter.dead_letter_id.clone()),
+                        ("topic", letter.topic.clone()),
+                        ("group", letter.group.clone()),
+                        ("partition", letter.partition.to_string()),
+                        ("attempts", letter.attempts.to_string()),
+                        ("error", letter.error.clone()),
+                        ("payload", letter.payload.clone()),
+                        ("original entry", letter.entry_id.clone()),
+                        ("dead-lettered at (ms)", letter.failed_at_ms.to_string()),
+                    ];
+                    for (name, value) in rows {
+                        table.add_row([name.to_string(), value]);
+                    }
+                    table
+                });
+            }
+            Dlq::Replay { topic, group, id } => {
+                let replayed = admin.replay(&topic, group.as_deref(), &id).await?;
+                if cli.json {
+                    print(true, &replayed, Table::new);
+                } else {
+                    println!("replayed {} job(s) into topic `{topic}`", replayed.len());
+                }
+            }
+            Dlq::Purge { topic, yes } => {
+                if !yes {
+                    eprintln!("this deletes every dead letter of `{topic}`; add --yes to do it");
+                    return Ok(ExitCode::from(2));
+                }
+                let purged = admin.purge_dead_letters(&topic).await?;
+                if cli.json {
+                    println!("{}", serde_json::json!({ "purged": purged }));
+                } else {
+                    println!("purged {purged} dead letter(s) of topic `{topic}`");
+                }
+            }
+        },
+        Command::Partitions { topic, set } => {
+            let previous = admin.set_partitions(&topic, set).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "topic": topic, "previous": previous, "partitions": set })
+                );
+            } else {
+                println!("topic `{topic}`: {previous} -> {set} partitions; workers rebalance within a few seconds");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(redisaq::Error::Redis(e))
+            if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() =>
+        {
+            eprintln!("redisaq: cannot reach Redis ({e}); start it, or point --redis-url / REDIS_URL at it");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("redisaq: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

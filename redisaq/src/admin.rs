@@ -1,0 +1,312 @@
+//! Looking at and repairing what redisaq keeps in Redis: topics, groups, dead letters.
+//! The `redisaq` command-line tool only renders what this returns; every result is
+//! `Serialize`, so scripts get the same data as JSON.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), redisaq::Error> {
+//! let admin = redisaq::admin::Admin::connect("redis://127.0.0.1:6379").await?;
+//! for topic in admin.topics().await? {
+//!     println!("{}: {} partitions", topic.topic, topic.partitions);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+pub use crate::dlq::DeadLetterEntry;
+use crate::error::Error;
+use crate::{dlq, keys, redis_conn, topic, wire};
+
+/// A connection for administration.
+#[derive(Clone)]
+pub struct Admin {
+    conn: ConnectionManager,
+}
+
+/// A topic and its partition streams.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicStatus {
+    /// The topic name.
+    pub topic: String,
+    /// Its partition count.
+    pub partitions: u32,
+    /// Each partition stream.
+    pub streams: Vec<StreamStatus>,
+    /// Dead letters waiting.
+    pub dead_letters: u64,
+}
+
+/// One partition stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStatus {
+    /// The partition number.
+    pub partition: u32,
+    /// Entries in the stream (processed ones are kept up to `maxlen`).
+    pub length: u64,
+    /// Age of the oldest entry, in ms.
+    pub oldest_age_ms: Option<u64>,
+    /// Age of the newest entry, in ms.
+    pub newest_age_ms: Option<u64>,
+}
+
+/// A consumer group of a topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// The group name.
+    pub group: String,
+    /// Entries not yet delivered to the group, over all partitions.
+    pub lag: u64,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+    /// Live consumers (with a current heartbeat).
+    pub consumers: Vec<String>,
+    /// The assignment's generation (0: no worker has run yet).
+    pub generation: u64,
+    /// The owner of each partition, by partition number.
+    pub owners: Vec<String>,
+}
+
+/// Most entries counted one by one when a server reports no `lag` (before Redis 7).
+const MAX_LAG_COUNT: usize = 100_000;
+
+impl Admin {
+    /// Connects to the Redis at `url`.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let client = redis_conn::client(url)?;
+        let conn = redis_conn::quick_manager(&client).await?;
+        Ok(Admin { conn })
+    }
+
+    async fn server_ms(&self) -> Result<u64, Error> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, Error> {
+        let partitions: Option<u32> = redis::cmd("HGET")
+            .arg(keys::meta(topic))
+            .arg("partitions")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        partitions.ok_or_else(|| {
+            Error::config(format!(
+                "there is no topic `{topic}`; `redisaq topics` lists the topics"
+            ))
+        })
+    }
+
+    async fn edge_age(
+        &self,
+        stream: &str,
+        command: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, Error> {
+        let (from, to) = if command == "XRANGE" {
+            ("-", "+")
+        } else {
+            ("+", "-")
+        };
+        let reply: redis::Value = redis::cmd(command)
+            .arg(stream)
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(wire::parse_entries(&reply)?
+            .first()
+            .and_then(|e| wire::parse_stream_id(&e.id))
+            .map(|(ms, _)| now_ms.saturating_sub(ms)))
+    }
+
+    /// Every topic with its partitions.
+    pub async fn topics(&self) -> Result<Vec<TopicStatus>, Error> {
+        let mut conn = self.conn.clone();
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::topics())
+            .query_async(&mut conn)
+            .await?;
+        names.sort();
+        let now_ms = self.server_ms().await?;
+        let mut topics = Vec::with_capacity(names.len());
+        for name in names {
+            let partitions = self.partitions(&name).await.unwrap_or(0);
+            let mut streams = Vec::with_capacity(partitions as usize);
+            for partition in 0..partitions {
+                let stream = keys::partition(&name, partition);
+                let length: u64 = redis::cmd("XLEN")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await?;
+                streams.push(StreamStatus {
+                    partition,
+                    length,
+                    oldest_age_ms: self.edge_age(&stream, "XRANGE", now_ms).await?,
+                    newest_age_ms: self.edge_age(&stream, "XREVRANGE", now_ms).await?,
+                });
+            }
+            let dead_letters: u64 = redis::cmd("XLEN")
+                .arg(keys::dead_letters(&name))
+                .query_async(&mut conn)
+                .await?;
+            topics.push(TopicStatus {
+                topic: name,
+                partitions,
+                streams,
+                dead_letters,
+            });
+        }
+        Ok(topics)
+    }
+
+    /// The consumer groups of a topic, with lag, pending count, live consumers and the
+    /// partition assignment.
+    pub async fn groups(&self, topic: &str) -> Result<Vec<GroupStatus>, Error> {
+        let mut conn = self.conn.clone();
+        let partitions = self.partitions(topic).await?;
+        let mut groups: BTreeMap<String, GroupStatus> = BTreeMap::new();
+        for partition in 0..partitions {
+            let stream = keys::partition(topic, partition);
+            let reply: Result<redis::Value, _> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await;
+            let rows = match reply {
+                Ok(reply) => wire::parse_groups(&reply)?,
+                Err(e) if e.to_string().contains("no such key") => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for row in rows {
+                let lag = match row.lag {
+                    Some(lag) => lag,
+                    None => self.undelivered(&stream, &row.last_delivered).await?,
+                };
+                let status = groups
+                    .entry(row.name.clone())
+                    .or_insert_with(|| GroupStatus {
+                        group: row.name.clone(),
+                        lag: 0,
+                        pending: 0,
+                        consumers: Vec::new(),
+                        generation: 0,
+                        owners: Vec::new(),
+                    });
+                status.lag += lag;
+                status.pending += row.pending;
+            }
+        }
+        for status in groups.values_mut() {
+            let now_ms = self.server_ms().await?;
+            status.consumers = redis::cmd("ZRANGEBYSCORE")
+                .arg(keys::members(topic, &status.group))
+                .arg(format!("({now_ms}"))
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await?;
+            let assignment: BTreeMap<String, String> = redis::cmd("HGETALL")
+                .arg(keys::assignment(topic, &status.group))
+                .query_async(&mut conn)
+                .await?;
+            status.generation = assignment
+                .get("generation")
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            status.owners = assignment
+                .get("owners")
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or_default();
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// Entries after `last_delivered`, counted (servers before Redis 7 report no lag).
+    async fn undelivered(&self, stream: &str, last_delivered: &str) -> Result<u64, Error> {
+        let start = wire::next_stream_id(last_delivered).unwrap_or_else(|| "-".into());
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(MAX_LAG_COUNT)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(wire::parse_entries(&reply)?.len() as u64)
+    }
+
+    /// Dead letters of a topic, oldest first, optionally of one group, at most `limit`.
+    pub async fn dead_letters(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>, Error> {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(keys::dead_letters(topic))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(wire::parse_entries(&reply)?
+            .iter()
+            .map(wire::decode_dead_letter)
+            .filter(|letter| group.is_none_or(|g| letter.group == g))
+            .take(limit)
+            .collect())
+    }
+
+    /// Puts dead-lettered jobs back: those with the given ids (job id or dead-letter id),
+    /// or all of the topic (of one group, if given). Each runs again in every group of
+    /// the topic, attempts counted from 1. Replaying the same dead letter twice adds it
+    /// once. Returns the dead letters put back.
+    pub async fn replay(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+        ids: &[String],
+    ) -> Result<Vec<DeadLetterEntry>, Error> {
+        let partitions = self.partitions(topic).await?;
+        let mut replayed = Vec::new();
+        for letter in self.dead_letters(topic, group, usize::MAX).await? {
+            if !ids.is_empty()
+                && !ids
+                    .iter()
+                    .any(|id| *id == letter.id || *id == letter.dead_letter_id)
+            {
+                continue;
+            }
+            if dlq::replay(&mut self.conn.clone(), &letter, partitions).await? {
+                replayed.push(letter);
+            }
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes every dead letter of a topic; returns how many there were.
+    pub async fn purge_dead_letters(&self, topic: &str) -> Result<u64, Error> {
+        let key = keys::dead_letters(topic);
+        let (count, _): (u64, ()) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(&key)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map(|(count,): (u64,)| (count, ()))?;
+        Ok(count)
+    }
+
+    /// Raises a topic's partition count (see [`crate::set_partitions`]); returns the
+    /// previous count.
+    pub async fn set_partitions(&self, topic: &str, partitions: u32) -> Result<u32, Error> {
+        topic::raise(&mut self.conn.clone(), topic, partitions).await
+    }
+}
