@@ -138,6 +138,9 @@ fn letters_table(letters: &[DeadLetterEntry]) -> Table {
         "error",
         "dead-lettered",
     ]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     for l in letters {
         table.add_row([
             l.id.clone(),
@@ -145,7 +148,7 @@ fn letters_table(letters: &[DeadLetterEntry]) -> Table {
             l.partition.to_string(),
             l.attempts.to_string(),
             short(&l.error, 60),
-            l.failed_at_ms.to_string(),
+            format!("{} ago", age(Some(now_ms.saturating_sub(l.failed_at_ms)))),
         ]);
     }
     table
