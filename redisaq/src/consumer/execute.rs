@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::ack::Ack;
 use super::lease::{self, Guard};
@@ -96,8 +97,16 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
         );
     }
     let count = jobs.len();
+    let span = match jobs.as_slice() {
+        [job] => tracing::info_span!(
+            "job", topic = %shared.topic, partition = job.meta.partition,
+            job_id = %job.meta.id, attempt = job.meta.attempt
+        ),
+        _ => tracing::info_span!("batch", topic = %shared.topic, jobs = count),
+    };
     let handler = shared.def.call;
-    let running = AssertUnwindSafe(async move { handler(jobs).await }).catch_unwind();
+    let running =
+        AssertUnwindSafe(async move { handler(jobs).await }.instrument(span)).catch_unwind();
     let results = match while_owned(&shared, &partitions, guard, running).await {
         None => {
             tracing::warn!(
