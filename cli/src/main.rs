@@ -2,7 +2,8 @@
 //! `redisaq::admin` returns: tables for people, `--json` for scripts.
 //!
 //! Exit codes: 0 done; 1 failed (Redis unreachable, unknown topic, refused change);
-//! 2 bad usage, or a destructive command without `--yes`.
+//! 2 bad usage, or a destructive command without `--yes`; 3 `monitor` found a consumer
+//! that is not OK.
 
 use std::process::ExitCode;
 
@@ -40,6 +41,26 @@ enum Command {
     Groups {
         /// The topic.
         topic: String,
+    },
+    /// A group's consumers: idle time, pending entries, heartbeat, partitions, status.
+    Monitor {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// A live consumer idle longer than this (ms) is reported IDLE.
+        #[arg(long, default_value_t = 60_000)]
+        idle_threshold: u64,
+        /// A consumer holding more entries than this is reported TOO_MANY_PENDING.
+        #[arg(long, default_value_t = 1_000)]
+        pending_threshold: u64,
+        /// Remove dead consumers that hold nothing (those holding entries are left for
+        /// the owners of their partitions to take over).
+        #[arg(long)]
+        cleanup: bool,
+        /// Refresh every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
     },
     /// Dead-lettered jobs.
     Dlq {
@@ -217,6 +238,62 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 table
             });
         }
+        Command::Monitor {
+            topic,
+            group,
+            idle_threshold,
+            pending_threshold,
+            cleanup,
+            watch,
+        } => loop {
+            if cleanup {
+                let report = admin.cleanup(&topic, &group).await?;
+                if cli.json {
+                    println!("{}", serde_json::to_string(&report).expect("serializable"));
+                } else {
+                    for name in &report.removed {
+                        println!("removed dead consumer {name}");
+                    }
+                    for kept in &report.kept {
+                        println!(
+                            "kept dead consumer {} ({} pending): its partitions' owners take its entries over",
+                            kept.consumer, kept.pending
+                        );
+                    }
+                }
+            }
+            let consumers = admin
+                .monitor(&topic, &group, idle_threshold, pending_threshold)
+                .await?;
+            print(cli.json, &consumers, || {
+                let mut table = Table::new();
+                table.set_header([
+                    "consumer",
+                    "idle",
+                    "pending",
+                    "heartbeat",
+                    "partitions",
+                    "status",
+                ]);
+                for c in &consumers {
+                    let partitions: Vec<String> = c.partitions.iter().map(u32::to_string).collect();
+                    table.add_row([
+                        c.consumer.clone(),
+                        age(Some(c.idle_ms)),
+                        c.pending.to_string(),
+                        if c.alive { "alive" } else { "expired" }.into(),
+                        partitions.join(" "),
+                        c.status.clone(),
+                    ]);
+                }
+                table
+            });
+            match watch {
+                Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+                None if consumers.iter().all(|c| c.status == "OK") => break,
+                None => return Ok(ExitCode::from(3)),
+            }
+        },
         Command::Dlq { action } => match action {
             Dlq::List {
                 topic,

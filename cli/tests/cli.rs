@@ -56,9 +56,10 @@ fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
 }
 
-async fn run_worker_until(done: impl FnMut() -> bool + Send) {
+async fn run_worker_until(topic: &str, done: impl FnMut() -> bool + Send) {
     let worker = redisaq::Worker::new()
         .redis_url(redis().url())
+        .topics([topic])
         .heartbeat_interval(Duration::from_millis(200))
         .heartbeat_ttl(Duration::from_millis(600));
     worker
@@ -78,7 +79,7 @@ async fn inspect_replay_and_purge_dead_letters() {
     let mails = ["bad1@x", "ok1@x", "bad2@x", "ok2@x", "bad3@x"].map(|to| Mail { to: to.into() });
     let ids = fragile::enqueue_batch(mails).await.unwrap();
     let bad_id = ids[0].to_string();
-    run_worker_until(|| {
+    run_worker_until("cli_dlq", || {
         let seen = SEEN.lock().unwrap().len();
         let letters: u64 = redis::cmd("XLEN")
             .arg(redisaq::keys::dead_letters("cli_dlq"))
@@ -154,7 +155,7 @@ async fn inspect_replay_and_purge_dead_letters() {
         0,
         "a second replay adds nothing"
     );
-    run_worker_until(|| {
+    run_worker_until("cli_dlq", || {
         SEEN.lock()
             .unwrap()
             .iter()
@@ -225,5 +226,88 @@ fn an_unknown_topic_is_a_clear_error() {
         out.stderr.contains("there is no topic `no_such_topic`"),
         "{}",
         out.stderr
+    );
+}
+
+static MONITORED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "cli_mon", group = "mon_group", partitions = 1)]
+async fn monitored(job: Job<Mail>) -> Result<(), JobError> {
+    MONITORED.lock().unwrap().push(job.id().to_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_shows_a_dead_consumer_and_cleanup_waits_for_its_entries() {
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let ids = monitored::enqueue_batch((0..5).map(|i| Mail {
+        to: format!("m{i}@x"),
+    }))
+    .await
+    .unwrap();
+    // A consumer that read the jobs and died without a heartbeat.
+    let stream = redisaq::keys::partition("cli_mon", 0);
+    let mut conn = redis().connection();
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg(&["CREATE", &stream, "mon_group", "0", "MKSTREAM"])
+        .query(&mut conn)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "mon_group",
+            "ghost",
+            "COUNT",
+            "5",
+            "STREAMS",
+            &stream,
+            ">",
+        ])
+        .query(&mut conn)
+        .unwrap();
+
+    let out = redisaq_cli(&["monitor", "cli_mon", "mon_group", "--json"]);
+    assert_eq!(out.code, 3, "a consumer is not OK: {}", out.stderr);
+    let consumers: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(consumers[0]["consumer"], "ghost");
+    assert_eq!(consumers[0]["status"], "DEAD");
+    assert_eq!(consumers[0]["pending"], 5);
+    assert_eq!(consumers[0]["alive"], false);
+
+    let out = redisaq_cli(&["monitor", "cli_mon", "mon_group", "--cleanup", "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    assert!(
+        report["removed"].as_array().unwrap().is_empty(),
+        "a consumer holding entries stays"
+    );
+    assert_eq!(report["kept"][0]["consumer"], "ghost");
+
+    // A worker takes the partition over and, with it, the ghost's entries.
+    let expected: HashSet<String> = ids.iter().map(|id| id.to_string()).collect();
+    run_worker_until("cli_mon", move || {
+        MONITORED
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<HashSet<_>>()
+            == expected
+    })
+    .await;
+
+    let out = redisaq_cli(&["monitor", "cli_mon", "mon_group", "--cleanup", "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    // The ghost went once its entries were taken over (the new owner removes dead
+    // consumers holding nothing); the stopped worker's consumer, holding nothing, goes now.
+    assert!(report["kept"].as_array().unwrap().is_empty(), "{report}");
+    let removed = report["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{report}");
+    assert_ne!(removed[0], "ghost", "{report}");
+    assert_eq!(
+        json(&["monitor", "cli_mon", "mon_group"]),
+        serde_json::json!([]),
+        "nobody left"
     );
 }

@@ -69,6 +69,34 @@ pub struct GroupStatus {
     pub owners: Vec<String>,
 }
 
+/// A consumer of a group, as the monitor sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerStatus {
+    /// The consumer's name.
+    pub consumer: String,
+    /// Since its last read or claim, in ms (the smallest over the partitions it read).
+    pub idle_ms: u64,
+    /// Entries it holds unacknowledged.
+    pub pending: u64,
+    /// Whether its heartbeat is current.
+    pub alive: bool,
+    /// Partitions whose lease it holds.
+    pub partitions: Vec<u32>,
+    /// `OK`, `IDLE` (idle longer than the threshold), `TOO_MANY_PENDING` or `DEAD` (no
+    /// heartbeat: its partitions and entries go to live consumers).
+    pub status: String,
+}
+
+/// What a cleanup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cleanup {
+    /// Dead consumers removed from the group.
+    pub removed: Vec<String>,
+    /// Dead consumers kept because they still hold entries; the owners of their
+    /// partitions claim those within a heartbeat, a later cleanup removes them.
+    pub kept: Vec<ConsumerStatus>,
+}
+
 /// Most entries counted one by one when a server reports no `lag` (before Redis 7).
 const MAX_LAG_COUNT: usize = 100_000;
 
@@ -286,6 +314,112 @@ impl Admin {
             }
         }
         Ok(replayed)
+    }
+
+    /// The seed Monitor's view of a group: every consumer the Redis group knows with its
+    /// idle time, pending entries, heartbeat, owned partitions and a status.
+    pub async fn monitor(
+        &self,
+        topic: &str,
+        group: &str,
+        idle_threshold_ms: u64,
+        pending_threshold: u64,
+    ) -> Result<Vec<ConsumerStatus>, Error> {
+        let mut conn = self.conn.clone();
+        let partitions = self.partitions(topic).await?;
+        let mut consumers: BTreeMap<String, ConsumerStatus> = BTreeMap::new();
+        for partition in 0..partitions {
+            let stream = keys::partition(topic, partition);
+            let reply: Result<redis::Value, _> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(group)
+                .query_async(&mut conn)
+                .await;
+            let rows = match reply {
+                Ok(reply) => wire::parse_consumers(&reply)?,
+                Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for row in rows {
+                let status = consumers
+                    .entry(row.name.clone())
+                    .or_insert_with(|| ConsumerStatus {
+                        consumer: row.name.clone(),
+                        idle_ms: u64::MAX,
+                        pending: 0,
+                        alive: false,
+                        partitions: Vec::new(),
+                        status: String::new(),
+                    });
+                status.idle_ms = status.idle_ms.min(row.idle_ms);
+                status.pending += row.pending;
+            }
+            let owner: Option<String> = redis::cmd("GET")
+                .arg(keys::lease(topic, partition, group))
+                .query_async(&mut conn)
+                .await?;
+            if let Some(status) = owner.and_then(|o| consumers.get_mut(&o)) {
+                status.partitions.push(partition);
+            }
+        }
+        let now_ms = self.server_ms().await?;
+        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::members(topic, group))
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        for status in consumers.values_mut() {
+            status.alive = live.contains(&status.consumer);
+            status.status = if !status.alive {
+                "DEAD"
+            } else if status.pending > pending_threshold {
+                "TOO_MANY_PENDING"
+            } else if status.idle_ms > idle_threshold_ms {
+                "IDLE"
+            } else {
+                "OK"
+            }
+            .into();
+        }
+        Ok(consumers.into_values().collect())
+    }
+
+    /// Removes dead consumers (no current heartbeat) from the group, except those that
+    /// still hold entries: deleting those would drop their entries from the pending
+    /// list. Their entries are claimed by the owners of their partitions (every live
+    /// consumer sweeps the partitions it owns each heartbeat), after which a cleanup
+    /// removes them too.
+    pub async fn cleanup(&self, topic: &str, group: &str) -> Result<Cleanup, Error> {
+        let mut conn = self.conn.clone();
+        let partitions = self.partitions(topic).await?;
+        let mut report = Cleanup {
+            removed: Vec::new(),
+            kept: Vec::new(),
+        };
+        for consumer in self.monitor(topic, group, u64::MAX, u64::MAX).await? {
+            if consumer.alive {
+                continue;
+            }
+            if consumer.pending > 0 {
+                report.kept.push(consumer);
+                continue;
+            }
+            for partition in 0..partitions {
+                let _: Result<i64, _> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(keys::partition(topic, partition))
+                    .arg(group)
+                    .arg(&consumer.consumer)
+                    .query_async(&mut conn)
+                    .await;
+            }
+            report.removed.push(consumer.consumer);
+        }
+        Ok(report)
     }
 
     /// Deletes every dead letter of a topic; returns how many there were.

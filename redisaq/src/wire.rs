@@ -356,23 +356,29 @@ pub(crate) fn parse_strings(value: &Value) -> Result<Vec<String>, RedisError> {
     }
 }
 
-/// `XINFO CONSUMERS` rows as (name, pending).
-pub(crate) fn parse_consumers(value: &Value) -> Result<Vec<(String, u64)>, RedisError> {
+/// One row of `XINFO CONSUMERS`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerRow {
+    pub name: String,
+    pub pending: u64,
+    /// Since the consumer's last attempted interaction, in ms.
+    pub idle_ms: u64,
+}
+
+/// `XINFO CONSUMERS` rows.
+pub(crate) fn parse_consumers(value: &Value) -> Result<Vec<ConsumerRow>, RedisError> {
     items(value)
         .ok_or_else(|| unexpected("XINFO CONSUMERS reply", value))?
         .iter()
         .map(|row| {
             let props = key_values(row).ok_or_else(|| unexpected("consumer", row))?;
-            let name = props
-                .iter()
-                .find(|(k, _)| k == "name")
-                .and_then(|(_, v)| text(v));
-            let pending = props
-                .iter()
-                .find(|(k, _)| k == "pending")
-                .and_then(|(_, v)| int(v));
-            match (name, pending) {
-                (Some(name), Some(pending)) => Ok((name, pending as u64)),
+            let get = |name: &str| props.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            match (get("name").and_then(text), get("pending").and_then(int)) {
+                (Some(name), Some(pending)) => Ok(ConsumerRow {
+                    name,
+                    pending: pending as u64,
+                    idle_ms: get("idle").and_then(int).unwrap_or(0) as u64,
+                }),
                 _ => Err(unexpected("consumer", row)),
             }
         })

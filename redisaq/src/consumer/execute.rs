@@ -155,7 +155,13 @@ async fn while_owned<F: Future>(
             _ = &mut lost => return None,
             () = tokio::time::sleep_until(until) => match shared.held.valid_until(partitions) {
                 Some(renewed) if renewed > Instant::now() => until = renewed,
-                _ => return None,
+                _ => {
+                    // Taken anew, the partition's leftovers (these jobs) are claimed again.
+                    for &partition in partitions {
+                        shared.held.drop_partition(partition);
+                    }
+                    return None;
+                }
             },
             output = &mut work => return Some(output),
         }
@@ -248,10 +254,13 @@ async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
         Err(e) if lease::is_fenced(&e) => {
             tracing::debug!(entry = %delivery.entry_id, "partition moved; its new owner retries the job")
         }
-        Err(e) => tracing::warn!(
-            entry = %delivery.entry_id, error = %e,
-            "could not claim the job for its retry; it stays pending and will be delivered again"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                entry = %delivery.entry_id, error = %e,
+                "could not claim the job for its retry; taking the partition anew to recover it"
+            );
+            shared.held.drop_partition(delivery.partition);
+        }
     }
 }
 
@@ -290,6 +299,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
     }
     tracing::error!(
         job_id,
-        "could not write the dead letter; the job stays pending and will be delivered again"
+        "could not write the dead letter; taking the partition anew to recover the job"
     );
+    shared.held.drop_partition(delivery.partition);
 }

@@ -223,16 +223,24 @@ impl Partitions {
     }
 
     /// Registers a call on these partitions if all are active with a valid lease.
+    ///
+    /// A partition whose lease may have run out is dropped: the jobs turned away here
+    /// stay pending under this consumer, and only taking the partition anew (which
+    /// claims everything left there) brings them back.
     pub(crate) fn begin(&self, partitions: &[u32]) -> Option<Guard> {
         let now = Instant::now();
-        self.with(|slots| {
-            let usable = partitions.iter().all(|p| {
-                slots
-                    .get(p)
-                    .is_some_and(|s| s.phase == Phase::Active && s.valid_until > now)
-            });
+        let (guard, lapsed) = self.with(|slots| {
+            let lapsed: Vec<u32> = partitions
+                .iter()
+                .copied()
+                .filter(|p| slots.get(p).is_some_and(|s| s.valid_until <= now))
+                .collect();
+            let usable = lapsed.is_empty()
+                && partitions
+                    .iter()
+                    .all(|p| slots.get(p).is_some_and(|s| s.phase == Phase::Active));
             if !usable {
-                return None;
+                return (None, lapsed);
             }
             let mut guard = Guard {
                 valid_until: now + Duration::from_secs(3600),
@@ -244,8 +252,12 @@ impl Partitions {
                 guard.valid_until = guard.valid_until.min(slot.valid_until);
                 guard.lost.push(slot.lost.clone());
             }
-            Some(guard)
-        })
+            (Some(guard), lapsed)
+        });
+        for partition in lapsed {
+            self.drop_partition(partition);
+        }
+        guard
     }
 
     /// The earliest lease end among these partitions now (leases get extended while a

@@ -3,6 +3,8 @@
 //! fenced by the lease, and queued here; consumers without a heartbeat and without
 //! pending entries are removed from the Redis group.
 
+use std::collections::BTreeMap;
+
 use super::{lease, Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
@@ -57,28 +59,43 @@ pub(crate) async fn claim_orphans(
         let page = wire::parse_pending(&rows)?;
         let Some(last) = page.last() else { break };
         start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
-        let others: Vec<&wire::Pending> = page
-            .iter()
-            .filter(|p| whose == Orphans::All || p.consumer != shared.consumer)
-            .collect();
-        if !others.is_empty() {
-            let claimed: redis::Value =
-                lease::fenced(&lease_key, &stream, &shared.consumer, "XCLAIM")
-                    .arg(shared.group)
-                    .arg(&shared.consumer)
-                    .arg(0)
-                    .arg(others.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
-                    .query_async(&mut conn)
-                    .await?;
+        // Another consumer's entries were delivered there: the next run is a new
+        // attempt. Our own leftovers may never have started, so they keep their count.
+        let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
+        for pending in &page {
+            if pending.consumer != shared.consumer {
+                batches.entry(None).or_default().push(pending);
+            } else if whose == Orphans::All {
+                batches
+                    .entry(Some(pending.deliveries))
+                    .or_default()
+                    .push(pending);
+            }
+        }
+        for (keep_count, batch) in batches {
+            let mut claim = lease::fenced(&lease_key, &stream, &shared.consumer, "XCLAIM");
+            claim
+                .arg(shared.group)
+                .arg(&shared.consumer)
+                .arg(0)
+                .arg(batch.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
+            if let Some(count) = keep_count {
+                claim.arg("RETRYCOUNT").arg(count);
+            }
+            let claimed: redis::Value = claim.query_async(&mut conn).await?;
             for entry in wire::parse_claimed(&claimed)? {
-                let previous = others.iter().find(|p| p.id == entry.id);
+                let previous = batch.iter().find(|p| p.id == entry.id);
                 let deliveries = previous.map_or(1, |p| p.deliveries);
-                let attempt = u32::try_from(deliveries + 1).unwrap_or(u32::MAX);
+                let attempt = match keep_count {
+                    Some(count) => count.max(1),
+                    None => deliveries + 1,
+                };
                 tracing::info!(
                     partition, entry = %entry.id,
                     from = previous.map_or("", |p| p.consumer.as_str()),
                     "Consumer {} took over pending job", shared.consumer
                 );
+                let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
                 let delivery = Delivery::new(shared, partition, &entry, attempt);
                 tokio::select! {
                     sent = shared.deliveries.send(delivery) => if sent.is_err() { return Ok(queued) },
@@ -109,7 +126,7 @@ pub(crate) async fn remove_dead(
         .arg(shared.group)
         .query_async(&mut conn)
         .await?;
-    for (name, pending) in wire::parse_consumers(&consumers)? {
+    for wire::ConsumerRow { name, pending, .. } in wire::parse_consumers(&consumers)? {
         if pending > 0 || name == shared.consumer || live.contains(&name) {
             continue;
         }
