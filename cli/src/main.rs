@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
     },
+    /// Scale advice for a group: OUT, IN or NO_SCALE, with the figures used.
+    Scale {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// Advise OUT above this utilisation (%).
+        #[arg(long, default_value_t = 60.0)]
+        scale_out_rate: f64,
+        /// Advise IN below this utilisation (%).
+        #[arg(long, default_value_t = 20.0)]
+        scale_in_rate: f64,
+    },
     /// Dead-lettered jobs.
     Dlq {
         #[command(subcommand)]
@@ -294,6 +307,43 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 None => return Ok(ExitCode::from(3)),
             }
         },
+        Command::Scale {
+            topic,
+            group,
+            scale_out_rate,
+            scale_in_rate,
+        } => {
+            let advice = admin
+                .scale(&topic, &group, scale_out_rate, scale_in_rate)
+                .await?;
+            print(cli.json, &advice, || {
+                let mut table = Table::new();
+                table.set_header([
+                    "decision",
+                    "utilisation",
+                    "backlog",
+                    "lag",
+                    "pending",
+                    "retained",
+                    "consumers",
+                    "partitions",
+                ]);
+                table.add_row([
+                    advice.decision.clone(),
+                    format!("{:.1}%", advice.utilisation_pct),
+                    advice.backlog.to_string(),
+                    advice.lag.to_string(),
+                    advice.pending.to_string(),
+                    advice.retained.to_string(),
+                    advice.consumers.to_string(),
+                    advice.partitions.to_string(),
+                ]);
+                table
+            });
+            if !cli.json {
+                println!("{}", advice.reason);
+            }
+        }
         Command::Dlq { action } => match action {
             Dlq::List {
                 topic,

@@ -311,3 +311,47 @@ async fn monitor_shows_a_dead_consumer_and_cleanup_waits_for_its_entries() {
         "nobody left"
     );
 }
+
+#[job(topic = "cli_scale", group = "scale_group", partitions = 2)]
+async fn scaled(_job: Job<Mail>) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_advice_follows_the_backlog() {
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    scaled::enqueue_batch((0..10).map(|i| Mail {
+        to: format!("s{i}@x"),
+    }))
+    .await
+    .unwrap();
+    let mut conn = redis().connection();
+    for partition in 0..2 {
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(redisaq::keys::partition("cli_scale", partition))
+            .arg("scale_group")
+            .arg("0")
+            .query(&mut conn)
+            .unwrap();
+    }
+    let advice = json(&["scale", "cli_scale", "scale_group"]);
+    assert_eq!(advice["decision"], "OUT", "{advice}");
+    assert_eq!(advice["backlog"], 10);
+    assert_eq!(advice["consumers"], 0);
+    assert_eq!(advice["utilisation_pct"], 100.0);
+
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    run_worker_until("cli_scale", move || {
+        let advice = json(&["scale", "cli_scale", "scale_group"]);
+        let drained = advice["backlog"] == 0;
+        flag.store(drained, Ordering::SeqCst);
+        drained
+    })
+    .await;
+    assert!(done.load(Ordering::SeqCst));
+    let advice = json(&["scale", "cli_scale", "scale_group"]);
+    assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
+    assert_eq!(advice["utilisation_pct"], 0.0);
+}

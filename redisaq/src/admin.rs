@@ -97,6 +97,30 @@ pub struct Cleanup {
     pub kept: Vec<ConsumerStatus>,
 }
 
+/// The seed Scaler's advice for a group.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleAdvice {
+    /// `OUT`, `IN` or `NO_SCALE`.
+    pub decision: String,
+    /// `100 × backlog / retained entries`: how much of what the streams hold the group
+    /// has still to finish.
+    pub utilisation_pct: f64,
+    /// Entries not yet finished by the group: `lag + pending`.
+    pub backlog: u64,
+    /// Entries not yet delivered to the group.
+    pub lag: u64,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+    /// Entries the partition streams hold (processed ones are kept up to `maxlen`).
+    pub retained: u64,
+    /// Live consumers of the group.
+    pub consumers: usize,
+    /// The topic's partitions: more consumers than this would idle.
+    pub partitions: u32,
+    /// Why, in words.
+    pub reason: String,
+}
+
 /// Most entries counted one by one when a server reports no `lag` (before Redis 7).
 const MAX_LAG_COUNT: usize = 100_000;
 
@@ -420,6 +444,79 @@ impl Admin {
             report.removed.push(consumer.consumer);
         }
         Ok(report)
+    }
+
+    /// Whether the group needs more or fewer consumers: OUT above `scale_out_pct`
+    /// utilisation (or with a backlog and no consumer), IN below `scale_in_pct` with more
+    /// than one consumer, else NO_SCALE. OUT is held back when every partition already
+    /// has its own consumer (raise the partition count first).
+    pub async fn scale(
+        &self,
+        topic: &str,
+        group: &str,
+        scale_out_pct: f64,
+        scale_in_pct: f64,
+    ) -> Result<ScaleAdvice, Error> {
+        let partitions = self.partitions(topic).await?;
+        let status = self
+            .groups(topic)
+            .await?
+            .into_iter()
+            .find(|g| g.group == group)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "topic `{topic}` has no group `{group}`; `redisaq groups {topic}` lists them"
+                ))
+            })?;
+        let mut retained = 0;
+        for partition in 0..partitions {
+            let length: u64 = redis::cmd("XLEN")
+                .arg(keys::partition(topic, partition))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            retained += length;
+        }
+        let backlog = status.lag + status.pending;
+        let utilisation_pct = 100.0 * backlog as f64 / retained.max(1) as f64;
+        let consumers = status.consumers.len();
+        let (decision, reason) = if consumers == 0 && backlog > 0 {
+            (
+                "OUT",
+                "jobs are waiting and no consumer is alive".to_string(),
+            )
+        } else if utilisation_pct > scale_out_pct && consumers >= partitions as usize {
+            ("NO_SCALE", format!(
+                "utilisation {utilisation_pct:.1}% is above {scale_out_pct}%, but each of the {partitions} partitions already has a consumer: raise the partition count first"
+            ))
+        } else if utilisation_pct > scale_out_pct {
+            (
+                "OUT",
+                format!("utilisation {utilisation_pct:.1}% is above {scale_out_pct}%"),
+            )
+        } else if utilisation_pct < scale_in_pct && consumers > 1 {
+            (
+                "IN",
+                format!("utilisation {utilisation_pct:.1}% is below {scale_in_pct}%"),
+            )
+        } else {
+            (
+                "NO_SCALE",
+                format!(
+                    "utilisation {utilisation_pct:.1}% is within {scale_in_pct}%..{scale_out_pct}%"
+                ),
+            )
+        };
+        Ok(ScaleAdvice {
+            decision: decision.into(),
+            utilisation_pct,
+            backlog,
+            lag: status.lag,
+            pending: status.pending,
+            retained,
+            consumers,
+            partitions,
+            reason,
+        })
     }
 
     /// Deletes every dead letter of a topic; returns how many there were.

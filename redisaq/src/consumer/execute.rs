@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -134,38 +135,48 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     shared.held.end(&partitions);
 }
 
-/// Runs `work` while this consumer surely holds every partition it touches; stops it
-/// (drops it at its next await) as soon as a lease is lost or may have run out, e.g.
-/// after the process was paused for longer than the lease TTL.
+/// Runs `work` while this consumer surely holds every partition it touches, and stops
+/// it (drops it) as soon as a lease is lost or may have run out, e.g. after the process
+/// was paused for longer than the lease TTL.
+///
+/// The clock is read before every poll of `work`: after a pause, timers fire in no
+/// particular order, so waiting for a lease timer could let the handler run first.
 async fn while_owned<F: Future>(
     shared: &Shared,
     partitions: &[u32],
     guard: Guard,
     work: F,
 ) -> Option<F::Output> {
-    let lost = futures_util::future::select_all(
+    let mut lost = std::pin::pin!(futures_util::future::select_all(
         guard.lost.iter().map(|token| Box::pin(token.cancelled())),
-    );
-    tokio::pin!(work);
-    tokio::pin!(lost);
+    ));
+    let mut work = std::pin::pin!(work);
     let mut until = guard.valid_until;
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut lost => return None,
-            () = tokio::time::sleep_until(until) => match shared.held.valid_until(partitions) {
-                Some(renewed) if renewed > Instant::now() => until = renewed,
+    // Wakes this call when the lease may run out, so an idle handler is stopped too.
+    let mut alarm = std::pin::pin!(tokio::time::sleep_until(until));
+    std::future::poll_fn(|cx| {
+        if lost.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        while Instant::now() >= until {
+            match shared.held.valid_until(partitions) {
+                Some(renewed) if renewed > Instant::now() => {
+                    until = renewed;
+                    alarm.as_mut().reset(until);
+                }
                 _ => {
                     // Taken anew, the partition's leftovers (these jobs) are claimed again.
                     for &partition in partitions {
                         shared.held.drop_partition(partition);
                     }
-                    return None;
+                    return Poll::Ready(None);
                 }
-            },
-            output = &mut work => return Some(output),
+            }
         }
-    }
+        let _ = alarm.as_mut().poll(cx);
+        work.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
