@@ -33,7 +33,7 @@ pub(crate) struct Config {
     pub heartbeat_interval: Duration,
     pub heartbeat_ttl: Duration,
     pub concurrency: Option<usize>,
-    /// Where metrics are to be served; checked at start.
+    /// Where metrics are served.
     pub metrics_addr: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
     pub retry_backoff_min: Duration,

@@ -40,6 +40,7 @@ mod error;
 mod handler;
 mod job;
 pub mod keys;
+mod metrics;
 mod producer;
 mod redis_conn;
 mod registry;

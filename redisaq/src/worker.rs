@@ -116,8 +116,7 @@ impl Worker {
         self
     }
 
-    /// Where to serve Prometheus metrics (checked at start; the endpoint itself is not in
-    /// this version yet).
+    /// Where to serve Prometheus metrics (`GET /metrics`, OpenMetrics text format).
     pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
         self.overrides.metrics_addr = Some(addr);
         self
@@ -147,11 +146,14 @@ impl Worker {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let config = Config::resolve(&self.overrides)?;
         redis_conn::client(&config.redis_url)?;
-        if let Some(addr) = config.metrics_addr {
-            tracing::warn!(%addr, "the metrics endpoint is not available in this version; REDISAQ_METRICS_ADDR is ignored");
-        }
+
         let handlers = registry::handlers(&self.selection)?;
         let shutdown = CancellationToken::new();
+        let metrics_stop = CancellationToken::new();
+        let _metrics_guard = metrics_stop.clone().drop_guard();
+        if let Some(addr) = config.metrics_addr {
+            crate::metrics::serve(addr, metrics_stop).await?;
+        }
         let mut consumers = tokio::task::JoinSet::new();
         for def in handlers {
             consumers.spawn(consumer::run(def, config.clone(), shutdown.clone()));

@@ -20,7 +20,8 @@ use super::lease::{self, Phase};
 use super::takeover::{self, Orphans};
 use super::{create_groups, membership, Shared};
 use crate::error::Error;
-use crate::{keys, topic, trim};
+use crate::metrics::{PartitionLabels, METRICS};
+use crate::{keys, topic, trim, wire};
 
 /// The last known state of the group, as this consumer saw it.
 #[derive(Default)]
@@ -64,10 +65,16 @@ async fn heartbeat(shared: &Shared, view: &mut View) -> Result<(), Error> {
     view.live = membership::heartbeat(shared).await?;
     renew_leases(shared).await;
     follow(shared, view, false).await?;
-    for (partition, phase, _) in shared.held.held() {
+    let held = shared.held.held();
+    METRICS
+        .owned_partitions
+        .get_or_create(&shared.labels)
+        .set(held.len() as i64);
+    for (partition, phase, _) in held {
         if phase != Phase::Active {
             continue;
         }
+        record_backlog(shared, partition).await?;
         takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
         takeover::remove_dead(shared, partition, &view.live).await?;
         if view.maxlen > 0 {
@@ -77,6 +84,33 @@ async fn heartbeat(shared: &Shared, view: &mut View) -> Result<(), Error> {
                 view.maxlen,
             )
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The lag and pending gauges of an owned partition.
+async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys::partition(&shared.topic, partition))
+        .query_async(&mut shared.conn.clone())
+        .await?;
+    if let Some(row) = wire::parse_groups(&groups)?
+        .into_iter()
+        .find(|g| g.name == shared.group)
+    {
+        let labels = PartitionLabels {
+            topic: shared.labels.topic.clone(),
+            group: shared.labels.group.clone(),
+            partition,
+        };
+        METRICS
+            .pending
+            .get_or_create(&labels)
+            .set(row.pending as i64);
+        if let Some(lag) = row.lag {
+            METRICS.lag.get_or_create(&labels).set(lag as i64);
         }
     }
     Ok(())

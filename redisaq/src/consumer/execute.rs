@@ -18,6 +18,7 @@ use super::lease::{self, Guard};
 use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
+use crate::metrics::METRICS;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
 use crate::{dlq, wire};
 
@@ -108,6 +109,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     let handler = shared.def.call;
     let running =
         AssertUnwindSafe(async move { handler(jobs).await }.instrument(span)).catch_unwind();
+    let started = std::time::Instant::now();
     let results = match while_owned(&shared, &partitions, guard, running).await {
         None => {
             tracing::warn!(
@@ -119,7 +121,13 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
             shared.held.end(&partitions);
             return;
         }
-        Some(Ok(results)) => results,
+        Some(Ok(results)) => {
+            METRICS
+                .duration
+                .get_or_create(&shared.labels)
+                .observe(started.elapsed().as_secs_f64());
+            results
+        }
         Some(Err(panic)) => {
             let message = panic_message(&panic);
             tracing::error!(handler = shared.def.name, "handler panicked: {message}");
@@ -189,9 +197,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), JobError>) {
     let error = match result {
-        Ok(()) => return ack(shared, &delivery),
+        Ok(()) => {
+            METRICS.processed.get_or_create(&shared.labels).inc();
+            return ack(shared, &delivery);
+        }
         Err(error) => error,
     };
+    METRICS.failed.get_or_create(&shared.labels).inc();
     let job_id = delivery
         .job
         .as_ref()
@@ -204,6 +216,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
         );
         return dead_letter(shared, &delivery, &error.to_string()).await;
     }
+    METRICS.retried.get_or_create(&shared.labels).inc();
     let delay = shared.backoff.delay(delivery.attempt + 1);
     tracing::warn!(
         topic = %shared.topic, job_id, attempt = delivery.attempt, error = %error,
@@ -298,6 +311,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
     for _ in 0..8 {
         match dlq::write(&mut shared.conn.clone(), &letter).await {
             Ok(_) => {
+                METRICS.dead_lettered.get_or_create(&shared.labels).inc();
                 tracing::warn!(topic = %shared.topic, job_id, error, "Job {job_id} moved to the dead-letter queue");
                 return ack(shared, delivery);
             }
