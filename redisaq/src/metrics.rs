@@ -109,6 +109,34 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     metrics
 });
 
+/// One handler's series, looked up once: the hot path then only touches atomics.
+#[derive(Clone)]
+pub(crate) struct HandlerMetrics {
+    pub labels: HandlerLabels,
+    pub processed: Counter,
+    pub failed: Counter,
+    pub retried: Counter,
+    pub dead_lettered: Counter,
+    pub duration: Histogram,
+}
+
+impl HandlerMetrics {
+    pub(crate) fn new(topic: &str, group: &str) -> Self {
+        let labels = HandlerLabels {
+            topic: topic.to_string(),
+            group: group.to_string(),
+        };
+        HandlerMetrics {
+            processed: METRICS.processed.get_or_create(&labels).clone(),
+            failed: METRICS.failed.get_or_create(&labels).clone(),
+            retried: METRICS.retried.get_or_create(&labels).clone(),
+            dead_lettered: METRICS.dead_lettered.get_or_create(&labels).clone(),
+            duration: METRICS.duration.get_or_create(&labels).clone(),
+            labels,
+        }
+    }
+}
+
 impl Metrics {
     fn render(&self) -> String {
         let mut text = String::new();

@@ -68,7 +68,7 @@ async fn heartbeat(shared: &Shared, view: &mut View) -> Result<(), Error> {
     let held = shared.held.held();
     METRICS
         .owned_partitions
-        .get_or_create(&shared.labels)
+        .get_or_create(&shared.metrics.labels)
         .set(held.len() as i64);
     for (partition, phase, _) in held {
         if phase != Phase::Active {
@@ -101,8 +101,8 @@ async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
         .find(|g| g.name == shared.group)
     {
         let labels = PartitionLabels {
-            topic: shared.labels.topic.clone(),
-            group: shared.labels.group.clone(),
+            topic: shared.metrics.labels.topic.clone(),
+            group: shared.metrics.labels.group.clone(),
             partition,
         };
         METRICS

@@ -18,7 +18,6 @@ use super::lease::{self, Guard};
 use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
-use crate::metrics::METRICS;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
 use crate::{dlq, wire};
 
@@ -122,9 +121,9 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
             return;
         }
         Some(Ok(results)) => {
-            METRICS
+            shared
+                .metrics
                 .duration
-                .get_or_create(&shared.labels)
                 .observe(started.elapsed().as_secs_f64());
             results
         }
@@ -198,12 +197,12 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), JobError>) {
     let error = match result {
         Ok(()) => {
-            METRICS.processed.get_or_create(&shared.labels).inc();
+            shared.metrics.processed.inc();
             return ack(shared, &delivery);
         }
         Err(error) => error,
     };
-    METRICS.failed.get_or_create(&shared.labels).inc();
+    shared.metrics.failed.inc();
     let job_id = delivery
         .job
         .as_ref()
@@ -216,7 +215,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
         );
         return dead_letter(shared, &delivery, &error.to_string()).await;
     }
-    METRICS.retried.get_or_create(&shared.labels).inc();
+    shared.metrics.retried.inc();
     let delay = shared.backoff.delay(delivery.attempt + 1);
     tracing::warn!(
         topic = %shared.topic, job_id, attempt = delivery.attempt, error = %error,
@@ -311,7 +310,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
     for _ in 0..8 {
         match dlq::write(&mut shared.conn.clone(), &letter).await {
             Ok(_) => {
-                METRICS.dead_lettered.get_or_create(&shared.labels).inc();
+                shared.metrics.dead_lettered.inc();
                 tracing::warn!(topic = %shared.topic, job_id, error, "Job {job_id} moved to the dead-letter queue");
                 return ack(shared, delivery);
             }

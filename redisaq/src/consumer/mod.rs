@@ -98,8 +98,8 @@ pub(crate) struct Shared {
     /// Wakes the fetch loop when it may read from other partitions.
     pub ownership_changed: Notify,
     pub max_attempts: u32,
-    /// This handler's metric labels.
-    pub labels: crate::metrics::HandlerLabels,
+    /// This handler's metric series.
+    pub metrics: crate::metrics::HandlerMetrics,
     pub backoff: Backoff,
     pub config: Config,
     /// For commands other than the blocking read: claims, dead letters, heartbeats.
@@ -193,10 +193,7 @@ pub(crate) async fn run(
         held: lease::Partitions::default(),
         ownership_changed: Notify::new(),
         max_attempts: def.retries().saturating_add(1),
-        labels: crate::metrics::HandlerLabels {
-            topic: def.spec.topic.to_string(),
-            group: def.group.to_string(),
-        },
+        metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
         backoff: Backoff {
             first: config.retry_backoff_min,
             max: config.retry_backoff_max,
