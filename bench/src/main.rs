@@ -225,7 +225,17 @@ async fn drain(
     handled: impl Fn() -> u64,
     bar: &ProgressBar,
 ) {
+    // Generous, and only there so a broken run fails instead of hanging.
+    let limit = Duration::from_secs(30 + jobs / 2_000);
+    let started = Instant::now();
     loop {
+        if started.elapsed() > limit {
+            panic!(
+                "{topic}: after {limit:?} only {} of {jobs} jobs were handled and acknowledged; \
+                 the run is invalid",
+                handled()
+            );
+        }
         bar.set_position(handled());
         if handled() >= jobs {
             let mut pending = 0;
@@ -482,7 +492,13 @@ async fn main() {
             }
             bar.set_position(sent);
         }
+        let limit = Duration::from_secs(secs + 30);
         while (LATENCIES.lock().unwrap().len() as u64) < total {
+            let handled = LATENCIES.lock().unwrap().len();
+            assert!(
+                started.elapsed() < limit,
+                "latency: only {handled} of {total} jobs reached their handler; the run is invalid"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let elapsed = started.elapsed();
