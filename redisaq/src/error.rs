@@ -53,6 +53,11 @@ impl Error {
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::Config(message.into())
     }
+
+    /// Whether trying again later may succeed (see [`crate::redis_conn::is_transient`]).
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, Error::Redis(e) if crate::redis_conn::is_transient(e))
+    }
 }
 
 /// Whether a failed job may be tried again.

@@ -103,7 +103,7 @@ pub(crate) async fn connection() -> Result<ConnectionManager, Error> {
         .clone()
         .unwrap_or_else(Config::producer_url);
     let client = redis_conn::client(&url)?;
-    let conn = redis_conn::manager(&client, Duration::from_secs(5)).await?;
+    let conn = redis_conn::manager(&client, Duration::from_secs(5))?;
     connections.insert(runtime, conn.clone());
     Ok(conn)
 }

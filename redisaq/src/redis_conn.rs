@@ -22,12 +22,30 @@ pub(crate) fn client(url: &str) -> Result<Client, Error> {
 }
 
 /// A connection whose commands may take up to `response_timeout` (blocking reads need
-/// more than the default). It rides out a Redis restart of a few seconds.
-pub(crate) async fn manager(
+/// more than the default). It connects on first use and reconnects after a dropped
+/// connection or a Redis restart; until then its commands fail with errors for which
+/// [`is_transient`] holds, and the caller tries again.
+pub(crate) fn manager(
     client: &Client,
     response_timeout: Duration,
 ) -> Result<ConnectionManager, Error> {
-    connect(client, response_timeout, 6).await
+    Ok(ConnectionManager::new_lazy_with_config(
+        client.clone(),
+        config(response_timeout, 6),
+    )?)
+}
+
+/// Whether a failed command may succeed when tried again: the connection dropped, timed
+/// out or could not be made, or Redis is loading, busy or failing over.
+pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || matches!(
+            error.code(),
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
+        )
 }
 
 /// A connection for one-off tools: fails at once when nothing answers.
@@ -40,12 +58,18 @@ async fn connect(
     response_timeout: Duration,
     retries: usize,
 ) -> Result<ConnectionManager, Error> {
-    let config = ConnectionManagerConfig::new()
+    Ok(
+        ConnectionManager::new_with_config(client.clone(), config(response_timeout, retries))
+            .await?,
+    )
+}
+
+fn config(response_timeout: Duration, retries: usize) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_max_delay(Duration::from_secs(2))
-        .set_number_of_retries(retries);
-    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
+        .set_number_of_retries(retries)
 }
 
 /// The URL without its password, for messages.

@@ -1,9 +1,11 @@
-//! A private `redis-server` for tests and examples, and helpers to look at what redisaq
-//! left in it.
+//! A private `redis-server` for tests and examples, a fault-injecting proxy to put in
+//! front of it, and helpers to look at what redisaq left in it.
 //!
 //! The server listens on a free loopback port, keeps nothing on disk, and dies with the
 //! process that started it (even on SIGKILL), so tests never touch a server someone else
 //! runs and never leave one behind.
+
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -18,8 +20,14 @@ pub struct RedisServer {
 }
 
 enum Request {
-    Start(u16, mpsc::Sender<Result<(), String>>),
+    Start(u16, mpsc::Sender<Result<(), StartError>>),
     Stop(mpsc::Sender<()>),
+}
+
+enum StartError {
+    /// The server exited at once, e.g. because another process took the port.
+    Exited(String),
+    Other(String),
 }
 
 /// The server of this test binary, started on first use.
@@ -28,6 +36,8 @@ pub fn redis() -> &'static RedisServer {
     SERVER.get_or_init(|| RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// A port nobody listened on a moment ago. Another process may take it before the server
+/// binds it: [`RedisServer::start`] then notices the server exited and tries another.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -35,7 +45,7 @@ fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-fn spawn_server(port: u16) -> Result<Child, String> {
+fn spawn_server(port: u16, extra: &[String]) -> Result<Child, String> {
     let mut command = Command::new("redis-server");
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -46,44 +56,72 @@ fn spawn_server(port: u16) -> Result<Child, String> {
             "no",
             "--protected-mode",
             "yes",
+            "--enable-debug-command",
+            "local",
         ])
         .arg("--dir")
         .arg(std::env::temp_dir())
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    #[cfg(target_os = "linux")]
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        // The keeper thread never ends, so this fires only when the process dies.
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    die_with_parent(&mut command);
     command.spawn().map_err(|e| {
         format!("could not start redis-server ({e}); install it (Debian: apt-get install redis-server) or put it on PATH")
     })
 }
 
-fn wait_ready(port: u16) -> Result<(), String> {
+/// The child gets SIGKILL when the thread that started it ends (the test, or the whole
+/// test binary, even when it is killed), so no process outlives its test.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Waits until the server answers, and checks that the one answering is our child (by its
+/// process id), not some other process that owns the port.
+fn wait_ready(child: &mut Child, port: u16) -> Result<(), StartError> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("valid url");
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(StartError::Exited(format!(
+                "redis-server on port {port} exited at start ({status})"
+            )));
+        }
         if let Ok(mut conn) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                return Ok(());
+            if let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut conn) {
+                let pid = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("process_id:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok());
+                if pid == Some(child.id()) {
+                    return Ok(());
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(format!(
+    Err(StartError::Other(format!(
         "redis-server on port {port} did not answer within 10 s"
-    ))
+    )))
 }
 
 impl RedisServer {
     /// Starts a new server on a free port.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a new server on a free port with extra `redis-server` arguments, e.g.
+    /// `["--maxmemory", "2mb"]`.
+    pub fn start_with(extra: &[&str]) -> Result<Self, String> {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("redis-server keeper".into())
@@ -92,10 +130,19 @@ impl RedisServer {
                 for request in rx {
                     match request {
                         Request::Start(port, reply) => {
-                            let started = spawn_server(port).and_then(|c| {
-                                child = Some(c);
-                                wait_ready(port)
-                            });
+                            let started = match spawn_server(port, &extra) {
+                                Ok(mut c) => {
+                                    let ready = wait_ready(&mut c, port);
+                                    if ready.is_err() {
+                                        let _ = c.kill();
+                                        let _ = c.wait();
+                                    } else {
+                                        child = Some(c);
+                                    }
+                                    ready
+                                }
+                                Err(e) => Err(StartError::Other(e)),
+                            };
                             let _ = reply.send(started);
                         }
                         Request::Stop(reply) => {
@@ -115,22 +162,32 @@ impl RedisServer {
                 }
             })
             .map_err(|e| e.to_string())?;
-        let server = RedisServer {
-            port: free_port(),
+        let mut server = RedisServer {
+            port: 0,
             keeper: Mutex::new(tx),
         };
-        server.start_process()?;
-        Ok(server)
+        let mut last = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.start_process() {
+                Ok(()) => return Ok(server),
+                Err(StartError::Exited(e)) => last = e, // the port was taken: another one
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
-    fn start_process(&self) -> Result<(), String> {
+    fn start_process(&self) -> Result<(), StartError> {
         let (reply, answer) = mpsc::channel();
         self.keeper
             .lock()
             .unwrap()
             .send(Request::Start(self.port, reply))
-            .map_err(|e| e.to_string())?;
-        answer.recv().map_err(|e| e.to_string())?
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        answer
+            .recv()
+            .map_err(|e| StartError::Other(e.to_string()))?
     }
 
     /// Stops the server process (SIGKILL) and starts a new one on the same port: a Redis
@@ -143,7 +200,9 @@ impl RedisServer {
             .send(Request::Stop(reply))
             .map_err(|e| e.to_string())?;
         answer.recv().map_err(|e| e.to_string())?;
-        self.start_process()
+        self.start_process().map_err(|e| match e {
+            StartError::Exited(e) | StartError::Other(e) => e,
+        })
     }
 
     /// The port it listens on.
@@ -205,12 +264,12 @@ pub fn pending(conn: &mut redis::Connection, topic: &str, group: &str, partition
                 .arg(group)
                 .query(conn)
                 .expect("XPENDING");
-            match summary {
+            match &summary {
                 redis::Value::Array(items) => match items.first() {
                     Some(redis::Value::Int(n)) => *n as u64,
-                    _ => 0,
+                    _ => panic!("unexpected XPENDING summary: {summary:?}"),
                 },
-                _ => 0,
+                _ => panic!("unexpected XPENDING summary: {summary:?}"),
             }
         })
         .sum()
@@ -277,15 +336,58 @@ pub fn worker_command(binary: &str, name: &str, topics: &str, job_ms: u64) -> Co
         .env("RUST_LOG", "warn,redisaq::consumer::coordinator=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
+    die_with_parent(&mut command);
     command
 }
 
-/// How many times the test workers ran each job of `topic`.
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing assert
+/// never leaves a worker running that could later join another test's server.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Starts `command` (see [`worker_command`]).
+    pub fn spawn(command: &mut Command) -> Self {
+        KillOnDrop(command.spawn().expect("start the child process"))
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// How many times the test workers ran each job of `topic` to the end.
 pub fn calls(conn: &mut redis::Connection, topic: &str) -> std::collections::HashMap<String, u64> {
     redis::cmd("HGETALL")
         .arg(format!("redisaq-test:calls:{topic}"))
         .query(conn)
         .expect("HGETALL calls")
+}
+
+/// How many times the test workers started each job of `topic`.
+pub fn starts(conn: &mut redis::Connection, topic: &str) -> std::collections::HashMap<String, u64> {
+    redis::cmd("HGETALL")
+        .arg(format!("redisaq-test:starts:{topic}"))
+        .query(conn)
+        .expect("HGETALL starts")
 }
 
 /// One handler run recorded by a test worker.
@@ -310,14 +412,17 @@ pub fn intervals(conn: &mut redis::Connection, topic: &str) -> Vec<Interval> {
         .query(conn)
         .expect("LRANGE intervals");
     rows.iter()
-        .filter_map(|row| {
-            let mut parts = row.split(' ');
-            Some(Interval {
-                partition: parts.next()?.parse().ok()?,
-                consumer: parts.next()?.to_string(),
-                start: parts.next()?.parse().ok()?,
-                end: parts.next()?.parse().ok()?,
-            })
+        .map(|row| {
+            let parse = || {
+                let mut parts = row.split(' ');
+                Some(Interval {
+                    partition: parts.next()?.parse().ok()?,
+                    consumer: parts.next()?.to_string(),
+                    start: parts.next()?.parse().ok()?,
+                    end: parts.next()?.parse().ok()?,
+                })
+            };
+            parse().unwrap_or_else(|| panic!("unreadable interval row {row:?}"))
         })
         .collect()
 }

@@ -56,7 +56,7 @@ fn worker(topic: &str) -> redisaq::Worker {
         .redis_url(redis().url())
         .topics([topic])
         .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_millis(600))
+        .heartbeat_ttl(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
 }
 
@@ -123,7 +123,11 @@ async fn a_half_full_batch_is_handed_over_after_the_max_wait() {
     half_full::enqueue_batch((0..3).map(item)).await.unwrap();
     let done = run_until(worker(half_full::TOPIC), || processed("wait").len() == 3).await;
     assert!(done, "the partial batch never arrived");
-    assert!(calls("wait").iter().all(|batch| batch.len() < 10));
+    assert_eq!(
+        calls("wait"),
+        vec![vec![(0, 1), (1, 1), (2, 1)]],
+        "the three jobs waited for more and went together in one call"
+    );
 }
 
 #[job(
@@ -183,6 +187,8 @@ async fn only_the_failed_jobs_of_a_batch_are_retried_and_dead_lettered() {
 }
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
+/// The jobs of the call that panicked.
+static PANICKED_JOBS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
 #[job(
     topic = "batch_panic",
@@ -193,6 +199,7 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 )]
 async fn panics_once(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
     if !PANICKED.swap(true, Ordering::SeqCst) {
+        *PANICKED_JOBS.lock().unwrap() = jobs.iter().map(|j| j.payload().n).collect();
         panic!("handler bug");
     }
     record("panic", &jobs);
@@ -209,12 +216,27 @@ async fn a_panicking_handler_loses_nothing() {
     .await;
     assert!(done, "processed {:?}", processed("panic"));
     assert!(PANICKED.load(Ordering::SeqCst));
-    let retried = calls("panic")
+    let mut all = processed("panic");
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..20).collect::<Vec<_>>(),
+        "each job ran once after the panic"
+    );
+    let mut retried: Vec<u64> = calls("panic")
         .into_iter()
         .flatten()
         .filter(|(_, attempt)| *attempt == 2)
-        .count();
-    assert!(retried >= 1, "the jobs of the panicking call ran again");
+        .map(|(n, _)| n)
+        .collect();
+    retried.sort_unstable();
+    let mut panicked = PANICKED_JOBS.lock().unwrap().clone();
+    panicked.sort_unstable();
+    assert!(!panicked.is_empty());
+    assert_eq!(
+        retried, panicked,
+        "exactly the jobs of the panicking call ran again, as attempt 2"
+    );
     assert_eq!(
         pending(
             &mut redis().connection(),
@@ -295,11 +317,14 @@ async fn jobs_of_one_key_run_in_order_with_concurrency_one() {
         .await
         .unwrap();
     }
-    let done = run_until(worker(ordered::TOPIC), || {
+    // Concurrency 1 is what keeps one partition's jobs in order: set it here, whatever
+    // REDISAQ_CONCURRENCY says.
+    let done = run_until(worker(ordered::TOPIC).concurrency(1), || {
         ORDER.lock().unwrap().len() == 200
     })
     .await;
     assert!(done);
+    assert_eq!(ORDER.lock().unwrap().len(), 200, "each job once");
     let mut last: HashMap<String, u64> = HashMap::new();
     for (key, n) in ORDER.lock().unwrap().iter() {
         if let Some(previous) = last.insert(key.clone(), *n) {

@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redisaq_tests::{calls, eventually, intervals, overlaps, pending, redis, worker_command};
+use redisaq_tests::{
+    calls, eventually, intervals, overlaps, pending, redis, starts, worker_command, KillOnDrop,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,24 +36,40 @@ async fn join(_job: redisaq::Job<Work>) -> Result<(), redisaq::JobError> {
 
 /// A test worker process whose log lines are collected.
 struct Worker {
-    child: Child,
+    child: KillOnDrop,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a worker's lease and heartbeat live: short where a crash or a pause must be
+/// noticed, long where only clean hand-overs happen (a loaded machine must not make a
+/// lease lapse there).
+#[derive(Clone, Copy)]
+enum Ttl {
+    Short,
+    Long,
 }
 
 impl Worker {
-    fn start(name: &str, topic: &str, job_ms: u64) -> Self {
-        let mut child = worker_command(env!("CARGO_BIN_EXE_test_worker"), name, topic, job_ms)
-            .spawn()
-            .expect("start test_worker");
+    fn start(name: &str, topic: &str, job_ms: u64, ttl: Ttl) -> Self {
+        let mut command = worker_command(env!("CARGO_BIN_EXE_test_worker"), name, topic, job_ms);
+        if let Ttl::Long = ttl {
+            command.env("REDISAQ_HEARTBEAT_TTL_MS", "10000");
+        }
+        let mut child = KillOnDrop::spawn(&mut command);
         let log = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Worker { child, log }
+        Worker {
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     fn signal(&self, signal: i32) {
@@ -65,7 +82,10 @@ impl Worker {
     fn stop(mut self) -> Vec<String> {
         self.signal(libc::SIGTERM);
         self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // The reader ends at the end of the output: every line is in.
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         let log = self.log.lock().unwrap().clone();
         log
     }
@@ -145,13 +165,28 @@ fn lease_owners(
         .collect()
 }
 
+/// A clean rebalance runs every job exactly once: started once, finished once, one
+/// recorded interval per call.
+fn assert_once(conn: &mut redis::Connection, topic: &str) {
+    let started = starts(conn, topic);
+    let finished = calls(conn, topic);
+    let twice: Vec<_> = started.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(twice.is_empty(), "jobs started more than once: {twice:?}");
+    assert_eq!(started, finished, "every started job finished once");
+    assert_eq!(
+        intervals(conn, topic).len(),
+        finished.len(),
+        "one interval per call"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_crashes_and_pauses_lose_nothing_and_never_overlap() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
     const TOTAL: usize = 20_000;
     let workers: Vec<Worker> = (1..=3)
-        .map(|i| Worker::start(&format!("w{i}"), "coord", 2))
+        .map(|i| Worker::start(&format!("w{i}"), "coord", 2, Ttl::Short))
         .collect();
     let producer = produce(TOTAL as u64, 500, Duration::from_millis(100), |p| {
         Box::pin(coord::enqueue_batch(p))
@@ -160,7 +195,7 @@ async fn joins_crashes_and_pauses_lose_nothing_and_never_overlap() {
 
     let progress = |conn: &mut redis::Connection| calls(conn, "coord").len();
     assert!(eventually(Duration::from_secs(60), || progress(&mut conn) >= 3_000).await);
-    workers.push(Some(Worker::start("w4", "coord", 2)));
+    workers.push(Some(Worker::start("w4", "coord", 2, Ttl::Short)));
 
     assert!(eventually(Duration::from_secs(60), || progress(&mut conn) >= 7_000).await);
     let killed = workers[0].take().unwrap();
@@ -199,7 +234,13 @@ async fn joins_crashes_and_pauses_lose_nothing_and_never_overlap() {
         worker.stop();
     }
     let runs = calls(&mut conn, "coord");
-    let overlapping = overlaps(&intervals(&mut conn, "coord"));
+    let rows = intervals(&mut conn, "coord");
+    assert_eq!(
+        rows.len() as u64,
+        runs.values().sum::<u64>(),
+        "one interval per finished call"
+    );
+    let overlapping = overlaps(&rows);
     let more_than_once = runs.values().filter(|&&n| n > 1).count();
     eprintln!(
         "coordination: enqueued {}, processed {}, processed more than once {}, overlaps {}, kill to takeover {} ms",
@@ -232,8 +273,8 @@ async fn raising_partitions_at_run_time_spreads_the_work() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
     let workers = [
-        Worker::start("g1", "grow", 1),
-        Worker::start("g2", "grow", 1),
+        Worker::start("g1", "grow", 1, Ttl::Long),
+        Worker::start("g2", "grow", 1, Ttl::Long),
     ];
     let producer = produce(4_000, 100, Duration::from_millis(50), |p| {
         Box::pin(grow::enqueue_batch(p))
@@ -264,6 +305,7 @@ async fn raising_partitions_at_run_time_spreads_the_work() {
         calls(&mut conn, "grow").len(),
         ids.len()
     );
+    assert_once(&mut conn, "grow");
     let used: BTreeSet<u32> = intervals(&mut conn, "grow")
         .iter()
         .map(|i| i.partition)
@@ -280,8 +322,8 @@ async fn raising_partitions_at_run_time_spreads_the_work() {
 async fn a_join_pauses_only_the_partitions_that_move() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
-    let first = Worker::start("j1", "join", 1);
-    let second = Worker::start("j2", "join", 1);
+    let first = Worker::start("j1", "join", 1, Ttl::Long);
+    let second = Worker::start("j2", "join", 1, Ttl::Long);
     let producer = produce(3_000, 100, Duration::from_millis(50), |p| {
         Box::pin(join::enqueue_batch(p))
     });
@@ -296,7 +338,7 @@ async fn a_join_pauses_only_the_partitions_that_move() {
     );
     let before: Vec<Option<String>> = lease_owners(&mut conn, "join", "join_group", 6);
     let seen_before = [first.log_len(), second.log_len()];
-    let third = Worker::start("j3", "join", 1);
+    let third = Worker::start("j3", "join", 1, Ttl::Long);
     let ids = producer.await.unwrap();
     let finished = eventually(Duration::from_secs(60), || {
         let done: HashSet<String> = calls(&mut conn, "join").into_keys().collect();
@@ -319,6 +361,7 @@ async fn a_join_pauses_only_the_partitions_that_move() {
         worker.stop();
     }
     assert!(finished);
+    assert_once(&mut conn, "join");
     let moved: BTreeSet<u32> = (0..6)
         .filter(|&p| before[p as usize] != after[p as usize])
         .collect();

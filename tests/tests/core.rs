@@ -1,5 +1,5 @@
 //! The working core against a real redis-server: every job processed, failures retried
-//! then dead-lettered, bad entries dead-lettered, several groups, dropped connections.
+//! then dead-lettered, bad entries dead-lettered, several groups, keyed routing, trimming.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -46,7 +46,7 @@ fn worker(topics: &[&str]) -> redisaq::Worker {
         .redis_url(redis().url())
         .topics(topics.iter().copied())
         .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_millis(600))
+        .heartbeat_ttl(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
 }
 
@@ -89,11 +89,15 @@ async fn a_thousand_jobs_over_four_partitions_are_all_processed() {
         seen_ids("bulk").len()
     );
     assert_eq!(seen_ids("bulk"), ids);
-    let partitions: HashSet<u32> = seen("bulk").iter().map(|(_, _, p)| *p).collect();
+    assert_eq!(seen("bulk").len(), 1000, "each job once");
+    let mut per_partition: HashMap<u32, usize> = HashMap::new();
+    for (_, _, partition) in seen("bulk") {
+        *per_partition.entry(partition).or_default() += 1;
+    }
     assert_eq!(
-        partitions,
-        (0..4).collect(),
-        "round-robin uses every partition"
+        per_partition,
+        (0..4).map(|p| (p, 250)).collect(),
+        "round-robin spreads the jobs evenly"
     );
     let mut conn = redis().connection();
     assert_eq!(pending(&mut conn, bulk::TOPIC, bulk::GROUP, 4), 0);
@@ -164,6 +168,7 @@ async fn a_fatal_error_dead_letters_at_once() {
     assert!(done);
     assert_eq!(seen("fatal").len(), 1, "no retry after a fatal error");
     let letters = dead_letters(&mut redis().connection(), fatal::TOPIC);
+    assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["id"], id.to_string());
     assert_eq!(letters[0]["error"], "address does not exist");
     assert_eq!(letters[0]["attempts"], "1");
@@ -286,88 +291,30 @@ async fn keyed(job: Job<Task>) -> Result<(), JobError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_with_one_key_share_a_partition() {
     let _ = worker(&[]);
-    for n in 0..20 {
-        keyed::enqueue_with(Task { n }, redisaq::EnqueueOptions::new().key("user-42"))
+    let mut key_of = HashMap::new();
+    for n in 0..80 {
+        let key = format!("user-{}", n % 8);
+        let id = keyed::enqueue_with(Task { n }, redisaq::EnqueueOptions::new().key(&key))
             .await
             .unwrap();
+        key_of.insert(id.to_string(), key);
     }
-    let done = run_until(worker(&[keyed::TOPIC]), || seen("keyed").len() == 20).await;
+    let done = run_until(worker(&[keyed::TOPIC]), || seen("keyed").len() == 80).await;
     assert!(done);
-    let partitions: HashSet<u32> = seen("keyed").iter().map(|(_, _, p)| *p).collect();
-    assert_eq!(partitions.len(), 1);
-}
-
-#[job(topic = "core_kill", group = "kill_group", partitions = 2)]
-async fn survives_client_kill(job: Job<Task>) -> Result<(), JobError> {
-    record("kill", &job);
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_connections_are_survived_without_losing_jobs() {
-    let _ = worker(&[]);
-    let ids = std::sync::Arc::new(Mutex::new(HashSet::new()));
-    let producer = {
-        let ids = ids.clone();
-        tokio::spawn(async move {
-            for round in 0..30u64 {
-                // Enqueue can fail while its connection is being killed; a caller retries.
-                loop {
-                    match survives_client_kill::enqueue_batch(
-                        (0..10).map(|i| Task { n: round * 10 + i }),
-                    )
-                    .await
-                    {
-                        Ok(new) => {
-                            ids.lock()
-                                .unwrap()
-                                .extend(new.into_iter().map(|id| id.to_string()));
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-                if round % 10 == 5 {
-                    let killed: i64 = redis::cmd("CLIENT")
-                        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
-                        .query(&mut redis().connection())
-                        .unwrap();
-                    assert!(killed > 0, "the worker's connections were killed");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let expected = ids.clone();
-    let producer_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = producer_done.clone();
-    let watcher = tokio::spawn(async move {
-        producer.await.unwrap();
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
-    let done = run_until(worker(&[survives_client_kill::TOPIC]), move || {
-        producer_done.load(std::sync::atomic::Ordering::SeqCst)
-            && seen_ids("kill") == *expected.lock().unwrap()
-    })
-    .await;
-    watcher.await.unwrap();
+    let mut partitions_of: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for (id, _, partition) in seen("keyed") {
+        partitions_of
+            .entry(key_of[&id].as_str())
+            .or_default()
+            .insert(partition);
+    }
+    assert_eq!(partitions_of.len(), 8);
     assert!(
-        done,
-        "processed {} of {}",
-        seen_ids("kill").len(),
-        ids.lock().unwrap().len()
+        partitions_of.values().all(|p| p.len() == 1),
+        "each key stays on one partition: {partitions_of:?}"
     );
-    assert_eq!(ids.lock().unwrap().len(), 300);
-    let mut conn = redis().connection();
-    assert_eq!(
-        pending(
-            &mut conn,
-            survives_client_kill::TOPIC,
-            survives_client_kill::GROUP,
-            2
-        ),
-        0
-    );
+    let used: HashSet<u32> = partitions_of.values().flatten().copied().collect();
+    assert!(used.len() > 1, "keys spread over partitions: {used:?}");
 }
 
 #[tokio::test]

@@ -1,21 +1,30 @@
-//! The metrics endpoint after a known workload: 9 jobs succeed, 4 fail fatally.
+//! The metrics endpoint after a known workload: 13 jobs, of which 4 fail fatally and one
+//! fails once and then succeeds; the lag gauge while jobs wait behind a blocked handler.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::{dead_letters, eventually, redis};
 
 static RAN: AtomicU64 = AtomicU64::new(0);
+static GATE_OPEN: AtomicBool = AtomicBool::new(false);
 
 #[job(topic = "metered", group = "meter_group", partitions = 2, retries = 2)]
 async fn metered(job: Job<u64>) -> Result<(), JobError> {
+    // Every job waits until the test has seen the backlog in the lag gauge.
+    while !GATE_OPEN.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     RAN.fetch_add(1, Ordering::SeqCst);
     if job.payload().is_multiple_of(4) {
         return Err(JobError::fatal("multiple of four"));
+    }
+    if *job.payload() == 5 && job.attempt() == 1 {
+        return Err(JobError::retry("five fails once"));
     }
     Ok(())
 }
@@ -44,8 +53,19 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+fn partition_series(name: &str, partition: u32) -> String {
+    format!(r#"{name}{{topic="metered",group="meter_group",partition="{partition}"}}"#)
+}
+
+/// The sum of a per-partition gauge over both partitions (missing series count as none).
+fn per_partition_sum(values: &HashMap<String, f64>, name: &str) -> Option<f64> {
+    (0..2)
+        .map(|p| values.get(&partition_series(name, p)).copied())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counters_match_a_known_workload() {
+async fn counters_and_gauges_match_a_known_workload() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     metered::enqueue_batch(0..13).await.unwrap();
     let addr = TcpListener::bind("127.0.0.1:0")
@@ -54,64 +74,86 @@ async fn counters_match_a_known_workload() {
         .unwrap();
     let worker = redisaq::Worker::new()
         .redis_url(redis().url())
+        .topics([metered::TOPIC])
         .metrics_addr(addr)
+        .concurrency(1)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
         .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_millis(600));
-    let scraped = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let keep = scraped.clone();
+        .heartbeat_ttl(Duration::from_secs(10));
+    let labels = r#"{topic="metered",group="meter_group"}"#;
+    let expected: HashMap<String, f64> = [
+        ("redisaq_jobs_processed_total", 9.0),
+        ("redisaq_jobs_failed_total", 5.0),
+        ("redisaq_jobs_retried_total", 1.0),
+        ("redisaq_jobs_dead_lettered_total", 4.0),
+        ("redisaq_handler_duration_seconds_count", 14.0),
+        ("redisaq_owned_partitions", 2.0),
+    ]
+    .into_iter()
+    .map(|(name, value)| (format!("{name}{labels}"), value))
+    .collect();
+    let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let keep = outcome.clone();
+    let wanted = expected.clone();
     worker
         .run_until(async move {
+            let scrape_now = || async move {
+                samples(
+                    &tokio::task::spawn_blocking(move || scrape(addr))
+                        .await
+                        .unwrap(),
+                )
+            };
+            // With one call at a time held at the gate, the rest wait unread: lag.
+            let mut lag_seen = None;
+            for _ in 0..300 {
+                let values = scrape_now().await;
+                if let Some(lag) = per_partition_sum(&values, "redisaq_partition_lag") {
+                    if lag > 0.0 {
+                        lag_seen = Some(lag);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            GATE_OPEN.store(true, Ordering::SeqCst);
             let done = eventually(Duration::from_secs(30), || {
-                RAN.load(Ordering::SeqCst) == 13
+                RAN.load(Ordering::SeqCst) == 14
                     && dead_letters(&mut redis().connection(), "metered").len() == 4
             })
             .await;
-            assert!(done);
-            // Acks and gauges land within a heartbeat or two.
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            *keep.lock().unwrap() = tokio::task::spawn_blocking(move || scrape(addr))
-                .await
-                .unwrap();
+            // Acks and gauges land within a heartbeat or two: poll for the final values.
+            let mut last = HashMap::new();
+            for _ in 0..300 {
+                last = scrape_now().await;
+                let counters = wanted.iter().all(|(k, v)| last.get(k) == Some(v));
+                let drained = per_partition_sum(&last, "redisaq_partition_pending") == Some(0.0)
+                    && per_partition_sum(&last, "redisaq_partition_lag") == Some(0.0);
+                if counters && drained {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            *keep.lock().unwrap() = Some((lag_seen, done, last));
         })
         .await
         .unwrap();
-    let text = scraped.lock().unwrap().clone();
-    let values = samples(&text);
-    let labels = r#"{topic="metered",group="meter_group"}"#;
-    assert_eq!(
-        values[&format!("redisaq_jobs_processed_total{labels}")],
-        9.0,
-        "{text}"
-    );
-    assert_eq!(
-        values[&format!("redisaq_jobs_failed_total{labels}")],
-        4.0,
-        "{text}"
-    );
-    assert_eq!(
-        values[&format!("redisaq_jobs_dead_lettered_total{labels}")],
-        4.0,
-        "{text}"
-    );
-    let retried = values.get(&format!("redisaq_jobs_retried_total{labels}"));
+    let (lag_seen, done, values) = outcome.lock().unwrap().take().unwrap();
     assert!(
-        retried.is_none_or(|&r| r == 0.0),
-        "fatal errors are not retried: {text}"
+        lag_seen.is_some_and(|lag| lag > 0.0),
+        "the lag gauge showed the jobs waiting"
     );
-    assert_eq!(
-        values[&format!("redisaq_handler_duration_seconds_count{labels}")],
-        13.0,
-        "{text}"
-    );
-    assert_eq!(
-        values[&format!("redisaq_owned_partitions{labels}")],
-        2.0,
-        "{text}"
-    );
+    assert!(done, "every job ran");
+    for (series, value) in &expected {
+        assert_eq!(values.get(series), Some(value), "{series}: {values:#?}");
+    }
     for partition in 0..2 {
-        let series = format!(
-            r#"redisaq_partition_pending{{topic="metered",group="meter_group",partition="{partition}"}}"#
-        );
-        assert_eq!(values[&series], 0.0, "{text}");
+        for name in ["redisaq_partition_pending", "redisaq_partition_lag"] {
+            assert_eq!(
+                values.get(&partition_series(name, partition)),
+                Some(&0.0),
+                "{name} of partition {partition}: {values:#?}"
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Acknowledgements, coalesced: whatever arrived while the previous pipeline was in
 //! flight goes out together, one fenced `XACK` per partition with all its ids. An ack
-//! into a partition whose lease this consumer lost is refused; the new owner runs the
-//! job again (at-least-once).
+//! into a partition whose lease this consumer lost is refused: the consumer stops work
+//! on that partition at once, and whoever owns it next runs those jobs again as a new
+//! attempt (at-least-once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::lease;
+use super::{lease, Shared};
 use crate::keys;
 
 /// Most ids sent in one round trip.
@@ -30,9 +31,7 @@ pub(crate) enum Ack {
 /// Who acknowledges: the consumer, for fencing.
 pub(crate) struct Acker {
     pub conn: ConnectionManager,
-    pub topic: Arc<str>,
-    pub group: &'static str,
-    pub consumer: String,
+    pub shared: Arc<Shared>,
 }
 
 impl Acker {
@@ -71,17 +70,18 @@ impl Acker {
     /// Sends the acks, retrying through reconnects for a while. If Redis stays away the
     /// jobs stay pending and are delivered again: at-least-once, never lost.
     async fn flush(&mut self, by_partition: &BTreeMap<u32, Vec<String>>) {
+        let shared = &self.shared;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (&partition, ids) in by_partition {
             pipe.add_command(
                 lease::fenced(
-                    &keys::lease(&self.topic, partition, self.group),
-                    &keys::partition(&self.topic, partition),
-                    &self.consumer,
+                    &keys::lease(&shared.topic, partition, shared.group),
+                    &keys::partition(&shared.topic, partition),
+                    &shared.consumer,
                     "XACK",
                 )
-                .arg(self.group)
+                .arg(shared.group)
                 .arg(ids)
                 .to_owned(),
             );
@@ -93,12 +93,21 @@ impl Acker {
                 .await
             {
                 Ok(results) => {
-                    for ((partition, ids), result) in by_partition.iter().zip(results) {
-                        if let Err(e) = result {
-                            tracing::warn!(
+                    for ((&partition, ids), result) in by_partition.iter().zip(results) {
+                        match result {
+                            Err(e) if lease::is_fenced(&e) => {
+                                // These jobs ran: the next owner's run is a new attempt.
+                                shared.ran_unacked(partition, ids);
+                                shared.lease_lost(
+                                    partition,
+                                    "its acknowledgements were refused (the lease is not ours)",
+                                );
+                            }
+                            Err(e) => tracing::warn!(
                                 partition, count = ids.len(), error = %e,
                                 "acknowledgements refused; the partition's owner runs these jobs again"
-                            );
+                            ),
+                            Ok(_) => {}
                         }
                     }
                     return;

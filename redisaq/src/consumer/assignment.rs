@@ -203,6 +203,13 @@ mod tests {
                 assert_eq!(x, y, "partition {p} kept its owner");
             }
         }
+        assert_eq!(after.len(), 8);
+        assert!(
+            after
+                .iter()
+                .all(|owner| ["a", "b", "d"].contains(&owner.as_str())),
+            "the departed member owns nothing: {after:?}"
+        );
         assert!(counts(&after).values().all(|&c| c == 2 || c == 3));
     }
 

@@ -125,15 +125,7 @@ async fn renew_leases(shared: &Shared) {
             Ok(true) => shared
                 .held
                 .extend(partition, lease_validity(shared, asked_at)),
-            Ok(false) => {
-                tracing::warn!(
-                    partition,
-                    "Consumer {} lost the lease of partition {partition}; stopping its jobs",
-                    shared.consumer
-                );
-                shared.held.drop_partition(partition);
-                shared.ownership_changed.notify_one();
-            }
+            Ok(false) => shared.lease_lost(partition, "it was not ours when renewing it"),
             // Keep going on the local deadline: if Redis stays away, the lease runs out
             // locally before it can run out in Redis.
             Err(e) => tracing::warn!(partition, error = %e, "renewing a lease failed"),
@@ -229,7 +221,12 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         shared
             .held
             .hold(partition, lease_validity(shared, asked_at));
-        takeover::claim_orphans(shared, partition, Orphans::All).await?;
+        if let Err(e) = claim_leftovers(shared, partition).await {
+            // What is left there must be claimed before new jobs run: take it again.
+            shared.held.drop_partition(partition);
+            return Err(e);
+        }
+        shared.held.claimed(partition);
         resumed.push(partition);
     }
     if !resumed.is_empty() {
@@ -241,6 +238,27 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             assignment.generation
         );
         shared.ownership_changed.notify_one();
+    }
+    Ok(())
+}
+
+/// Claims what was left pending on a partition just taken, making the group first if
+/// Redis lost it (a restart without persistence).
+async fn claim_leftovers(shared: &Shared, partition: u32) -> Result<(), Error> {
+    match takeover::claim_orphans(shared, partition, Orphans::All).await {
+        Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
+            create_groups(
+                &mut shared.conn.clone(),
+                &shared.topic,
+                shared.group,
+                shared.known_partitions().max(partition + 1),
+            )
+            .await?;
+            takeover::claim_orphans(shared, partition, Orphans::All).await?;
+        }
+        claimed => {
+            claimed?;
+        }
     }
     Ok(())
 }

@@ -17,8 +17,7 @@ use crate::wire;
 const MAX_READ: usize = 1000;
 
 pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
-    let mut conn =
-        redis_conn::manager(client, shared.config.block + Duration::from_secs(5)).await?;
+    let mut conn = redis_conn::manager(client, shared.config.block + Duration::from_secs(5))?;
     let mut failures = 0u32;
     loop {
         let partitions = shared.held.fetchable();
@@ -77,8 +76,12 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             }
             Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
                 // Redis lost the group (restarted without persistence, or someone deleted
-                // it): make it again and go on.
+                // it), and with it surely our leases: stop until they are taken anew,
+                // make the group again and go on.
                 tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
+                for partition in partitions {
+                    shared.lease_lost(partition, "Redis lost the consumer group");
+                }
                 let mut conn = shared.conn.clone();
                 if let Err(e) = create_groups(
                     &mut conn,

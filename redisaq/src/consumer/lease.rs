@@ -137,6 +137,9 @@ struct Slot {
     valid_until: Instant,
     running: usize,
     lost: CancellationToken,
+    /// Whether what was left pending there has been claimed: only then may new entries
+    /// be read, or a leftover read as new would be claimed (and run) twice.
+    claimed: bool,
 }
 
 /// The partitions this consumer holds, shared by fetch, execute and the coordinator.
@@ -166,8 +169,18 @@ impl Partitions {
                     valid_until,
                     running: 0,
                     lost: CancellationToken::new(),
+                    claimed: false,
                 },
             );
+        });
+    }
+
+    /// Lets the fetch loop read new entries of a partition whose leftovers are claimed.
+    pub(crate) fn claimed(&self, partition: u32) {
+        self.with(|slots| {
+            if let Some(slot) = slots.get_mut(&partition) {
+                slot.claimed = true;
+            }
         });
     }
 
@@ -180,10 +193,15 @@ impl Partitions {
         });
     }
 
-    /// Forgets a partition whose lease is gone, stopping its running jobs.
-    pub(crate) fn drop_partition(&self, partition: u32) {
-        if let Some(slot) = self.with(|slots| slots.remove(&partition)) {
-            slot.lost.cancel();
+    /// Forgets a partition whose lease is gone, stopping its running jobs; false if it
+    /// was not held.
+    pub(crate) fn drop_partition(&self, partition: u32) -> bool {
+        match self.with(|slots| slots.remove(&partition)) {
+            Some(slot) => {
+                slot.lost.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -208,13 +226,14 @@ impl Partitions {
         held
     }
 
-    /// Partitions to fetch from: active, with a lease that is surely still ours.
+    /// Partitions to fetch from: active, leftovers claimed, with a lease that is surely
+    /// still ours.
     pub(crate) fn fetchable(&self) -> Vec<u32> {
         let now = Instant::now();
         let mut list: Vec<u32> = self.with(|slots| {
             slots
                 .iter()
-                .filter(|(_, s)| s.phase == Phase::Active && s.valid_until > now)
+                .filter(|(_, s)| s.phase == Phase::Active && s.claimed && s.valid_until > now)
                 .map(|(p, _)| *p)
                 .collect()
         });

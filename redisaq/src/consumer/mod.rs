@@ -19,8 +19,10 @@ mod lease;
 mod membership;
 mod takeover;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -95,6 +97,9 @@ pub(crate) struct Shared {
     known_partitions: AtomicU32,
     /// The partitions this consumer holds.
     pub held: lease::Partitions,
+    /// Entries (partition, id) that ran here but whose ack was refused: taken again,
+    /// they start a new attempt.
+    ran_unacked: Mutex<HashSet<(u32, String)>>,
     /// Wakes the fetch loop when it may read from other partitions.
     pub ownership_changed: Notify,
     pub max_attempts: u32,
@@ -119,6 +124,37 @@ impl Shared {
     fn set_known_partitions(&self, partitions: u32) {
         self.known_partitions
             .fetch_max(partitions, Ordering::Relaxed);
+    }
+
+    /// Stops all work on a partition whose lease is not (or may not be) ours any more:
+    /// no more reads, its running calls are abandoned, its queued jobs are turned away.
+    /// If it is still assigned here, the coordinator takes it anew, which claims what
+    /// was left pending.
+    pub(crate) fn lease_lost(&self, partition: u32, why: &str) {
+        if self.held.drop_partition(partition) {
+            tracing::warn!(
+                partition,
+                "Consumer {} lost the lease of partition {partition}: {why}; stopping its jobs",
+                self.consumer
+            );
+            self.ownership_changed.notify_one();
+        }
+    }
+
+    fn ran_unacked(&self, partition: u32, ids: &[String]) {
+        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
+        ran.extend(ids.iter().map(|id| (partition, id.clone())));
+    }
+
+    fn forget_ran_unacked(&self, partition: u32) {
+        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
+        ran.retain(|(p, _)| *p != partition);
+    }
+
+    /// Whether the entry ran here before its ack was refused (forgets it).
+    fn take_ran_unacked(&self, partition: u32, id: &str) -> bool {
+        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
+        ran.remove(&(partition, id.to_string()))
     }
 }
 
@@ -164,6 +200,41 @@ pub(crate) async fn create_groups(
     }
 }
 
+/// Registers the topic and the group, trying again (with backoff, until `shutdown`)
+/// while Redis cannot be reached or the connection drops: a worker started before its
+/// Redis, or while connections are being cut, waits for it like a running worker does.
+async fn join(
+    def: &'static HandlerDef,
+    conn: &ConnectionManager,
+    shutdown: &CancellationToken,
+) -> Result<Option<topic::TopicInfo>, Error> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut conn = conn.clone();
+        let joined = async {
+            let info = topic::ensure(&mut conn, def.spec).await?;
+            create_groups(&mut conn, def.spec.topic, def.group, info.partitions).await?;
+            Ok::<_, Error>(info)
+        };
+        match joined.await {
+            Ok(info) => return Ok(Some(info)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(
+                    topic = def.spec.topic, group = def.group, error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "could not join the group yet; retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs one handler until `shutdown` is cancelled, then stops fetching, lets running
 /// calls finish within the shutdown timeout and flushes acknowledgements.
 pub(crate) async fn run(
@@ -172,9 +243,10 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let client = redis_conn::client(&config.redis_url)?;
-    let mut conn = redis_conn::manager(&client, std::time::Duration::from_secs(10)).await?;
-    let info = topic::ensure(&mut conn, def.spec).await?;
-    create_groups(&mut conn, def.spec.topic, def.group, info.partitions).await?;
+    let conn = redis_conn::manager(&client, Duration::from_secs(10))?;
+    let Some(info) = join(def, &conn, &shutdown).await? else {
+        return Ok(()); // stopped before Redis could be reached
+    };
 
     let consumer = format!("{}-{:08x}", config.consumer_prefix, rand::random::<u32>());
     let concurrency = config.concurrency.unwrap_or_else(|| {
@@ -191,6 +263,7 @@ pub(crate) async fn run(
         consumer,
         known_partitions: AtomicU32::new(info.partitions),
         held: lease::Partitions::default(),
+        ran_unacked: Mutex::default(),
         ownership_changed: Notify::new(),
         max_attempts: def.retries().saturating_add(1),
         metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
@@ -215,13 +288,10 @@ pub(crate) async fn run(
 
     let acker = ack::Acker {
         conn: conn.clone(),
-        topic: shared.topic.clone(),
-        group: shared.group,
-        consumer: shared.consumer.clone(),
+        shared: shared.clone(),
     };
     let acker = tokio::spawn(acker.run(ack_rx));
     let background = CancellationToken::new();
-    membership::heartbeat(&shared).await?;
     let coordinator = tokio::spawn(coordinator::run(shared.clone(), background.clone()));
     let executor = tokio::spawn(execute::run(shared.clone(), delivery_rx));
     let fetched = fetch::run(shared.clone(), &client).await;

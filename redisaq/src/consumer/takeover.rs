@@ -60,10 +60,14 @@ pub(crate) async fn claim_orphans(
         let Some(last) = page.last() else { break };
         start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
         // Another consumer's entries were delivered there: the next run is a new
-        // attempt. Our own leftovers may never have started, so they keep their count.
+        // attempt. Our own leftovers may never have started, so they keep their count,
+        // unless we know they ran.
         let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
         for pending in &page {
             if pending.consumer != shared.consumer {
+                batches.entry(None).or_default().push(pending);
+            } else if whose == Orphans::All && shared.take_ran_unacked(partition, &pending.id) {
+                // It ran here and its ack was refused: this is a new attempt.
                 batches.entry(None).or_default().push(pending);
             } else if whose == Orphans::All {
                 batches
@@ -107,6 +111,9 @@ pub(crate) async fn claim_orphans(
         if page.len() < CLAIM_PAGE {
             break;
         }
+    }
+    if whose == Orphans::All {
+        shared.forget_ran_unacked(partition); // what is not pending any more
     }
     Ok(queued)
 }

@@ -1,6 +1,7 @@
 //! A worker process for the multi-process tests. Its handlers record every call in Redis
 //! so the test can check what was processed after killing, pausing and restarting
-//! workers: `redisaq-test:calls:{topic}` (hash: job id -> number of calls) and
+//! workers: `redisaq-test:starts:{topic}` (hash: job id -> number of calls started),
+//! `redisaq-test:calls:{topic}` (hash: job id -> number of calls finished) and
 //! `redisaq-test:intervals:{topic}` (list of "partition consumer start_us end_us").
 //!
 //! Environment: `REDIS_URL`, the `REDISAQ_*` settings, `TEST_JOB_MS` (how long each job
@@ -40,6 +41,13 @@ fn now_us() -> u128 {
 
 async fn record(job: &Job<Work>) -> Result<(), JobError> {
     let started = now_us();
+    let mut conn = recorder().await;
+    redis::cmd("HINCRBY")
+        .arg(format!("redisaq-test:starts:{}", job.topic()))
+        .arg(job.id().as_str())
+        .arg(1)
+        .exec_async(&mut conn)
+        .await?;
     let pause = std::env::var("TEST_JOB_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -47,7 +55,6 @@ async fn record(job: &Job<Work>) -> Result<(), JobError> {
     tokio::time::sleep(Duration::from_millis(pause)).await;
     let ended = now_us();
     let consumer = CONSUMER.get().map(String::as_str).unwrap_or("?");
-    let mut conn = recorder().await;
     redis::pipe()
         .cmd("HINCRBY")
         .arg(format!("redisaq-test:calls:{}", job.topic()))
