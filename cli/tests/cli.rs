@@ -10,7 +10,7 @@ use redisaq::{job, Job, JobError};
 use redisaq_tests::{eventually, redis};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::RwLock;
+use tokio::sync::{oneshot, RwLock, Semaphore};
 
 /// Every test on the shared server holds this for reading; the test that pauses the
 /// server's writes holds it alone, so no other test's worker stalls meanwhile.
@@ -62,7 +62,16 @@ fn json(args: &[&str]) -> Value {
     value
 }
 
-/// The `--json` output of a command and its exit code.
+/// The `--json` output of a command that succeeded, or `None` (for polling until the
+/// worker has set things up).
+fn try_json(args: &[&str]) -> Option<Value> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = redisaq_cli(&all);
+    (out.code == 0).then(|| serde_json::from_str(&out.stdout).expect("JSON"))
+}
+
+/// The `--json` output of a command and its exit code (`monitor` exits 3 with output).
 fn json_and_code(args: &[&str]) -> (i32, Value) {
     let mut all = args.to_vec();
     all.push("--json");
@@ -101,6 +110,35 @@ async fn run_worker_until(worker: redisaq::Worker, done: impl FnMut() -> bool + 
         })
         .await
         .unwrap();
+}
+
+/// A worker running beside the test until [`Background::stop`].
+struct Background {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), redisaq::Error>>,
+}
+
+impl Background {
+    fn start(worker: redisaq::Worker) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Background { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker stopped cleanly");
+    }
+}
+
+/// Holds a handler until `gate` is closed (at most a minute, so nothing hangs).
+async fn hold(gate: &Semaphore) {
+    let _ = tokio::time::timeout(Duration::from_secs(60), gate.acquire()).await;
 }
 
 /// How many entries of `topic`'s partition streams carry the job id `id`.
@@ -518,4 +556,357 @@ async fn scale_advice_follows_the_backlog() {
     let advice = json(&["scale", "cli_scale", "scale_group"]);
     assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
     assert_eq!(advice["utilisation_pct"], 0.0);
+}
+
+#[job(
+    topic = "cli_letters",
+    group = "letters_a",
+    partitions = 1,
+    retries = 0
+)]
+async fn refused_by_a(job: Job<Mail>) -> Result<(), JobError> {
+    Err(JobError::fatal(format!("a refuses {}", job.payload().to)))
+}
+
+#[job(
+    topic = "cli_letters",
+    group = "letters_b",
+    partitions = 1,
+    retries = 0
+)]
+async fn refused_by_b(job: Job<Mail>) -> Result<(), JobError> {
+    Err(JobError::fatal(format!("b refuses {}", job.payload().to)))
+}
+
+fn dlq_length(topic: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(redisaq::keys::dead_letters(topic))
+        .query(&mut redis().connection())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_by_group_and_limit_and_shown_by_dead_letter_id() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    refused_by_a::enqueue_batch((0..3).map(|i| Mail {
+        to: format!("l{i}@x"),
+    }))
+    .await
+    .unwrap();
+    // One group after the other, so the dead-letter stream holds a's three letters, then
+    // b's three (of the same three jobs).
+    run_worker_until(worker("cli_letters").groups(["letters_a"]), || {
+        dlq_length("cli_letters") == 3
+    })
+    .await;
+    run_worker_until(worker("cli_letters").groups(["letters_b"]), || {
+        dlq_length("cli_letters") == 6
+    })
+    .await;
+
+    let all = json(&["dlq", "list", "cli_letters"]);
+    let all = all.as_array().unwrap();
+    let groups: Vec<&str> = all.iter().map(|l| l["group"].as_str().unwrap()).collect();
+    assert_eq!(
+        groups,
+        [
+            "letters_a",
+            "letters_a",
+            "letters_a",
+            "letters_b",
+            "letters_b",
+            "letters_b"
+        ],
+        "oldest first"
+    );
+    let list = |args: &[&str]| {
+        let mut all_args = vec!["dlq", "list", "cli_letters"];
+        all_args.extend_from_slice(args);
+        json(&all_args).as_array().unwrap().clone()
+    };
+    assert_eq!(list(&["--limit", "2"]), all[..2], "the oldest two");
+    assert_eq!(list(&["--group", "letters_b"]), all[3..], "only b's");
+    assert_eq!(list(&["--group", "letters_a"]), all[..3], "only a's");
+    assert_eq!(
+        list(&["--group", "letters_b", "--limit", "2"]),
+        all[3..5],
+        "the group filters before the limit counts"
+    );
+    assert_eq!(list(&["--group", "letters_a", "--limit", "50"]), all[..3]);
+    assert!(list(&["--group", "nobody"]).is_empty());
+
+    // b's letter of a job that a dead-lettered too: only the dead-letter id tells them
+    // apart.
+    let letter = &all[4];
+    assert_eq!(
+        all.iter().filter(|l| l["id"] == letter["id"]).count(),
+        2,
+        "both groups dead-lettered the job"
+    );
+    let dead_letter_id = letter["dead_letter_id"].as_str().unwrap();
+    let shown = json(&["dlq", "show", "cli_letters", "--id", dead_letter_id]);
+    assert_eq!(&shown, letter, "the letter in full");
+    assert_eq!(shown["group"], "letters_b");
+    assert_eq!(shown["topic"], "cli_letters");
+    assert_eq!(shown["attempts"], 1);
+    let to = serde_json::from_str::<Value>(shown["payload"].as_str().unwrap()).unwrap()["to"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(shown["error"], format!("b refuses {to}"));
+    let table = redisaq_cli(&["dlq", "show", "cli_letters", "--id", dead_letter_id]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains(dead_letter_id) && table.stdout.contains(&format!("b refuses {to}")),
+        "{}",
+        table.stdout
+    );
+}
+
+static BUSY_GATE: Semaphore = Semaphore::const_new(0);
+static BUSY_RUNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "cli_busy", group = "busy_group", partitions = 1, retries = 0)]
+async fn busy(job: Job<Mail>) -> Result<(), JobError> {
+    BUSY_RUNS.lock().unwrap().push(job.id().to_string());
+    hold(&BUSY_GATE).await;
+    Ok(())
+}
+
+/// `redisaq monitor cli_busy busy_group` with `args`: the exit code and the one consumer.
+fn busy_monitor(args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["monitor", "cli_busy", "busy_group"];
+    all.extend_from_slice(args);
+    let (code, consumers) = json_and_code(&all);
+    assert_eq!(consumers.as_array().unwrap().len(), 1, "{consumers}");
+    (code, consumers[0].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let ids: HashSet<String> = busy::enqueue_batch((0..3).map(|i| Mail {
+        to: format!("b{i}@x"),
+    }))
+    .await
+    .unwrap()
+    .iter()
+    .map(|id| id.to_string())
+    .collect();
+    let worker = Background::start(worker("cli_busy").consumer_name("busy").concurrency(1));
+    // With one slot, the first job runs (and holds it) and the second waits in the
+    // consumer's queue: two entries pending on it, the third not delivered, and the
+    // consumer reads nothing more, so its idle time grows.
+    let mut seen = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            seen = json_and_code(&["monitor", "cli_busy", "busy_group"]).1;
+            seen.as_array().unwrap().len() == 1
+                && seen[0]["pending"] == 2
+                && BUSY_RUNS.lock().unwrap().len() == 1
+        })
+        .await,
+        "{seen}"
+    );
+
+    let (code, consumer) = busy_monitor(&[]);
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+    assert_eq!(consumer["alive"], true);
+    assert_eq!(consumer["partitions"], serde_json::json!([0]));
+    assert_eq!(consumer["pending"], 2);
+    assert!(consumer["consumer"].as_str().unwrap().starts_with("busy"));
+
+    // Too many pending: more than the threshold, not as many.
+    let quiet = ["--idle-threshold", "3600000"];
+    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "2"]].concat());
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "1"]].concat());
+    assert_eq!(
+        (code, &consumer["status"]),
+        (3, &Value::from("TOO_MANY_PENDING")),
+        "{consumer}"
+    );
+    let table = redisaq_cli(&[
+        "monitor",
+        "cli_busy",
+        "busy_group",
+        "--idle-threshold",
+        "3600000",
+        "--pending-threshold",
+        "1",
+    ]);
+    assert_eq!(table.code, 3, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("TOO_MANY_PENDING"),
+        "{}",
+        table.stdout
+    );
+
+    // Idle: alive, but it read nothing for longer than the threshold.
+    let mut idle = (0, Value::Null);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            idle = busy_monitor(&["--idle-threshold", "300"]);
+            idle.1["status"] == "IDLE"
+        })
+        .await,
+        "{idle:?}"
+    );
+    let (code, consumer) = idle;
+    assert_eq!(code, 3, "{consumer}");
+    assert!(consumer["idle_ms"].as_u64().unwrap() > 300, "{consumer}");
+    assert_eq!(consumer["alive"], true);
+    let (code, consumer) = busy_monitor(&quiet);
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+
+    // Let the jobs finish: the consumer reads again and is OK.
+    BUSY_GATE.close();
+    let mut conn = redis().connection();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            BUSY_RUNS
+                .lock()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect::<HashSet<_>>()
+                == ids
+                && redisaq_tests::pending(&mut conn, "cli_busy", "busy_group", 1) == 0
+        })
+        .await,
+        "every job ran"
+    );
+    let (code, consumer) = busy_monitor(&[]);
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+    assert_eq!(consumer["pending"], 0);
+    worker.stop().await;
+}
+
+static FULL_GATE: Semaphore = Semaphore::const_new(0);
+
+#[job(topic = "cli_full", group = "full_group", partitions = 1, retries = 0)]
+async fn stuck(_job: Job<Mail>) -> Result<(), JobError> {
+    hold(&FULL_GATE).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_holds_out_back_while_every_partition_has_a_consumer() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    stuck::enqueue_batch((0..4).map(|i| Mail {
+        to: format!("f{i}@x"),
+    }))
+    .await
+    .unwrap();
+    let worker = Background::start(worker("cli_full").concurrency(1));
+    // Nothing finishes while the gate is shut: the whole stream is backlog.
+    let mut advice = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            advice = try_json(&["scale", "cli_full", "full_group"]).unwrap_or_default();
+            advice["consumers"] == 1 && advice["pending"].as_u64().unwrap_or(0) > 0
+        })
+        .await,
+        "{advice}"
+    );
+    assert_eq!(advice["backlog"], 4, "{advice}");
+    assert_eq!(advice["retained"], 4, "{advice}");
+    assert_eq!(advice["utilisation_pct"], 100.0, "{advice}");
+    assert_eq!(advice["partitions"], 1, "{advice}");
+    assert_eq!(
+        advice["decision"], "NO_SCALE",
+        "one consumer per partition: {advice}"
+    );
+    assert!(
+        advice["reason"]
+            .as_str()
+            .unwrap()
+            .contains("raise the partition count"),
+        "{advice}"
+    );
+
+    // With a partition to spare, the same backlog asks for another consumer.
+    assert_eq!(
+        redisaq_cli(&["partitions", "cli_full", "--set", "2"]).code,
+        0
+    );
+    let advice = json(&["scale", "cli_full", "full_group"]);
+    assert_eq!(advice["partitions"], 2, "{advice}");
+    assert_eq!(advice["consumers"], 1, "{advice}");
+    assert_eq!(advice["backlog"], 4, "{advice}");
+    assert_eq!(advice["decision"], "OUT", "{advice}");
+
+    FULL_GATE.close();
+    worker.stop().await;
+}
+
+static PAIRED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "cli_pair", group = "pair_group", partitions = 2, retries = 0)]
+async fn paired(job: Job<Mail>) -> Result<(), JobError> {
+    PAIRED.lock().unwrap().push(job.id().to_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_advises_in_when_several_consumers_have_little_to_do() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    paired::enqueue_batch((0..4).map(|i| Mail {
+        to: format!("p{i}@x"),
+    }))
+    .await
+    .unwrap();
+    let first = Background::start(worker("cli_pair").consumer_name("pair-a"));
+    let second = Background::start(worker("cli_pair").consumer_name("pair-b"));
+    let mut advice = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            advice = try_json(&["scale", "cli_pair", "pair_group"]).unwrap_or_default();
+            advice["consumers"] == 2 && advice["backlog"] == 0
+        })
+        .await,
+        "{advice}"
+    );
+    assert_eq!(advice["retained"], 4, "{advice}");
+    assert_eq!(advice["utilisation_pct"], 0.0, "{advice}");
+    assert_eq!(advice["decision"], "IN", "{advice}");
+    assert_eq!(
+        json(&["scale", "cli_pair", "pair_group", "--scale-in-rate", "0"])["decision"],
+        "NO_SCALE",
+        "0% is not below 0%"
+    );
+    let table = redisaq_cli(&["scale", "cli_pair", "pair_group"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("| IN ") && table.stdout.contains("utilisation 0.0% is below 20%"),
+        "{}",
+        table.stdout
+    );
+
+    // One consumer left: nothing to take away.
+    first.stop().await;
+    let advice = json(&["scale", "cli_pair", "pair_group"]);
+    assert_eq!(advice["consumers"], 1, "{advice}");
+    assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
+    second.stop().await;
 }
