@@ -1,7 +1,7 @@
 //! The `redisaq` tool against a real server with a real worker.
 
 use std::collections::HashSet;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,6 +9,12 @@ use std::time::Duration;
 use redisaq::{job, Job, JobError};
 use redisaq_tests::{eventually, redis};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{oneshot, RwLock, Semaphore};
+
+/// Every test on the shared server holds this for reading; the test that pauses the
+/// server's writes holds it alone, so no other test's worker stalls meanwhile.
+static SERVER: RwLock<()> = RwLock::const_new(());
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Mail {
@@ -35,12 +41,14 @@ struct Output {
     stderr: String,
 }
 
+fn cli_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_redisaq"));
+    command.args(args).env("REDIS_URL", redis().url());
+    command
+}
+
 fn redisaq_cli(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_redisaq"))
-        .args(args)
-        .env("REDIS_URL", redis().url())
-        .output()
-        .expect("run redisaq");
+    let output = cli_command(args).output().expect("run redisaq");
     Output {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -48,20 +56,51 @@ fn redisaq_cli(args: &[&str]) -> Output {
     }
 }
 
-fn json(args: &[&str]) -> serde_json::Value {
+fn json(args: &[&str]) -> Value {
+    let (code, value) = json_and_code(args);
+    assert_eq!(code, 0, "{args:?}: {value}");
+    value
+}
+
+/// The `--json` output of a command that succeeded, or `None` (for polling until the
+/// worker has set things up).
+fn try_json(args: &[&str]) -> Option<Value> {
     let mut all = args.to_vec();
     all.push("--json");
     let out = redisaq_cli(&all);
-    assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
+    (out.code == 0).then(|| serde_json::from_str(&out.stdout).expect("JSON"))
 }
 
-async fn run_worker_until(topic: &str, done: impl FnMut() -> bool + Send) {
-    let worker = redisaq::Worker::new()
+/// The `--json` output of a command and its exit code (`monitor` exits 3 with output).
+fn json_and_code(args: &[&str]) -> (i32, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = redisaq_cli(&all);
+    let value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} exited {}: {e}: {}{}",
+            out.code, out.stdout, out.stderr
+        )
+    });
+    (out.code, value)
+}
+
+/// A worker on `topic` with every setting the tests rely on given explicitly (nothing
+/// from `REDISAQ_*`), and heartbeats long enough that a busy machine never makes a live
+/// consumer look dead.
+fn worker(topic: &str) -> redisaq::Worker {
+    redisaq::Worker::new()
         .redis_url(redis().url())
         .topics([topic])
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_millis(600));
+        .consumer_name("cli")
+        .concurrency(4)
+        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_ttl(Duration::from_secs(10))
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .shutdown_timeout(Duration::from_secs(10))
+}
+
+async fn run_worker_until(worker: redisaq::Worker, done: impl FnMut() -> bool + Send) {
     worker
         .run_until(async move {
             assert!(
@@ -73,13 +112,134 @@ async fn run_worker_until(topic: &str, done: impl FnMut() -> bool + Send) {
         .unwrap();
 }
 
+/// A worker running beside the test until [`Background::stop`].
+struct Background {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), redisaq::Error>>,
+}
+
+impl Background {
+    fn start(worker: redisaq::Worker) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Background { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker stopped cleanly");
+    }
+}
+
+/// Holds a handler until `gate` is closed (at most a minute, so nothing hangs).
+async fn hold(gate: &Semaphore) {
+    let _ = tokio::time::timeout(Duration::from_secs(60), gate.acquire()).await;
+}
+
+/// How many entries of `topic`'s partition streams carry the job id `id`.
+fn entries_with_id(topic: &str, partitions: u32, id: &str) -> usize {
+    let mut conn = redis().connection();
+    (0..partitions)
+        .map(|partition| {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(redisaq::keys::partition(topic, partition))
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .expect("XRANGE");
+            reply
+                .ids
+                .iter()
+                .filter(|entry| entry.get::<String>("id").as_deref() == Some(id))
+                .count()
+        })
+        .sum()
+}
+
+/// Clients waiting in a script (`EVAL`/`EVALSHA`) held back by `CLIENT PAUSE`.
+fn clients_waiting_in_a_script(conn: &mut redis::Connection) -> usize {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(conn).unwrap();
+    list.lines()
+        .filter(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name))
+                    .unwrap_or_default()
+            };
+            field("flags=").contains('b') && field("cmd=").starts_with("eval")
+        })
+        .count()
+}
+
+/// Ends a `CLIENT PAUSE` even when the test fails meanwhile.
+struct Unpause;
+
+impl Drop for Unpause {
+    fn drop(&mut self) {
+        let _: Result<(), _> = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query(&mut redis().connection());
+    }
+}
+
+/// Runs `redisaq args` in `copies` processes that really race: the server's writes are
+/// paused until every process waits in a script, so each has read what it is about to
+/// change before any of them changes anything. Hold [`SERVER`] for writing around it.
+async fn race(args: &[&str], copies: usize) -> Vec<Output> {
+    let mut conn = redis().connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "8000", "WRITE"])
+        .query(&mut conn)
+        .unwrap();
+    let unpause = Unpause;
+    let children: Vec<Child> = (0..copies)
+        .map(|_| {
+            cli_command(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run redisaq")
+        })
+        .collect();
+    let mut waiting = 0;
+    let all_waiting = eventually(Duration::from_secs(7), || {
+        waiting = clients_waiting_in_a_script(&mut conn);
+        waiting == copies
+    })
+    .await;
+    drop(unpause);
+    let outputs = children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("redisaq ran");
+            Output {
+                code: output.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        })
+        .collect();
+    assert!(
+        all_waiting,
+        "{waiting} of {copies} processes reached the script while writes were paused"
+    );
+    outputs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_replay_and_purge_dead_letters() {
+    // Alone on the server: the concurrent replay below pauses its writes.
+    let _alone = SERVER.write().await;
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mails = ["bad1@x", "ok1@x", "bad2@x", "ok2@x", "bad3@x"].map(|to| Mail { to: to.into() });
     let ids = fragile::enqueue_batch(mails).await.unwrap();
     let bad_id = ids[0].to_string();
-    run_worker_until("cli_dlq", || {
+    run_worker_until(worker("cli_dlq"), || {
         let seen = SEEN.lock().unwrap().len();
         let letters: u64 = redis::cmd("XLEN")
             .arg(redisaq::keys::dead_letters("cli_dlq"))
@@ -145,33 +305,73 @@ async fn inspect_replay_and_purge_dead_letters() {
     assert_eq!(refused.code, 2, "purge needs --yes");
     assert!(refused.stderr.contains("--yes"));
 
-    // Replay one, twice: it goes back once, and now succeeds.
+    // Replay one dead letter from several processes at once: each of them has read it
+    // before any puts it back, so only the replayed-set check in the script keeps the job
+    // from going back once per process.
     FAIL.store(false, Ordering::SeqCst);
-    let first = json(&["dlq", "replay", "cli_dlq", "--id", &bad_id]);
-    assert_eq!(first.as_array().unwrap().len(), 1);
-    let second = json(&["dlq", "replay", "cli_dlq", "--id", &bad_id]);
+    let letter = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == bad_id.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(entries_with_id("cli_dlq", 2, &bad_id), 1, "the original");
+    let replays = race(&["dlq", "replay", "cli_dlq", "--id", &bad_id, "--json"], 4).await;
+    let mut put_back = Vec::new();
+    for out in &replays {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let replayed: Value = serde_json::from_str(&out.stdout).unwrap();
+        put_back.extend(replayed.as_array().unwrap().iter().cloned());
+    }
     assert_eq!(
-        second.as_array().unwrap().len(),
-        0,
-        "a second replay adds nothing"
+        put_back,
+        vec![letter.clone()],
+        "exactly one replay put it back"
     );
-    run_worker_until("cli_dlq", || {
+    assert_eq!(
+        entries_with_id("cli_dlq", 2, &bad_id),
+        2,
+        "one job added to the partition stream"
+    );
+    let partition = letter["partition"].as_u64().unwrap() as u32;
+    let recorded: bool = redis::cmd("SISMEMBER")
+        .arg(redisaq::keys::replayed("cli_dlq", partition))
+        .arg(letter["dead_letter_id"].as_str().unwrap())
+        .query(&mut redis().connection())
+        .unwrap();
+    assert!(recorded, "the replayed dead letter is remembered");
+    assert_eq!(
+        redisaq_cli(&[
+            "dlq",
+            "show",
+            "cli_dlq",
+            "--id",
+            letter["dead_letter_id"].as_str().unwrap()
+        ])
+        .code,
+        1,
+        "the dead letter is gone"
+    );
+    let runs_of_bad = || -> Vec<u32> {
         SEEN.lock()
             .unwrap()
             .iter()
             .filter(|(id, _)| *id == bad_id)
-            .count()
-            == 2
+            .map(|(_, a)| *a)
+            .collect()
+    };
+    // Run until the group has nothing left, then count: no second copy ran either.
+    run_worker_until(worker("cli_dlq"), || {
+        let group = &json(&["groups", "cli_dlq"])[0];
+        runs_of_bad().len() >= 2 && group["lag"] == 0 && group["pending"] == 0
     })
     .await;
-    let runs: Vec<u32> = SEEN
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(id, _)| *id == bad_id)
-        .map(|(_, a)| *a)
-        .collect();
-    assert_eq!(runs, vec![1, 1], "replayed with attempts reset, once");
+    assert_eq!(
+        runs_of_bad(),
+        vec![1, 1],
+        "replayed with attempts reset, once"
+    );
     assert_eq!(
         json(&["dlq", "list", "cli_dlq"]).as_array().unwrap().len(),
         2
@@ -239,6 +439,7 @@ async fn monitored(job: Job<Mail>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_shows_a_dead_consumer_and_cleanup_waits_for_its_entries() {
+    let _shared = SERVER.read().await;
     redisaq::set_redis_url(&redis().url()).unwrap();
     let ids = monitored::enqueue_batch((0..5).map(|i| Mail {
         to: format!("m{i}@x"),
@@ -285,7 +486,7 @@ async fn monitor_shows_a_dead_consumer_and_cleanup_waits_for_its_entries() {
 
     // A worker takes the partition over and, with it, the ghost's entries.
     let expected: HashSet<String> = ids.iter().map(|id| id.to_string()).collect();
-    run_worker_until("cli_mon", move || {
+    run_worker_until(worker("cli_mon"), move || {
         MONITORED
             .lock()
             .unwrap()
@@ -319,6 +520,7 @@ async fn scaled(_job: Job<Mail>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_advice_follows_the_backlog() {
+    let _shared = SERVER.read().await;
     redisaq::set_redis_url(&redis().url()).unwrap();
     scaled::enqueue_batch((0..10).map(|i| Mail {
         to: format!("s{i}@x"),
@@ -343,7 +545,7 @@ async fn scale_advice_follows_the_backlog() {
 
     let done = std::sync::Arc::new(AtomicBool::new(false));
     let flag = done.clone();
-    run_worker_until("cli_scale", move || {
+    run_worker_until(worker("cli_scale"), move || {
         let advice = json(&["scale", "cli_scale", "scale_group"]);
         let drained = advice["backlog"] == 0;
         flag.store(drained, Ordering::SeqCst);
@@ -354,4 +556,357 @@ async fn scale_advice_follows_the_backlog() {
     let advice = json(&["scale", "cli_scale", "scale_group"]);
     assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
     assert_eq!(advice["utilisation_pct"], 0.0);
+}
+
+#[job(
+    topic = "cli_letters",
+    group = "letters_a",
+    partitions = 1,
+    retries = 0
+)]
+async fn refused_by_a(job: Job<Mail>) -> Result<(), JobError> {
+    Err(JobError::fatal(format!("a refuses {}", job.payload().to)))
+}
+
+#[job(
+    topic = "cli_letters",
+    group = "letters_b",
+    partitions = 1,
+    retries = 0
+)]
+async fn refused_by_b(job: Job<Mail>) -> Result<(), JobError> {
+    Err(JobError::fatal(format!("b refuses {}", job.payload().to)))
+}
+
+fn dlq_length(topic: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(redisaq::keys::dead_letters(topic))
+        .query(&mut redis().connection())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_by_group_and_limit_and_shown_by_dead_letter_id() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    refused_by_a::enqueue_batch((0..3).map(|i| Mail {
+        to: format!("l{i}@x"),
+    }))
+    .await
+    .unwrap();
+    // One group after the other, so the dead-letter stream holds a's three letters, then
+    // b's three (of the same three jobs).
+    run_worker_until(worker("cli_letters").groups(["letters_a"]), || {
+        dlq_length("cli_letters") == 3
+    })
+    .await;
+    run_worker_until(worker("cli_letters").groups(["letters_b"]), || {
+        dlq_length("cli_letters") == 6
+    })
+    .await;
+
+    let all = json(&["dlq", "list", "cli_letters"]);
+    let all = all.as_array().unwrap();
+    let groups: Vec<&str> = all.iter().map(|l| l["group"].as_str().unwrap()).collect();
+    assert_eq!(
+        groups,
+        [
+            "letters_a",
+            "letters_a",
+            "letters_a",
+            "letters_b",
+            "letters_b",
+            "letters_b"
+        ],
+        "oldest first"
+    );
+    let list = |args: &[&str]| {
+        let mut all_args = vec!["dlq", "list", "cli_letters"];
+        all_args.extend_from_slice(args);
+        json(&all_args).as_array().unwrap().clone()
+    };
+    assert_eq!(list(&["--limit", "2"]), all[..2], "the oldest two");
+    assert_eq!(list(&["--group", "letters_b"]), all[3..], "only b's");
+    assert_eq!(list(&["--group", "letters_a"]), all[..3], "only a's");
+    assert_eq!(
+        list(&["--group", "letters_b", "--limit", "2"]),
+        all[3..5],
+        "the group filters before the limit counts"
+    );
+    assert_eq!(list(&["--group", "letters_a", "--limit", "50"]), all[..3]);
+    assert!(list(&["--group", "nobody"]).is_empty());
+
+    // b's letter of a job that a dead-lettered too: only the dead-letter id tells them
+    // apart.
+    let letter = &all[4];
+    assert_eq!(
+        all.iter().filter(|l| l["id"] == letter["id"]).count(),
+        2,
+        "both groups dead-lettered the job"
+    );
+    let dead_letter_id = letter["dead_letter_id"].as_str().unwrap();
+    let shown = json(&["dlq", "show", "cli_letters", "--id", dead_letter_id]);
+    assert_eq!(&shown, letter, "the letter in full");
+    assert_eq!(shown["group"], "letters_b");
+    assert_eq!(shown["topic"], "cli_letters");
+    assert_eq!(shown["attempts"], 1);
+    let to = serde_json::from_str::<Value>(shown["payload"].as_str().unwrap()).unwrap()["to"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(shown["error"], format!("b refuses {to}"));
+    let table = redisaq_cli(&["dlq", "show", "cli_letters", "--id", dead_letter_id]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains(dead_letter_id) && table.stdout.contains(&format!("b refuses {to}")),
+        "{}",
+        table.stdout
+    );
+}
+
+static BUSY_GATE: Semaphore = Semaphore::const_new(0);
+static BUSY_RUNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "cli_busy", group = "busy_group", partitions = 1, retries = 0)]
+async fn busy(job: Job<Mail>) -> Result<(), JobError> {
+    BUSY_RUNS.lock().unwrap().push(job.id().to_string());
+    hold(&BUSY_GATE).await;
+    Ok(())
+}
+
+/// `redisaq monitor cli_busy busy_group` with `args`: the exit code and the one consumer.
+fn busy_monitor(args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["monitor", "cli_busy", "busy_group"];
+    all.extend_from_slice(args);
+    let (code, consumers) = json_and_code(&all);
+    assert_eq!(consumers.as_array().unwrap().len(), 1, "{consumers}");
+    (code, consumers[0].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let ids: HashSet<String> = busy::enqueue_batch((0..3).map(|i| Mail {
+        to: format!("b{i}@x"),
+    }))
+    .await
+    .unwrap()
+    .iter()
+    .map(|id| id.to_string())
+    .collect();
+    let worker = Background::start(worker("cli_busy").consumer_name("busy").concurrency(1));
+    // With one slot, the first job runs (and holds it) and the second waits in the
+    // consumer's queue: two entries pending on it, the third not delivered, and the
+    // consumer reads nothing more, so its idle time grows.
+    let mut seen = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            seen = json_and_code(&["monitor", "cli_busy", "busy_group"]).1;
+            seen.as_array().unwrap().len() == 1
+                && seen[0]["pending"] == 2
+                && BUSY_RUNS.lock().unwrap().len() == 1
+        })
+        .await,
+        "{seen}"
+    );
+
+    let (code, consumer) = busy_monitor(&[]);
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+    assert_eq!(consumer["alive"], true);
+    assert_eq!(consumer["partitions"], serde_json::json!([0]));
+    assert_eq!(consumer["pending"], 2);
+    assert!(consumer["consumer"].as_str().unwrap().starts_with("busy"));
+
+    // Too many pending: more than the threshold, not as many.
+    let quiet = ["--idle-threshold", "3600000"];
+    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "2"]].concat());
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "1"]].concat());
+    assert_eq!(
+        (code, &consumer["status"]),
+        (3, &Value::from("TOO_MANY_PENDING")),
+        "{consumer}"
+    );
+    let table = redisaq_cli(&[
+        "monitor",
+        "cli_busy",
+        "busy_group",
+        "--idle-threshold",
+        "3600000",
+        "--pending-threshold",
+        "1",
+    ]);
+    assert_eq!(table.code, 3, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("TOO_MANY_PENDING"),
+        "{}",
+        table.stdout
+    );
+
+    // Idle: alive, but it read nothing for longer than the threshold.
+    let mut idle = (0, Value::Null);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            idle = busy_monitor(&["--idle-threshold", "300"]);
+            idle.1["status"] == "IDLE"
+        })
+        .await,
+        "{idle:?}"
+    );
+    let (code, consumer) = idle;
+    assert_eq!(code, 3, "{consumer}");
+    assert!(consumer["idle_ms"].as_u64().unwrap() > 300, "{consumer}");
+    assert_eq!(consumer["alive"], true);
+    let (code, consumer) = busy_monitor(&quiet);
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+
+    // Let the jobs finish: the consumer reads again and is OK.
+    BUSY_GATE.close();
+    let mut conn = redis().connection();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            BUSY_RUNS
+                .lock()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect::<HashSet<_>>()
+                == ids
+                && redisaq_tests::pending(&mut conn, "cli_busy", "busy_group", 1) == 0
+        })
+        .await,
+        "every job ran"
+    );
+    let (code, consumer) = busy_monitor(&[]);
+    assert_eq!(
+        (code, &consumer["status"]),
+        (0, &Value::from("OK")),
+        "{consumer}"
+    );
+    assert_eq!(consumer["pending"], 0);
+    worker.stop().await;
+}
+
+static FULL_GATE: Semaphore = Semaphore::const_new(0);
+
+#[job(topic = "cli_full", group = "full_group", partitions = 1, retries = 0)]
+async fn stuck(_job: Job<Mail>) -> Result<(), JobError> {
+    hold(&FULL_GATE).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_holds_out_back_while_every_partition_has_a_consumer() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    stuck::enqueue_batch((0..4).map(|i| Mail {
+        to: format!("f{i}@x"),
+    }))
+    .await
+    .unwrap();
+    let worker = Background::start(worker("cli_full").concurrency(1));
+    // Nothing finishes while the gate is shut: the whole stream is backlog.
+    let mut advice = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            advice = try_json(&["scale", "cli_full", "full_group"]).unwrap_or_default();
+            advice["consumers"] == 1 && advice["pending"].as_u64().unwrap_or(0) > 0
+        })
+        .await,
+        "{advice}"
+    );
+    assert_eq!(advice["backlog"], 4, "{advice}");
+    assert_eq!(advice["retained"], 4, "{advice}");
+    assert_eq!(advice["utilisation_pct"], 100.0, "{advice}");
+    assert_eq!(advice["partitions"], 1, "{advice}");
+    assert_eq!(
+        advice["decision"], "NO_SCALE",
+        "one consumer per partition: {advice}"
+    );
+    assert!(
+        advice["reason"]
+            .as_str()
+            .unwrap()
+            .contains("raise the partition count"),
+        "{advice}"
+    );
+
+    // With a partition to spare, the same backlog asks for another consumer.
+    assert_eq!(
+        redisaq_cli(&["partitions", "cli_full", "--set", "2"]).code,
+        0
+    );
+    let advice = json(&["scale", "cli_full", "full_group"]);
+    assert_eq!(advice["partitions"], 2, "{advice}");
+    assert_eq!(advice["consumers"], 1, "{advice}");
+    assert_eq!(advice["backlog"], 4, "{advice}");
+    assert_eq!(advice["decision"], "OUT", "{advice}");
+
+    FULL_GATE.close();
+    worker.stop().await;
+}
+
+static PAIRED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "cli_pair", group = "pair_group", partitions = 2, retries = 0)]
+async fn paired(job: Job<Mail>) -> Result<(), JobError> {
+    PAIRED.lock().unwrap().push(job.id().to_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_advises_in_when_several_consumers_have_little_to_do() {
+    let _shared = SERVER.read().await;
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    paired::enqueue_batch((0..4).map(|i| Mail {
+        to: format!("p{i}@x"),
+    }))
+    .await
+    .unwrap();
+    let first = Background::start(worker("cli_pair").consumer_name("pair-a"));
+    let second = Background::start(worker("cli_pair").consumer_name("pair-b"));
+    let mut advice = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            advice = try_json(&["scale", "cli_pair", "pair_group"]).unwrap_or_default();
+            advice["consumers"] == 2 && advice["backlog"] == 0
+        })
+        .await,
+        "{advice}"
+    );
+    assert_eq!(advice["retained"], 4, "{advice}");
+    assert_eq!(advice["utilisation_pct"], 0.0, "{advice}");
+    assert_eq!(advice["decision"], "IN", "{advice}");
+    assert_eq!(
+        json(&["scale", "cli_pair", "pair_group", "--scale-in-rate", "0"])["decision"],
+        "NO_SCALE",
+        "0% is not below 0%"
+    );
+    let table = redisaq_cli(&["scale", "cli_pair", "pair_group"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("| IN ") && table.stdout.contains("utilisation 0.0% is below 20%"),
+        "{}",
+        table.stdout
+    );
+
+    // One consumer left: nothing to take away.
+    first.stop().await;
+    let advice = json(&["scale", "cli_pair", "pair_group"]);
+    assert_eq!(advice["consumers"], 1, "{advice}");
+    assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
+    second.stop().await;
 }
