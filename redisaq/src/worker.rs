@@ -169,7 +169,12 @@ impl Worker {
                 joined = consumers.join_next() => match joined {
                     None => break,
                     Some(result) => {
-                        let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        let result = match result {
+                            Ok(result) => result,
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            // Cancelled: the runtime is shutting down under us.
+                            Err(_) => Ok(()),
+                        };
                         if let Err(e) = result {
                             tracing::error!(error = %e, "consumer stopped");
                             if outcome.is_ok() {

@@ -110,7 +110,7 @@ async fn batches_never_exceed_their_size_and_every_job_runs_once() {
     group = "wait",
     partitions = 1,
     batch = 10,
-    max_wait_ms = 200
+    max_wait_ms = 5000
 )]
 async fn half_full(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
     record("wait", &jobs);
@@ -118,15 +118,33 @@ async fn half_full(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_full_batch_is_handed_over_after_the_max_wait() {
+async fn a_half_full_batch_waits_for_more_then_goes_after_the_max_wait() {
     let _ = worker(half_full::TOPIC);
-    half_full::enqueue_batch((0..3).map(item)).await.unwrap();
-    let done = run_until(worker(half_full::TOPIC), || processed("wait").len() == 3).await;
-    assert!(done, "the partial batch never arrived");
+    half_full::enqueue(item(0)).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker(half_full::TOPIC).run_until(async {
+        let _ = stopped.await;
+    }));
+    // Once the first job is read (pending), the batch waits for more: these two join it.
+    let read = eventually(Duration::from_secs(30), || {
+        // The group may not exist yet: that is "not read".
+        let summary: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XPENDING")
+            .arg(redisaq::keys::partition(half_full::TOPIC, 0))
+            .arg(half_full::GROUP)
+            .query(&mut redis().connection());
+        matches!(summary.as_deref(), Ok([redis::Value::Int(1), ..])) || !calls("wait").is_empty()
+    })
+    .await;
+    assert!(read, "the first job was read");
+    half_full::enqueue_batch((1..3).map(item)).await.unwrap();
+    let done = eventually(Duration::from_secs(60), || processed("wait").len() == 3).await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(done, "the partial batch never arrived: {:?}", calls("wait"));
     assert_eq!(
         calls("wait"),
         vec![vec![(0, 1), (1, 1), (2, 1)]],
-        "the three jobs waited for more and went together in one call"
+        "the first job waited for more and all three went together in one call"
     );
 }
 
