@@ -1,6 +1,6 @@
 //! A fault-injecting TCP proxy to put between a worker and the test's redis-server: it
 //! passes bytes through, or delays them, cuts connections right after forwarding a reply,
-//! or swallows everything (a network that lost its way).
+//! or holds everything back (a network partition: TCP delivers the bytes once it heals).
 //!
 //! It runs on a thread and runtime of its own, so it keeps working whatever the test's
 //! runtime is doing, and its fault can be changed at any time; the change applies to the
@@ -24,8 +24,9 @@ pub enum Fault {
     Delay(Duration),
     /// Forward a reply from Redis, then close that connection (both sides).
     CutAfterReply,
-    /// Read and discard everything: commands never reach Redis, nothing comes back.
-    Blackhole,
+    /// Hold every byte back until the fault changes: commands do not reach Redis and
+    /// nothing comes back meanwhile; then everything goes through in order.
+    Stall,
     /// Close new connections at once, as if nothing listened there.
     Refuse,
 }
@@ -160,11 +161,13 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let fault = *state.fault.lock().unwrap();
-        match fault {
-            Fault::Blackhole => continue,
-            Fault::Delay(delay) => tokio::time::sleep(delay).await,
-            Fault::Pass | Fault::CutAfterReply | Fault::Refuse => {}
+        let mut fault = *state.fault.lock().unwrap();
+        while fault == Fault::Stall {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            fault = *state.fault.lock().unwrap();
+        }
+        if let Fault::Delay(delay) = fault {
+            tokio::time::sleep(delay).await;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;

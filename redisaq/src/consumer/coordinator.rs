@@ -31,13 +31,6 @@ struct View {
     maxlen: u64,
 }
 
-/// How long a lease is surely ours after we asked Redis to extend it: the TTL, less a
-/// margin for clocks running at slightly different rates.
-fn lease_validity(shared: &Shared, asked_at: Instant) -> Instant {
-    let ttl = shared.config.heartbeat_ttl;
-    asked_at + ttl - ttl / 20
-}
-
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = shared.config.heartbeat_interval;
     let tick = (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
@@ -46,7 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let result = if Instant::now() >= next_heartbeat {
             next_heartbeat = Instant::now() + interval;
-            heartbeat(&shared, &mut view).await
+            maintain(&shared, &mut view).await
         } else {
             follow(&shared, &mut view, true).await
         };
@@ -60,11 +53,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Every heartbeat interval: renew liveness and leases, take over, remove the dead, trim.
-async fn heartbeat(shared: &Shared, view: &mut View) -> Result<(), Error> {
-    view.live = membership::heartbeat(shared).await?;
-    renew_leases(shared).await;
-    follow(shared, view, false).await?;
+/// Every heartbeat interval: follow the assignment, take over, remove the dead, trim.
+/// (Liveness and leases are renewed by the keeper, which nothing here can hold up.)
+async fn maintain(shared: &Shared, view: &mut View) -> Result<(), Error> {
+    follow(shared, view, true).await?;
     let held = shared.held.held();
     METRICS
         .owned_partitions
@@ -114,23 +106,6 @@ async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-async fn renew_leases(shared: &Shared) {
-    let ttl = shared.config.heartbeat_ttl;
-    for (partition, _, _) in shared.held.held() {
-        let asked_at = Instant::now();
-        let lease_key = keys::lease(&shared.topic, partition, shared.group);
-        match lease::renew(&mut shared.conn.clone(), &lease_key, &shared.consumer, ttl).await {
-            Ok(true) => shared
-                .held
-                .extend(partition, lease_validity(shared, asked_at)),
-            Ok(false) => shared.lease_lost(partition, "it was not ours when renewing it"),
-            // Keep going on the local deadline: if Redis stays away, the lease runs out
-            // locally before it can run out in Redis.
-            Err(e) => tracing::warn!(partition, error = %e, "renewing a lease failed"),
-        }
-    }
 }
 
 /// Every tick: read the assignment (moving it on if membership or partitions changed)
@@ -200,7 +175,9 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
     let mut resumed = Vec::new();
     let ttl = shared.config.heartbeat_ttl;
     for partition in target {
-        if shared.held.is_active(partition) {
+        if shared.held.is_held(partition) {
+            // Active, or still releasing: a partition is taken anew only once it is gone,
+            // so that a new holding never runs beside the calls of the last one.
             continue;
         }
         if partition >= shared.known_partitions() {
@@ -218,9 +195,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         if !lease::acquire(&mut shared.conn.clone(), &lease_key, &shared.consumer, ttl).await? {
             continue; // the previous owner is still finishing; try again next tick
         }
-        shared
-            .held
-            .hold(partition, lease_validity(shared, asked_at));
+        shared.held.hold(partition, lease::validity(ttl, asked_at));
         if let Err(e) = claim_leftovers(shared, partition).await {
             // What is left there must be claimed before new jobs run: take it again.
             shared.held.drop_partition(partition);

@@ -58,8 +58,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut deliveries: mpsc::Receiver<Deli
 async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphorePermit) {
     let mut runnable = Vec::with_capacity(batch.len());
     for delivery in batch {
-        if !shared.held.is_active(delivery.partition) {
-            // The partition moved (or is moving) elsewhere: its new owner claims the entry.
+        if !shared.held.is_current(delivery.tenure) {
+            // The partition moved (or is moving) elsewhere, or was taken anew: its owner's
+            // claim delivers the entry again.
             tracing::debug!(partition = delivery.partition, entry = %delivery.entry_id, "partition not ours; leaving the job to its owner");
         } else if let Err(reason) = &delivery.job {
             let reason = reason.clone();
@@ -78,7 +79,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     if runnable.is_empty() {
         return;
     }
-    let mut partitions: Vec<u32> = runnable.iter().map(|d| d.partition).collect();
+    let mut partitions: Vec<lease::Tenure> = runnable.iter().map(|d| d.tenure).collect();
     partitions.sort_unstable();
     partitions.dedup();
     let Some(guard) = shared.held.begin(&partitions) else {
@@ -150,7 +151,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
 /// particular order, so waiting for a lease timer could let the handler run first.
 async fn while_owned<F: Future>(
     shared: &Shared,
-    partitions: &[u32],
+    partitions: &[lease::Tenure],
     guard: Guard,
     work: F,
 ) -> Option<F::Output> {
@@ -173,8 +174,8 @@ async fn while_owned<F: Future>(
                 }
                 _ => {
                     // Taken anew, the partition's leftovers (these jobs) are claimed again.
-                    for &partition in partitions {
-                        shared.held.drop_partition(partition);
+                    for &tenure in partitions {
+                        shared.held.drop_tenure(tenure);
                     }
                     return Poll::Ready(None);
                 }
@@ -241,8 +242,8 @@ async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
         // The entry stays pending and comes back through a claim.
         () = shared.shutdown.cancelled() => return,
     }
-    if !shared.held.is_active(delivery.partition) {
-        return; // its new owner claims it
+    if !shared.held.is_current(delivery.tenure) {
+        return; // its owner's claim delivers it again
     }
     let next = delivery.attempt + 1;
     let claimed: Result<redis::Value, _> = lease::fenced(
@@ -282,7 +283,7 @@ async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
                 entry = %delivery.entry_id, error = %e,
                 "could not claim the job for its retry; taking the partition anew to recover it"
             );
-            shared.held.drop_partition(delivery.partition);
+            shared.held.drop_tenure(delivery.tenure);
         }
     }
 }
@@ -325,5 +326,5 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
         job_id,
         "could not write the dead letter; taking the partition anew to recover the job"
     );
-    shared.held.drop_partition(delivery.partition);
+    shared.held.drop_tenure(delivery.tenure);
 }

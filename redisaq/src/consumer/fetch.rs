@@ -31,7 +31,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
         }
         let streams: Vec<String> = partitions
             .iter()
-            .map(|&p| keys::partition(&shared.topic, p))
+            .map(|t| keys::partition(&shared.topic, t.partition))
             .collect();
         // Never block past the point where a lease might have run out.
         let lease_left = shared
@@ -79,8 +79,8 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                 // it), and with it surely our leases: stop until they are taken anew,
                 // make the group again and go on.
                 tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
-                for partition in partitions {
-                    shared.lease_lost(partition, "Redis lost the consumer group");
+                for tenure in partitions {
+                    shared.lease_lost(tenure.partition, "Redis lost the consumer group");
                 }
                 let mut conn = shared.conn.clone();
                 if let Err(e) = create_groups(
@@ -103,11 +103,13 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             }
         };
         for (stream, entries) in entries {
-            let Some(partition) = keys::partition_of(&shared.topic, &stream) else {
+            let Some(tenure) = keys::partition_of(&shared.topic, &stream)
+                .and_then(|p| partitions.iter().find(|t| t.partition == p).copied())
+            else {
                 continue;
             };
             for entry in &entries {
-                let delivery = Delivery::new(&shared, partition, entry, 1);
+                let delivery = Delivery::new(&shared, tenure, entry, 1);
                 if shared.deliveries.send(delivery).await.is_err() {
                     return Ok(());
                 }

@@ -100,14 +100,22 @@ pub(crate) async fn acquire(
     run_script(conn, ACQUIRE, lease, owner, ttl).await
 }
 
-/// Extends the lease; false when it is not ours any more.
-pub(crate) async fn renew(
-    conn: &mut ConnectionManager,
-    lease: &str,
-    owner: &str,
-    ttl: Duration,
-) -> Result<bool, Error> {
-    run_script(conn, RENEW, lease, owner, ttl).await
+/// Extends the lease while it is ours, as one command for a pipeline: answers 1, or 0
+/// when it is not ours any more.
+pub(crate) fn renew_cmd(lease: &str, owner: &str, ttl: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RENEW)
+        .arg(1)
+        .arg(lease)
+        .arg(owner)
+        .arg(ttl.as_millis() as u64);
+    cmd
+}
+
+/// How long a lease is surely ours after we asked Redis to extend it at `asked_at`: the
+/// TTL, less a margin for clocks running at slightly different rates.
+pub(crate) fn validity(ttl: Duration, asked_at: Instant) -> Instant {
+    asked_at + ttl - ttl / 20
 }
 
 /// Gives the lease up so the next owner can start at once.
@@ -133,6 +141,9 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 struct Slot {
     phase: Phase,
+    /// Which holding of the partition this is: deliveries read or claimed in an earlier
+    /// one never run in this one (this one's claim delivers them again).
+    tenure: u64,
     /// Until when the lease is surely ours, by this process's clock.
     valid_until: Instant,
     running: usize,
@@ -142,10 +153,18 @@ struct Slot {
     claimed: bool,
 }
 
+/// One holding of one partition, as deliveries and calls carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Tenure {
+    pub partition: u32,
+    pub id: u64,
+}
+
 /// The partitions this consumer holds, shared by fetch, execute and the coordinator.
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
     slots: Mutex<HashMap<u32, Slot>>,
+    tenures: std::sync::atomic::AtomicU64,
 }
 
 /// What a running call needs to stop when one of its partitions is lost.
@@ -161,18 +180,26 @@ impl Partitions {
 
     /// Records a freshly acquired lease, valid until `valid_until`.
     pub(crate) fn hold(&self, partition: u32, valid_until: Instant) {
-        self.with(|slots| {
+        let tenure = self
+            .tenures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replaced = self.with(|slots| {
             slots.insert(
                 partition,
                 Slot {
                     phase: Phase::Active,
+                    tenure,
                     valid_until,
                     running: 0,
                     lost: CancellationToken::new(),
                     claimed: false,
                 },
-            );
+            )
         });
+        // Never two holdings at once: calls of an earlier one stop.
+        if let Some(slot) = replaced {
+            slot.lost.cancel();
+        }
     }
 
     /// Lets the fetch loop read new entries of a partition whose leftovers are claimed.
@@ -205,6 +232,20 @@ impl Partitions {
         }
     }
 
+    /// [`drop_partition`](Self::drop_partition), if it is still held in this tenure.
+    pub(crate) fn drop_tenure(&self, tenure: Tenure) {
+        let slot = self.with(|slots| {
+            if slots.get(&tenure.partition)?.tenure == tenure.id {
+                slots.remove(&tenure.partition)
+            } else {
+                None
+            }
+        });
+        if let Some(slot) = slot {
+            slot.lost.cancel();
+        }
+    }
+
     /// Stops new work on a partition that moves elsewhere.
     pub(crate) fn start_release(&self, partition: u32) {
         self.with(|slots| {
@@ -226,47 +267,76 @@ impl Partitions {
         held
     }
 
+    /// Whether the partition is held, in any phase.
+    pub(crate) fn is_held(&self, partition: u32) -> bool {
+        self.with(|slots| slots.contains_key(&partition))
+    }
+
+    /// The current holding of an active partition.
+    pub(crate) fn tenure(&self, partition: u32) -> Option<Tenure> {
+        self.with(|slots| {
+            slots
+                .get(&partition)
+                .filter(|s| s.phase == Phase::Active)
+                .map(|s| Tenure {
+                    partition,
+                    id: s.tenure,
+                })
+        })
+    }
+
+    /// Whether `tenure` is the current holding of its partition, and active.
+    pub(crate) fn is_current(&self, tenure: Tenure) -> bool {
+        self.tenure(tenure.partition) == Some(tenure)
+    }
+
     /// Partitions to fetch from: active, leftovers claimed, with a lease that is surely
     /// still ours.
-    pub(crate) fn fetchable(&self) -> Vec<u32> {
+    pub(crate) fn fetchable(&self) -> Vec<Tenure> {
         let now = Instant::now();
-        let mut list: Vec<u32> = self.with(|slots| {
+        let mut list: Vec<Tenure> = self.with(|slots| {
             slots
                 .iter()
                 .filter(|(_, s)| s.phase == Phase::Active && s.claimed && s.valid_until > now)
-                .map(|(p, _)| *p)
+                .map(|(p, s)| Tenure {
+                    partition: *p,
+                    id: s.tenure,
+                })
                 .collect()
         });
         list.sort_unstable();
         list
     }
 
-    /// Registers a call on these partitions if all are active with a valid lease.
+    /// Registers a call on these holdings if all are current, active and with a valid
+    /// lease.
     ///
     /// A partition whose lease may have run out is dropped: the jobs turned away here
     /// stay pending under this consumer, and only taking the partition anew (which
     /// claims everything left there) brings them back.
-    pub(crate) fn begin(&self, partitions: &[u32]) -> Option<Guard> {
+    pub(crate) fn begin(&self, tenures: &[Tenure]) -> Option<Guard> {
         let now = Instant::now();
         let (guard, lapsed) = self.with(|slots| {
-            let lapsed: Vec<u32> = partitions
+            let lapsed: Vec<u32> = tenures
                 .iter()
-                .copied()
+                .map(|t| t.partition)
                 .filter(|p| slots.get(p).is_some_and(|s| s.valid_until <= now))
                 .collect();
             let usable = lapsed.is_empty()
-                && partitions
-                    .iter()
-                    .all(|p| slots.get(p).is_some_and(|s| s.phase == Phase::Active));
+                && tenures.iter().all(|t| {
+                    slots
+                        .get(&t.partition)
+                        .is_some_and(|s| s.phase == Phase::Active && s.tenure == t.id)
+                });
             if !usable {
                 return (None, lapsed);
             }
             let mut guard = Guard {
                 valid_until: now + Duration::from_secs(3600),
-                lost: Vec::with_capacity(partitions.len()),
+                lost: Vec::with_capacity(tenures.len()),
             };
-            for p in partitions {
-                let slot = slots.get_mut(p).expect("checked above");
+            for t in tenures {
+                let slot = slots.get_mut(&t.partition).expect("checked above");
                 slot.running += 1;
                 guard.valid_until = guard.valid_until.min(slot.valid_until);
                 guard.lost.push(slot.lost.clone());
@@ -279,13 +349,18 @@ impl Partitions {
         guard
     }
 
-    /// The earliest lease end among these partitions now (leases get extended while a
-    /// call runs); `None` if one is gone.
-    pub(crate) fn valid_until(&self, partitions: &[u32]) -> Option<Instant> {
+    /// The earliest lease end among these holdings now (leases get extended while a call
+    /// runs); `None` if one is gone.
+    pub(crate) fn valid_until(&self, tenures: &[Tenure]) -> Option<Instant> {
         self.with(|slots| {
-            partitions
+            tenures
                 .iter()
-                .map(|p| slots.get(p).map(|s| s.valid_until))
+                .map(|t| {
+                    slots
+                        .get(&t.partition)
+                        .filter(|s| s.tenure == t.id)
+                        .map(|s| s.valid_until)
+                })
                 .try_fold(None::<Instant>, |min, v| {
                     v.map(|v| Some(min.map_or(v, |m: Instant| m.min(v))))
                 })
@@ -294,22 +369,13 @@ impl Partitions {
     }
 
     /// Ends a call registered with [`begin`](Self::begin).
-    pub(crate) fn end(&self, partitions: &[u32]) {
+    pub(crate) fn end(&self, tenures: &[Tenure]) {
         self.with(|slots| {
-            for p in partitions {
-                if let Some(slot) = slots.get_mut(p) {
+            for t in tenures {
+                if let Some(slot) = slots.get_mut(&t.partition).filter(|s| s.tenure == t.id) {
                     slot.running = slot.running.saturating_sub(1);
                 }
             }
         });
-    }
-
-    /// Whether the partition is held and active.
-    pub(crate) fn is_active(&self, partition: u32) -> bool {
-        self.with(|slots| {
-            slots
-                .get(&partition)
-                .is_some_and(|s| s.phase == Phase::Active)
-        })
     }
 }

@@ -20,12 +20,21 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 ";
 
-async fn members(shared: &Shared, renew: &str) -> Result<Vec<String>, Error> {
-    let live: redis::Value = redis::Script::new(HEARTBEAT)
-        .key(keys::members(&shared.topic, shared.group))
+/// The heartbeat script as one command, for a pipeline: renews `renew` (unless empty)
+/// and answers the live members.
+pub(super) fn heartbeat_cmd(shared: &Shared, renew: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(HEARTBEAT)
+        .arg(1)
+        .arg(keys::members(&shared.topic, shared.group))
         .arg(renew)
-        .arg(shared.config.heartbeat_ttl.as_millis() as u64)
-        .invoke_async(&mut shared.conn.clone())
+        .arg(shared.config.heartbeat_ttl.as_millis() as u64);
+    cmd
+}
+
+async fn members(shared: &Shared, renew: &str) -> Result<Vec<String>, Error> {
+    let live: redis::Value = heartbeat_cmd(shared, renew)
+        .query_async(&mut shared.conn.clone())
         .await?;
     let mut live = wire::parse_strings(&live)?;
     live.sort_unstable();

@@ -8,13 +8,15 @@
 //!
 //! Which partitions a consumer owns: [`membership`] (heartbeats) → [`assignment`] (who
 //! owns what, per generation) → [`lease`] (fenced ownership of one partition) →
-//! [`takeover`] (claiming what others left) — driven by the [`coordinator`] loop.
+//! [`takeover`] (claiming what others left) — driven by the [`coordinator`] loop, while
+//! the [`keeper`], on a thread of its own, renews membership and leases.
 
 mod ack;
 mod assignment;
 mod coordinator;
 mod execute;
 mod fetch;
+mod keeper;
 mod lease;
 mod membership;
 mod takeover;
@@ -41,6 +43,8 @@ use crate::{keys, redis_conn, topic};
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub partition: u32,
+    /// The holding of the partition it was read or claimed in.
+    pub tenure: lease::Tenure,
     pub entry_id: String,
     pub attempt: u32,
     /// The job, or why the entry is not one (it goes to the dead-letter queue).
@@ -50,10 +54,12 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn new(shared: &Shared, partition: u32, entry: &StreamEntry, attempt: u32) -> Self {
+    fn new(shared: &Shared, tenure: lease::Tenure, entry: &StreamEntry, attempt: u32) -> Self {
+        let partition = tenure.partition;
         match wire::decode_job(entry) {
             Ok(envelope) => Delivery {
                 partition,
+                tenure,
                 entry_id: entry.id.clone(),
                 attempt,
                 job: Ok(RawJob {
@@ -70,6 +76,7 @@ impl Delivery {
             },
             Err(reason) => Delivery {
                 partition,
+                tenure,
                 entry_id: entry.id.clone(),
                 attempt,
                 job: Err(reason),
@@ -292,6 +299,8 @@ pub(crate) async fn run(
     };
     let acker = tokio::spawn(acker.run(ack_rx));
     let background = CancellationToken::new();
+    let keeper = keeper::spawn(shared.clone(), client.clone(), background.clone())
+        .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
     let coordinator = tokio::spawn(coordinator::run(shared.clone(), background.clone()));
     let executor = tokio::spawn(execute::run(shared.clone(), delivery_rx));
     let fetched = fetch::run(shared.clone(), &client).await;
@@ -303,6 +312,7 @@ pub(crate) async fn run(
     let running = concurrency - shared.concurrency.available_permits();
     background.cancel();
     let _ = coordinator.await;
+    let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
     // Hand everything back at once: the others need not wait for lease or heartbeat TTLs.
     // (Partitions with calls still running past the deadline keep their lease until it
     // expires, so their next owner cannot start while those calls might still run.)

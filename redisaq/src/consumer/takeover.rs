@@ -30,6 +30,9 @@ pub(crate) async fn claim_orphans(
     partition: u32,
     whose: Orphans,
 ) -> Result<usize, Error> {
+    let Some(tenure) = shared.held.tenure(partition) else {
+        return Ok(0); // not ours (any more)
+    };
     let stream = keys::partition(&shared.topic, partition);
     let lease_key = keys::lease(&shared.topic, partition, shared.group);
     let mut conn = shared.conn.clone();
@@ -100,7 +103,7 @@ pub(crate) async fn claim_orphans(
                     "Consumer {} took over pending job", shared.consumer
                 );
                 let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
-                let delivery = Delivery::new(shared, partition, &entry, attempt);
+                let delivery = Delivery::new(shared, tenure, &entry, attempt);
                 tokio::select! {
                     sent = shared.deliveries.send(delivery) => if sent.is_err() { return Ok(queued) },
                     () = shared.shutdown.cancelled() => return Ok(queued),

@@ -26,7 +26,12 @@ async fn recorder() -> ConnectionManager {
     CONN.get_or_init(|| async {
         let url = std::env::var("REDIS_URL").expect("REDIS_URL");
         let client = redis::Client::open(url).expect("REDIS_URL");
-        ConnectionManager::new(client).await.expect("connect")
+        // Records must survive the Redis stalls the tests inject.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)));
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .expect("connect")
     })
     .await
     .clone()
@@ -42,12 +47,13 @@ fn now_us() -> u128 {
 async fn record(job: &Job<Work>) -> Result<(), JobError> {
     let started = now_us();
     let mut conn = recorder().await;
-    redis::cmd("HINCRBY")
+    let mut start = redis::pipe();
+    start
+        .cmd("HINCRBY")
         .arg(format!("redisaq-test:starts:{}", job.topic()))
         .arg(job.id().as_str())
-        .arg(1)
-        .exec_async(&mut conn)
-        .await?;
+        .arg(1);
+    save(&mut conn, &start).await?;
     let pause = std::env::var("TEST_JOB_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -55,17 +61,33 @@ async fn record(job: &Job<Work>) -> Result<(), JobError> {
     tokio::time::sleep(Duration::from_millis(pause)).await;
     let ended = now_us();
     let consumer = CONSUMER.get().map(String::as_str).unwrap_or("?");
-    redis::pipe()
+    let mut end = redis::pipe();
+    end.atomic()
         .cmd("HINCRBY")
         .arg(format!("redisaq-test:calls:{}", job.topic()))
         .arg(job.id().as_str())
         .arg(1)
         .cmd("RPUSH")
         .arg(format!("redisaq-test:intervals:{}", job.topic()))
-        .arg(format!("{} {consumer} {started} {ended}", job.partition()))
-        .exec_async(&mut conn)
-        .await?;
+        .arg(format!("{} {consumer} {started} {ended}", job.partition()));
+    save(&mut conn, &end).await?;
     Ok(())
+}
+
+/// Writes a record, trying again through dropped connections: a record that failed
+/// would fail the job and make the test see a retry the fault did not cause. (A write
+/// whose reply was lost may count twice; the tests inject no such fault on this
+/// connection.)
+async fn save(conn: &mut ConnectionManager, record: &redis::Pipeline) -> Result<(), JobError> {
+    let mut last = None;
+    for _ in 0..100 {
+        match record.exec_async(conn).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(JobError::retry(last.expect("tried")))
 }
 
 /// This process's consumer name prefix, unique per test worker.

@@ -1,0 +1,102 @@
+//! Keeping this consumer alive and its partitions its own: every heartbeat interval, one
+//! pipeline renews the membership record and every held lease.
+//!
+//! The keeper runs on a thread and runtime of its own, with a connection of its own, so
+//! nothing that waits on jobs can hold it up: not a full delivery queue, not a slow
+//! trim, not a handler that blocks the worker threads. A failed renewal (a Redis stall,
+//! a lost reply, a dropped connection) is tried again within the interval, so a fault
+//! shorter than the TTL costs no partition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Client;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{lease, membership, Shared};
+use crate::{keys, redis_conn};
+
+/// Starts the keeper; it renews until `stop` is cancelled.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    client: Client,
+    stop: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("redisaq-keeper".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the lease keeper");
+            runtime.block_on(keep(shared, client, stop));
+        })
+}
+
+async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
+    let interval = shared.config.heartbeat_interval;
+    let ttl = shared.config.heartbeat_ttl;
+    // A renewal that takes longer than a quarter of the TTL is given up and tried again.
+    let timeout = (ttl / 4).max(Duration::from_millis(50));
+    let retry = (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut conn = match redis_conn::manager(&client, timeout) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::error!(error = %e, "the lease keeper could not be started");
+            return;
+        }
+    };
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = stop.cancelled() => return,
+        }
+        next = if renew(&shared, &mut conn, ttl).await {
+            Instant::now() + interval
+        } else {
+            Instant::now() + retry
+        };
+    }
+}
+
+/// Renews membership and leases; false if Redis could not be asked.
+async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> bool {
+    let held: Vec<u32> = shared.held.held().into_iter().map(|(p, _, _)| p).collect();
+    let mut pipe = redis::pipe();
+    pipe.add_command(membership::heartbeat_cmd(shared, &shared.consumer))
+        .ignore();
+    for &partition in &held {
+        pipe.add_command(lease::renew_cmd(
+            &keys::lease(&shared.topic, partition, shared.group),
+            &shared.consumer,
+            ttl,
+        ));
+    }
+    let asked_at = Instant::now();
+    match pipe.query_async::<Vec<i64>>(conn).await {
+        Ok(renewed) => {
+            for (partition, renewed) in held.into_iter().zip(renewed) {
+                if renewed == 1 {
+                    shared
+                        .held
+                        .extend(partition, lease::validity(ttl, asked_at));
+                } else {
+                    shared.lease_lost(partition, "it was not ours when renewing it");
+                }
+            }
+            true
+        }
+        Err(e) => {
+            // Keep going on the local deadline: if Redis stays away, the lease runs out
+            // locally before it can run out in Redis.
+            tracing::warn!(
+                topic = %shared.topic, group = shared.group, error = %e,
+                "renewing the heartbeat and leases failed; retrying"
+            );
+            false
+        }
+    }
+}
