@@ -26,6 +26,9 @@ struct Cli {
         global = true
     )]
     redis_url: String,
+    /// PEM file of the CA to trust for `rediss://`, beside the system's roots.
+    #[arg(long, env = "REDISAQ_TLS_CA_FILE", global = true)]
+    tls_ca_file: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -418,10 +421,20 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    if let Some(ca) = &cli.tls_ca_file {
+        // Before any thread exists: the library reads the CA file's name from here.
+        std::env::set_var("REDISAQ_TLS_CA_FILE", ca);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("redisaq: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(redisaq::Error::Redis(e))
             if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() =>

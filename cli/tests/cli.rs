@@ -910,3 +910,35 @@ async fn scale_advises_in_when_several_consumers_have_little_to_do() {
     assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
     second.stop().await;
 }
+
+#[test]
+fn tls_with_a_private_ca_given_by_flag() {
+    let dir = std::env::temp_dir().join(format!("redisaq-cli-tls-{}", std::process::id()));
+    let files = redisaq_tests::tls::TlsFiles::generate(&dir);
+    let tls_port = redisaq_tests::free_port();
+    let args = files.server_args(tls_port);
+    let _server = redisaq_tests::RedisServer::start_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .expect("a TLS redis-server");
+    let url = format!("rediss://localhost:{tls_port}");
+    let run = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_redisaq"))
+            .args(["--redis-url", &url, "--json", "topics"])
+            .args(extra)
+            .env_remove("REDISAQ_TLS_CA_FILE")
+            .output()
+            .expect("run redisaq");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The test's CA is not among the system's roots: refused, with an error, no panic.
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let ca = files.ca.to_string_lossy().into_owned();
+    let (code, stderr) = run(&["--tls-ca-file", &ca]);
+    assert_eq!(code, 0, "trusted through --tls-ca-file: {stderr}");
+}

@@ -5,20 +5,64 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Client;
+use redis::{Client, IntoConnectionInfo};
 
 use crate::error::Error;
 
+/// Where the CA to trust for `rediss://` is named, beside the system's roots.
+pub(crate) const TLS_CA_FILE: &str = "REDISAQ_TLS_CA_FILE";
+
 /// Parses the URL (`redis://`, `rediss://` for TLS, with user and password as the
-/// `redis` crate accepts them).
+/// `redis` crate accepts them). For `rediss://`, the server's certificate is checked
+/// against the system's roots and, if `REDISAQ_TLS_CA_FILE` names one, that CA.
 pub(crate) fn client(url: &str) -> Result<Client, Error> {
-    Client::open(url).map_err(|e| {
+    let invalid = |e: redis::RedisError| {
         Error::config(format!(
             "REDIS_URL {:?} is not a valid Redis URL ({e}); expected e.g. \
              redis://127.0.0.1:6379 or rediss://user:password@host:6380/0",
             redact(url)
         ))
-    })
+    };
+    if !url.starts_with("rediss://") {
+        return Client::open(url).map_err(invalid);
+    }
+    // rustls needs one process-wide crypto provider; keep any the application chose.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(ca_file) = std::env::var_os(TLS_CA_FILE).filter(|v| !v.is_empty()) else {
+        return Client::open(url).map_err(invalid);
+    };
+    let roots = trusted_roots(std::path::Path::new(&ca_file))?;
+    let info = url.into_connection_info().map_err(invalid)?;
+    Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(roots),
+        },
+    )
+    .map_err(|e| Error::config(format!("{TLS_CA_FILE}={ca_file:?}: {e}")))
+}
+
+/// The CA file's certificates and the system's, as one PEM bundle (a CA given to the
+/// `redis` crate replaces the system's roots; we want both).
+fn trusted_roots(ca_file: &std::path::Path) -> Result<Vec<u8>, Error> {
+    let mut bundle = std::fs::read(ca_file).map_err(|e| {
+        Error::config(format!(
+            "{TLS_CA_FILE}={ca_file:?} cannot be read ({e}); name a PEM file with the CA \
+             certificate that signed your Redis server's certificate"
+        ))
+    })?;
+    if !String::from_utf8_lossy(&bundle).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(Error::config(format!(
+            "{TLS_CA_FILE}={ca_file:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        )));
+    }
+    bundle.push(b'\n');
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let pem = pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec());
+        bundle.extend_from_slice(pem::encode(&pem).as_bytes());
+    }
+    Ok(bundle)
 }
 
 /// A connection whose commands may take up to `response_timeout` (blocking reads need

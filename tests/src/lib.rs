@@ -6,6 +6,7 @@
 //! runs and never leave one behind.
 
 pub mod proxy;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -38,7 +39,7 @@ pub fn redis() -> &'static RedisServer {
 
 /// A port nobody listened on a moment ago. Another process may take it before the server
 /// binds it: [`RedisServer::start`] then notices the server exited and tries another.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
