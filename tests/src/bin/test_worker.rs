@@ -5,7 +5,9 @@
 //! `redisaq-test:intervals:{topic}` (list of "partition consumer start_us end_us").
 //!
 //! Environment: `REDIS_URL`, the `REDISAQ_*` settings, `TEST_JOB_MS` (how long each job
-//! takes, default 0) and `TEST_TOPICS` (comma-separated topics to run, default all).
+//! takes, default 0), `TEST_TOPICS` (comma-separated topics to run, default all),
+//! `TEST_SHUTDOWN_TIMEOUT_MS` (`Worker::shutdown_timeout`, default the library's) and
+//! `TEST_PRODUCE=claims_grow` (be a producer instead of a worker, see [`produce`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +140,215 @@ pub async fn crash(job: Job<Work>) -> Result<(), JobError> {
     record(&job).await
 }
 
+/// Runs `script` every 10 ms until it returns 1; false if that did not happen within
+/// two minutes (a guard against a test that never opens its gate).
+async fn poll_until(script: &redis::Script, keys: &[String]) -> bool {
+    let mut conn = recorder().await;
+    for _ in 0..12_000 {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        if invocation.invoke_async::<i64>(&mut conn).await.ok() == Some(1) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Jobs of the `REDISAQ_CONCURRENCY` test. Each call counts itself in
+/// `redisaq-test:running:{topic}` (highest value in `redisaq-test:max:{topic}`), then
+/// waits for a token the test adds to `redisaq-test:tokens:{topic}` (one per call) and
+/// counts itself done in `redisaq-test:done:{topic}`.
+#[job(
+    topic = "limits_env",
+    group = "limits_env_group",
+    partitions = 2,
+    concurrency = 3,
+    retries = 0
+)]
+pub async fn limits_env(job: Job<Work>) -> Result<(), JobError> {
+    let topic = job.topic();
+    let running = format!("redisaq-test:running:{topic}");
+    let mut conn = recorder().await;
+    let _: i64 = redis::Script::new(
+        r"
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], n) end
+return n
+",
+    )
+    .key(&running)
+    .key(format!("redisaq-test:max:{topic}"))
+    .invoke_async(&mut conn)
+    .await?;
+    let take_token = redis::Script::new(
+        r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
+  redis.call('DECR', KEYS[1])
+  return 1
+end
+return 0
+",
+    );
+    let released = poll_until(&take_token, &[format!("redisaq-test:tokens:{topic}")]).await;
+    redis::pipe()
+        .cmd("DECR")
+        .arg(&running)
+        .cmd("INCR")
+        .arg(format!("redisaq-test:done:{topic}"))
+        .exec_async(&mut conn)
+        .await?;
+    if released {
+        Ok(())
+    } else {
+        Err(JobError::fatal("the test never released this call"))
+    }
+}
+
+/// Jobs of the shutdown-deadline test: each run pushes this worker's name to
+/// `redisaq-test:starts:{topic}`, waits until the test sets `redisaq-test:gate:{topic}`,
+/// then pushes the name to `redisaq-test:finishes:{topic}`.
+#[job(
+    topic = "shutdown_slow",
+    group = "shutdown_slow_group",
+    partitions = 1,
+    concurrency = 1,
+    retries = 3
+)]
+pub async fn shutdown_slow(job: Job<Work>) -> Result<(), JobError> {
+    let topic = job.topic();
+    let consumer = CONSUMER.get().map(String::as_str).unwrap_or("?");
+    let mut conn = recorder().await;
+    redis::cmd("RPUSH")
+        .arg(format!("redisaq-test:starts:{topic}"))
+        .arg(consumer)
+        .exec_async(&mut conn)
+        .await?;
+    let gate = redis::Script::new("return redis.call('EXISTS', KEYS[1])");
+    if !poll_until(&gate, &[format!("redisaq-test:gate:{topic}")]).await {
+        return Err(JobError::fatal("the test never opened the gate"));
+    }
+    redis::cmd("RPUSH")
+        .arg(format!("redisaq-test:finishes:{topic}"))
+        .arg(consumer)
+        .exec_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// The payload number that aborts the worker process in the crash-loop handlers.
+pub const POISON: u64 = 999_999;
+
+/// Partitions of the crash-loop topics.
+const CRASH_LOOP_PARTITIONS: u32 = 4;
+
+/// Whether a job the handlers already recorded as done is still pending (its ack not yet
+/// written), so that aborting now would run it a second time.
+async fn done_but_unacked(conn: &mut ConnectionManager, topic: &str, group: &str) -> bool {
+    let done: std::collections::HashSet<String> = redis::cmd("HKEYS")
+        .arg(format!("redisaq-test:calls:{topic}"))
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    for partition in 0..CRASH_LOOP_PARTITIONS {
+        let stream = redisaq::keys::partition(topic, partition);
+        let pending: redis::streams::StreamPendingCountReply = match redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(group)
+            .arg("-")
+            .arg("+")
+            .arg(1000)
+            .query_async(conn)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(_) => return true,
+        };
+        for entry in pending.ids {
+            let rows: redis::streams::StreamRangeReply = match redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .query_async(conn)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(_) => return true,
+            };
+            let job_id: Option<String> = rows.ids.first().and_then(|row| row.get("id"));
+            if job_id.is_some_and(|id| done.contains(&id)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The crash-loop tests' handler: the payload [`POISON`] counts itself in
+/// `redisaq-test:poison:{topic}` and aborts the process (once every job already done has
+/// been acknowledged, so only the poison job and jobs not yet run are redelivered);
+/// every other job is recorded as the other topics' jobs are.
+async fn crash_or_record(job: Job<Work>) -> Result<(), JobError> {
+    if job.payload().n != POISON {
+        return record(&job).await;
+    }
+    let mut conn = recorder().await;
+    redis::cmd("INCR")
+        .arg(format!("redisaq-test:poison:{}", job.topic()))
+        .exec_async(&mut conn)
+        .await?;
+    for _ in 0..1_000 {
+        if !done_but_unacked(&mut conn, job.topic(), "crash_loop_group").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::process::abort();
+}
+
+/// Jobs of the crash-loop test (see [`crash_or_record`]).
+#[job(
+    topic = "crash_loop",
+    group = "crash_loop_group",
+    partitions = 4,
+    concurrency = 1,
+    retries = 2
+)]
+pub async fn crash_loop(job: Job<Work>) -> Result<(), JobError> {
+    crash_or_record(job).await
+}
+
+/// The same as [`crash_loop`], on a topic of its own for a second test.
+#[job(
+    topic = "crash_loop_bystanders",
+    group = "crash_loop_group",
+    partitions = 4,
+    concurrency = 1,
+    retries = 2
+)]
+pub async fn crash_loop_bystanders(job: Job<Work>) -> Result<(), JobError> {
+    crash_or_record(job).await
+}
+
+/// Producer-side declaration of the topic the partition-raising producer test enqueues
+/// to (`TEST_PRODUCE=claims_grow`); no test runs its handler.
+#[job(topic = "claims_grow", group = "claims_grow_group", partitions = 2)]
+pub async fn claims_grow(_job: Job<Work>) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// `TEST_PRODUCE=claims_grow`: enqueue a job without a key every 10 ms (at most 12,000)
+/// instead of running a worker.
+async fn produce() -> Result<(), redisaq::Error> {
+    for n in 0..12_000 {
+        claims_grow::enqueue(Work { n }).await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), redisaq::Error> {
     tracing_subscriber::fmt()
@@ -149,9 +360,18 @@ async fn main() -> Result<(), redisaq::Error> {
     CONSUMER
         .set(std::env::var("REDISAQ_CONSUMER_NAME").unwrap_or_else(|_| "worker".into()))
         .unwrap();
+    if std::env::var("TEST_PRODUCE").as_deref() == Ok("claims_grow") {
+        return produce().await;
+    }
     let mut worker = redisaq::Worker::new();
     if let Ok(topics) = std::env::var("TEST_TOPICS") {
         worker = worker.topics(topics.split(','));
+    }
+    if let Some(ms) = std::env::var("TEST_SHUTDOWN_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        worker = worker.shutdown_timeout(Duration::from_millis(ms));
     }
     worker.run().await
 }

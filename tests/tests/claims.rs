@@ -1,0 +1,253 @@
+//! README claims about topics and groups: a producer in another process picks up a
+//! raised partition count without being told, and a group that starts after another
+//! group finished every job still gets every retained job (reconsumption).
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redisaq::{job, Job, JobError};
+use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Work {
+    n: u64,
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn spawn(command: &mut Command) -> Self {
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        ChildGuard(command.spawn().expect("start test_worker"))
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().expect("try_wait")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stream_len(conn: &mut redis::Connection, topic: &str, partition: u32) -> u64 {
+    redis::cmd("XLEN")
+        .arg(redisaq::keys::partition(topic, partition))
+        .query(conn)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_in_another_process_uses_raised_partitions() {
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let mut conn = redis().connection();
+    let topic = "claims_grow";
+    // The test worker binary as a producer: a job without a key every 10 ms.
+    let mut producer = ChildGuard::spawn(
+        worker_command(env!("CARGO_BIN_EXE_test_worker"), "producer", topic, 0)
+            .env("TEST_PRODUCE", topic)
+            .stdout(Stdio::null()),
+    );
+    let producing = eventually(Duration::from_secs(30), || {
+        stream_len(&mut conn, topic, 0) >= 5 && stream_len(&mut conn, topic, 1) >= 5
+    })
+    .await;
+    assert!(
+        producing,
+        "the producer enqueues round-robin over 2 partitions"
+    );
+    assert_eq!(stream_len(&mut conn, topic, 2), 0);
+    assert_eq!(stream_len(&mut conn, topic, 3), 0);
+
+    // This process raises the count; the producer process is not told.
+    assert_eq!(redisaq::set_partitions(topic, 4).await.unwrap(), 2);
+    let spread = eventually(Duration::from_secs(60), || {
+        stream_len(&mut conn, topic, 2) >= 3 && stream_len(&mut conn, topic, 3) >= 3
+    })
+    .await;
+    let still_producing = producer.exited().is_none();
+    assert!(
+        spread,
+        "new jobs reached the new partitions: lengths {:?}",
+        (0..4)
+            .map(|p| stream_len(&mut conn, topic, p))
+            .collect::<Vec<_>>()
+    );
+    assert!(still_producing, "the producer kept enqueuing");
+    // Round-robin goes on over all four: the old partitions keep getting jobs too.
+    let old = [
+        stream_len(&mut conn, topic, 0),
+        stream_len(&mut conn, topic, 1),
+    ];
+    let all_four = eventually(Duration::from_secs(60), || {
+        stream_len(&mut conn, topic, 0) > old[0] && stream_len(&mut conn, topic, 1) > old[1]
+    })
+    .await;
+    assert!(all_four, "jobs still go to partitions 0 and 1 as well");
+}
+
+/// (group, job id) of every call of the reconsumption handlers.
+static HANDLED: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+
+#[job(
+    topic = "claims_reconsume",
+    group = "reconsume_v1",
+    partitions = 3,
+    concurrency = 4,
+    retries = 0
+)]
+async fn reconsume_v1(job: Job<Work>) -> Result<(), JobError> {
+    HANDLED
+        .lock()
+        .unwrap()
+        .push(("reconsume_v1", job.id().to_string()));
+    Ok(())
+}
+
+#[job(
+    topic = "claims_reconsume",
+    group = "reconsume_v2",
+    partitions = 3,
+    concurrency = 4,
+    retries = 0
+)]
+async fn reconsume_v2(job: Job<Work>) -> Result<(), JobError> {
+    HANDLED
+        .lock()
+        .unwrap()
+        .push(("reconsume_v2", job.id().to_string()));
+    Ok(())
+}
+
+/// How many times `group` handled each job.
+fn handled(group: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (g, id) in HANDLED.lock().unwrap().iter() {
+        if *g == group {
+            *counts.entry(id.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn groups_on(conn: &mut redis::Connection, topic: &str, partition: u32) -> Vec<String> {
+    let rows: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(redisaq::keys::partition(topic, partition))
+        .query(conn)
+        .unwrap();
+    rows.into_iter()
+        .filter_map(|row| {
+            row.get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+        })
+        .collect()
+}
+
+/// Runs a worker for one group of the reconsumption topic until `done` holds (bounded),
+/// then stops it; returns whether `done` held.
+async fn run_group(group: &str, mut done: impl FnMut() -> bool + Send + 'static) -> bool {
+    let (tx, rx) = oneshot::channel();
+    let outcome = redisaq::Worker::new()
+        .redis_url(redis().url())
+        .consumer_name(group)
+        .topics([reconsume_v1::TOPIC])
+        .groups([group])
+        .heartbeat_interval(Duration::from_secs(1))
+        .heartbeat_ttl(Duration::from_secs(10))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .concurrency(4)
+        .shutdown_timeout(Duration::from_secs(10))
+        .run_until(async move {
+            let _ = tx.send(eventually(Duration::from_secs(60), &mut done).await);
+        })
+        .await;
+    assert!(outcome.is_ok(), "the {group} worker ran: {outcome:?}");
+    rx.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_added_after_another_finished_reconsumes_every_job_once() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let mut conn = redis().connection();
+    const JOBS: usize = 60;
+    let ids: HashSet<String> = reconsume_v1::enqueue_batch((0..JOBS as u64).map(|n| Work { n }))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(ids.len(), JOBS);
+
+    let expected = ids.clone();
+    let first_done = run_group(reconsume_v1::GROUP, move || {
+        handled(reconsume_v1::GROUP)
+            .keys()
+            .cloned()
+            .collect::<HashSet<_>>()
+            == expected
+            && pending(
+                &mut redis().connection(),
+                reconsume_v1::TOPIC,
+                reconsume_v1::GROUP,
+                3,
+            ) == 0
+    })
+    .await;
+    assert!(first_done, "group v1 processed every job");
+    assert!(handled(reconsume_v2::GROUP).is_empty());
+    for partition in 0..3 {
+        assert_eq!(
+            groups_on(&mut conn, reconsume_v1::TOPIC, partition),
+            vec![reconsume_v1::GROUP.to_string()],
+            "group v2 did not exist while v1 ran"
+        );
+    }
+
+    // Group v2 starts only now, after v1 finished everything.
+    let expected = ids.clone();
+    let second_done = run_group(reconsume_v2::GROUP, move || {
+        handled(reconsume_v2::GROUP)
+            .keys()
+            .cloned()
+            .collect::<HashSet<_>>()
+            == expected
+            && pending(
+                &mut redis().connection(),
+                reconsume_v2::TOPIC,
+                reconsume_v2::GROUP,
+                3,
+            ) == 0
+    })
+    .await;
+    assert!(
+        second_done,
+        "group v2 reconsumed every job: {} of {JOBS}",
+        handled(reconsume_v2::GROUP).len()
+    );
+    for group in [reconsume_v1::GROUP, reconsume_v2::GROUP] {
+        let counts = handled(group);
+        assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), ids);
+        assert!(
+            counts.values().all(|&n| n == 1),
+            "{group} handled each job exactly once: {counts:?}"
+        );
+        assert_eq!(pending(&mut conn, reconsume_v1::TOPIC, group, 3), 0);
+    }
+}
