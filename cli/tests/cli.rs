@@ -938,6 +938,7 @@ fn tls_with_a_private_ca_given_by_flag() {
     let (code, stderr) = run(&[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("certificate"), "says why: {stderr}");
     let ca = files.ca.to_string_lossy().into_owned();
     let (code, stderr) = run(&["--tls-ca-file", &ca]);
     assert_eq!(code, 0, "trusted through --tls-ca-file: {stderr}");
