@@ -53,6 +53,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let batch = option_literal(options.batch.map(Literal::u32_unsuffixed));
     let max_wait_ms = option_literal(options.max_wait_ms.map(Literal::u64_unsuffixed));
     let concurrency = option_literal(options.concurrency.map(Literal::u32_unsuffixed));
+    let timeout_ms = option_literal(options.timeout_ms.map(Literal::u64_unsuffixed));
     let call = call_expression(def);
 
     quote! {
@@ -123,6 +124,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                     batch: #batch,
                     max_wait_ms: #max_wait_ms,
                     concurrency: #concurrency,
+                    timeout_ms: #timeout_ms,
                     call: |jobs| #call,
                 }
             }

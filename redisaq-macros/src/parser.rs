@@ -60,6 +60,8 @@ pub(crate) struct Options {
     pub(crate) concurrency: Option<u32>,
     /// Processed entries kept per partition stream.
     pub(crate) maxlen: Option<u64>,
+    /// How long one call may run before it is cancelled.
+    pub(crate) timeout_ms: Option<u64>,
 }
 
 /// Parses and checks the attribute arguments and the item. On error the caller still
@@ -173,10 +175,11 @@ enum Opt {
     MaxWaitMs,
     Concurrency,
     Maxlen,
+    TimeoutMs,
 }
 
 impl Opt {
-    const ALL: [Opt; 8] = [
+    const ALL: [Opt; 9] = [
         Opt::Topic,
         Opt::Group,
         Opt::Partitions,
@@ -185,6 +188,7 @@ impl Opt {
         Opt::MaxWaitMs,
         Opt::Concurrency,
         Opt::Maxlen,
+        Opt::TimeoutMs,
     ];
 
     fn name(self) -> &'static str {
@@ -197,6 +201,7 @@ impl Opt {
             Opt::MaxWaitMs => "max_wait_ms",
             Opt::Concurrency => "concurrency",
             Opt::Maxlen => "maxlen",
+            Opt::TimeoutMs => "timeout_ms",
         }
     }
 
@@ -211,6 +216,7 @@ impl Opt {
             Opt::MaxWaitMs => "max_wait_ms = 200",
             Opt::Concurrency => "concurrency = 8",
             Opt::Maxlen => "maxlen = 100_000",
+            Opt::TimeoutMs => "timeout_ms = 30_000",
         }
     }
 
@@ -223,7 +229,7 @@ impl Opt {
             Opt::Retries => Some((0, u32_max)),
             Opt::MaxWaitMs => Some((0, u64_max)),
             Opt::Partitions | Opt::Batch | Opt::Concurrency => Some((1, u32_max)),
-            Opt::Maxlen => Some((1, u64_max)),
+            Opt::Maxlen | Opt::TimeoutMs => Some((1, u64_max)),
         }
     }
 }
@@ -369,6 +375,7 @@ fn parse_option(
         Opt::MaxWaitMs => options.max_wait_ms = int_value(opt, &value, errors),
         Opt::Concurrency => options.concurrency = int_value(opt, &value, errors),
         Opt::Maxlen => options.maxlen = int_value(opt, &value, errors),
+        Opt::TimeoutMs => options.timeout_ms = int_value(opt, &value, errors),
     }
 }
 
@@ -506,6 +513,9 @@ fn int_value<T: TryFrom<u128>>(opt: Opt, value: &Value, errors: &mut Errors) -> 
                                  handler run at once"
                 .to_string(),
             Opt::Partitions => "`partitions` must be at least 1: `partitions = 4`".to_string(),
+            Opt::TimeoutMs => "`timeout_ms` must be at least 1: it is how long one call may \
+                               run before it is cancelled"
+                .to_string(),
             Opt::Maxlen => "`maxlen` must be at least 1: it is how many processed entries each \
                             partition stream keeps"
                 .to_string(),

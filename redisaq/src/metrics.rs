@@ -47,6 +47,7 @@ pub(crate) struct Metrics {
     pub owned_partitions: Family<HandlerLabels, Gauge>,
     pub lag: Family<PartitionLabels, Gauge>,
     pub pending: Family<PartitionLabels, Gauge>,
+    pub stuck_calls: Family<PartitionLabels, Gauge>,
     registry: Mutex<Registry>,
 }
 
@@ -61,6 +62,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         owned_partitions: Family::default(),
         lag: Family::default(),
         pending: Family::default(),
+        stuck_calls: Family::default(),
         registry: Mutex::new(Registry::with_prefix("redisaq")),
     };
     {
@@ -104,6 +106,12 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "partition_pending",
             "Entries delivered but not acknowledged",
             metrics.pending.clone(),
+        );
+        registry.register(
+            "stuck_calls",
+            "Calls that ignored cancellation past the release deadline, holding up the \
+             hand-over of their partition (a handler blocking its thread?)",
+            metrics.stuck_calls.clone(),
         );
     }
     metrics

@@ -42,6 +42,8 @@ pub struct HandlerDef {
     pub max_wait_ms: Option<u64>,
     /// How many calls of this handler run at once.
     pub concurrency: Option<u32>,
+    /// How long one call may run before it is cancelled.
+    pub timeout_ms: Option<u64>,
     /// Calls the function.
     pub call: HandlerFn,
 }
@@ -56,6 +58,8 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_MAXLEN: u64 = 100_000;
 /// Default max wait of a batch handler.
 pub const DEFAULT_MAX_WAIT_MS: u64 = 100;
+/// Default time one call may run before it is cancelled: 30 minutes.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
 impl HandlerDef {
     /// The handler's retries, default applied.
@@ -66,6 +70,11 @@ impl HandlerDef {
     /// How many jobs one call takes.
     pub(crate) fn batch_size(&self) -> usize {
         self.batch.unwrap_or(1).max(1) as usize
+    }
+
+    /// How long one call may run, default applied.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
     }
 
     pub(crate) fn default_concurrency(&self) -> usize {

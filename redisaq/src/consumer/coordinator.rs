@@ -20,7 +20,7 @@ use super::lease::{self, Phase};
 use super::takeover::{self, Orphans};
 use super::{create_groups, membership, Shared};
 use crate::error::Error;
-use crate::metrics::{PartitionLabels, METRICS};
+use crate::metrics::METRICS;
 use crate::{keys, topic, trim, wire};
 
 /// The last known state of the group, as this consumer saw it.
@@ -92,11 +92,7 @@ async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
         .into_iter()
         .find(|g| g.name == shared.group)
     {
-        let labels = PartitionLabels {
-            topic: shared.metrics.labels.topic.clone(),
-            group: shared.metrics.labels.group.clone(),
-            partition,
-        };
+        let labels = shared.partition_labels(partition);
         METRICS
             .pending
             .get_or_create(&labels)
@@ -168,8 +164,40 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         }
     }
     for (partition, phase, running) in shared.held.held() {
-        if phase == Phase::Releasing && running == 0 {
+        if phase != Phase::Releasing {
+            continue;
+        }
+        if running == 0 {
+            METRICS
+                .stuck_calls
+                .get_or_create(&shared.partition_labels(partition))
+                .set(0);
             release(shared, partition).await?;
+            continue;
+        }
+        // A hand-over waits for running calls at most the release deadline; then they
+        // are cancelled, and they run again at the new owner. A call that ignores
+        // cancellation (blocking code) keeps the partition here until it ends.
+        let waited = shared.held.releasing_for(partition).unwrap_or_default();
+        if waited >= release_deadline(shared) {
+            shared.held.cancel_calls(partition);
+            let interval = shared.config.heartbeat_interval;
+            if waited >= release_deadline(shared) + interval
+                && shared.held.stuck_report_due(partition, interval)
+            {
+                METRICS
+                    .stuck_calls
+                    .get_or_create(&shared.partition_labels(partition))
+                    .set(running as i64);
+                tracing::error!(
+                    partition,
+                    running,
+                    waited_ms = waited.as_millis() as u64,
+                    "Consumer {} cannot hand partition {partition} over: {running} call(s) \
+                     ignore cancellation (a handler blocking its thread?)",
+                    shared.consumer
+                );
+            }
         }
     }
     let mut resumed = Vec::new();
@@ -215,6 +243,12 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         shared.ownership_changed.notify_one();
     }
     Ok(())
+}
+
+/// How long a hand-over waits for the partition's running calls before it cancels them:
+/// one heartbeat TTL, well under any sensible handler timeout.
+fn release_deadline(shared: &Shared) -> Duration {
+    shared.config.heartbeat_ttl
 }
 
 /// Claims what was left pending on a partition just taken, making the group first if

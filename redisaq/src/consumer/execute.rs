@@ -107,8 +107,12 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
         _ => tracing::info_span!("batch", topic = %shared.topic, jobs = count),
     };
     let handler = shared.def.call;
-    let running =
-        AssertUnwindSafe(async move { handler(jobs).await }.instrument(span)).catch_unwind();
+    let timeout = shared.def.timeout();
+    // Dropped at the timeout: the handler stops at its next `.await`.
+    let running = tokio::time::timeout(
+        timeout,
+        AssertUnwindSafe(async move { handler(jobs).await }.instrument(span)).catch_unwind(),
+    );
     let started = std::time::Instant::now();
     let results = match while_owned(&shared, &partitions, guard, running).await {
         None => {
@@ -121,14 +125,24 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
             shared.held.end(&partitions);
             return;
         }
-        Some(Ok(results)) => {
+        Some(Err(_elapsed)) => {
+            let error = format!("timed out after {} ms", timeout.as_millis());
+            tracing::warn!(
+                handler = shared.def.name,
+                "a call of {count} job(s) {error}; it was cancelled"
+            );
+            (0..count)
+                .map(|_| Err(JobError::retry(error.clone())))
+                .collect()
+        }
+        Some(Ok(Ok(results))) => {
             shared
                 .metrics
                 .duration
                 .observe(started.elapsed().as_secs_f64());
             results
         }
-        Some(Err(panic)) => {
+        Some(Ok(Err(panic))) => {
             let message = panic_message(&panic);
             tracing::error!(handler = shared.def.name, "handler panicked: {message}");
             (0..count)

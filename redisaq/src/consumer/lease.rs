@@ -141,6 +141,10 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 struct Slot {
     phase: Phase,
+    /// When the hand-over began, while releasing.
+    releasing_since: Option<Instant>,
+    /// When calls that ignore cancellation were last reported.
+    stuck_reported: Option<Instant>,
     /// Which holding of the partition this is: deliveries read or claimed in an earlier
     /// one never run in this one (this one's claim delivers them again).
     tenure: u64,
@@ -188,6 +192,8 @@ impl Partitions {
                 partition,
                 Slot {
                     phase: Phase::Active,
+                    releasing_since: None,
+                    stuck_reported: None,
                     tenure,
                     valid_until,
                     running: 0,
@@ -251,6 +257,43 @@ impl Partitions {
         self.with(|slots| {
             if let Some(slot) = slots.get_mut(&partition) {
                 slot.phase = Phase::Releasing;
+                slot.releasing_since = Some(Instant::now());
+            }
+        });
+    }
+
+    /// How long a releasing partition has been waiting for its running calls.
+    pub(crate) fn releasing_for(&self, partition: u32) -> Option<Duration> {
+        self.with(|slots| {
+            slots
+                .get(&partition)?
+                .releasing_since
+                .map(|since| since.elapsed())
+        })
+    }
+
+    /// Whether calls stuck on a partition are due to be reported again (once per
+    /// `every`).
+    pub(crate) fn stuck_report_due(&self, partition: u32, every: Duration) -> bool {
+        self.with(|slots| {
+            let Some(slot) = slots.get_mut(&partition) else {
+                return false;
+            };
+            let due = slot.stuck_reported.is_none_or(|at| at.elapsed() >= every);
+            if due {
+                slot.stuck_reported = Some(Instant::now());
+            }
+            due
+        })
+    }
+
+    /// Cancels the running calls of a partition (they stop at their next `.await` and
+    /// their jobs run again at the partition's next owner); the lease stays until they
+    /// are gone.
+    pub(crate) fn cancel_calls(&self, partition: u32) {
+        self.with(|slots| {
+            if let Some(slot) = slots.get(&partition) {
+                slot.lost.cancel();
             }
         });
     }

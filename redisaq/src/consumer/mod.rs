@@ -148,6 +148,15 @@ impl Shared {
         }
     }
 
+    /// This handler's metric labels for one partition.
+    pub(crate) fn partition_labels(&self, partition: u32) -> crate::metrics::PartitionLabels {
+        crate::metrics::PartitionLabels {
+            topic: self.metrics.labels.topic.clone(),
+            group: self.metrics.labels.group.clone(),
+            partition,
+        }
+    }
+
     fn ran_unacked(&self, partition: u32, ids: &[String]) {
         let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
         ran.extend(ids.iter().map(|id| (partition, id.clone())));

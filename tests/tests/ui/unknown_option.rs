@@ -6,7 +6,7 @@ pub struct Email {
     pub to: String,
 }
 
-#[job(topic = "send_email", partition = 4, timeout_ms = 10)]
+#[job(topic = "send_email", partition = 4, timeout = 10)]
 async fn send_email(job: Job<Email>) -> Result<(), JobError> {
     let _ = job;
     Ok(())

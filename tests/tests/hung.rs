@@ -1,0 +1,210 @@
+//! Handlers that never return: a call past its `timeout_ms` is cancelled and counts as a
+//! failed attempt, and a hand-over waits for running calls only up to the release
+//! deadline, so a hung job cannot hold its partition (and every job behind it) forever.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redisaq::{job, Job, JobError};
+use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Work {
+    n: u64,
+    /// Attempts that hang before one succeeds (`u32::MAX`: every attempt).
+    hang_attempts: u32,
+}
+
+/// (tag, n, attempt) of every call that returned.
+static DONE: Mutex<Vec<(&'static str, u64, u32)>> = Mutex::new(Vec::new());
+/// (tag, n, attempt) of every call that started.
+static STARTED: Mutex<Vec<(&'static str, u64, u32)>> = Mutex::new(Vec::new());
+
+async fn run(tag: &'static str, job: &Job<Work>) -> Result<(), JobError> {
+    let work = job.payload();
+    STARTED.lock().unwrap().push((tag, work.n, job.attempt()));
+    if job.attempt() <= work.hang_attempts {
+        std::future::pending::<()>().await;
+    }
+    DONE.lock().unwrap().push((tag, work.n, job.attempt()));
+    Ok(())
+}
+
+fn done(tag: &str) -> Vec<(u64, u32)> {
+    DONE.lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| *t == tag)
+        .map(|(_, n, a)| (*n, *a))
+        .collect()
+}
+
+fn started(tag: &str) -> Vec<(u64, u32)> {
+    STARTED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, _)| *t == tag)
+        .map(|(_, n, a)| (*n, *a))
+        .collect()
+}
+
+fn worker(topic: &str, name: &str) -> redisaq::Worker {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics([topic])
+        .consumer_name(name)
+        .concurrency(8)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_millis(500))
+}
+
+#[job(
+    topic = "hung_timeout",
+    group = "timeout_group",
+    partitions = 1,
+    retries = 2,
+    timeout_ms = 300
+)]
+async fn timed(job: Job<Work>) -> Result<(), JobError> {
+    run("timed", &job).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_timeout_is_cancelled_and_counts_as_a_failed_attempt() {
+    let _ = worker(timed::TOPIC, "timeout");
+    // Hangs twice then succeeds; hangs every time (dead-lettered after 3 attempts).
+    timed::enqueue(Work {
+        n: 1,
+        hang_attempts: 2,
+    })
+    .await
+    .unwrap();
+    timed::enqueue(Work {
+        n: 2,
+        hang_attempts: u32::MAX,
+    })
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker(timed::TOPIC, "timeout").run_until(async {
+        let _ = stopped.await;
+    }));
+    let finished = eventually(Duration::from_secs(60), || {
+        done("timed").contains(&(1, 3))
+            && dead_letters(&mut redis().connection(), timed::TOPIC).len() == 1
+            && pending(&mut redis().connection(), timed::TOPIC, timed::GROUP, 1) == 0
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(finished, "started {:?}", started("timed"));
+    let mut attempts: HashMap<u64, Vec<u32>> = HashMap::new();
+    for (n, attempt) in started("timed") {
+        attempts.entry(n).or_default().push(attempt);
+    }
+    assert_eq!(attempts[&1], vec![1, 2, 3]);
+    assert_eq!(attempts[&2], vec![1, 2, 3]);
+    assert_eq!(done("timed"), vec![(1, 3)]);
+    let letters = dead_letters(&mut redis().connection(), timed::TOPIC);
+    assert_eq!(letters[0]["error"], "timed out after 300 ms");
+    assert_eq!(letters[0]["attempts"], "3");
+}
+
+#[job(topic = "hung_handover", group = "handover_group", partitions = 2)]
+async fn handed_over(job: Job<Work>) -> Result<(), JobError> {
+    run("handover", &job).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_call_cannot_stall_a_hand_over() {
+    let _ = worker(handed_over::TOPIC, "first");
+    // One job that never returns on each partition (round-robin), under the default
+    // timeout of 30 minutes.
+    handed_over::enqueue_batch((0..2).map(|n| Work {
+        n,
+        hang_attempts: u32::MAX,
+    }))
+    .await
+    .unwrap();
+    let (stop_first, first_stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(worker(handed_over::TOPIC, "first").run_until(async {
+        let _ = first_stopped.await;
+    }));
+    assert!(
+        eventually(Duration::from_secs(30), || started("handover").len() == 2).await,
+        "both hanging jobs started"
+    );
+    // A second consumer joins: one partition, with its hung call, moves to it.
+    let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(worker(handed_over::TOPIC, "second").run_until(async {
+        let _ = second_stopped.await;
+    }));
+    let assignment = redisaq::keys::assignment(handed_over::TOPIC, handed_over::GROUP);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let owners: Option<String> = redis::cmd("HGET")
+                .arg(&assignment)
+                .arg("owners")
+                .query(&mut redis().connection())
+                .unwrap();
+            owners.is_some_and(|o| o.contains("second-"))
+        })
+        .await,
+        "a partition was assigned to the second consumer"
+    );
+    // The partition that moved is handed over despite its hung call: the call is
+    // cancelled after the release deadline (one heartbeat TTL, 2 s here).
+    let lease_owner = |p: u32| -> Option<String> {
+        redis::cmd("GET")
+            .arg(redisaq::keys::lease(
+                handed_over::TOPIC,
+                p,
+                handed_over::GROUP,
+            ))
+            .query(&mut redis().connection())
+            .unwrap()
+    };
+    let handed = eventually(Duration::from_secs(60), || {
+        (0..2).any(|p| lease_owner(p).is_some_and(|o| o.starts_with("second-")))
+    })
+    .await;
+    let owners: Vec<Option<String>> = (0..2).map(lease_owner).collect();
+    // And jobs behind the hung ones run, on both partitions.
+    let ids: HashSet<String> = handed_over::enqueue_batch((10..50).map(|n| Work {
+        n,
+        hang_attempts: 0,
+    }))
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|id| id.to_string())
+    .collect();
+    assert_eq!(ids.len(), 40);
+    let all_done = eventually(Duration::from_secs(60), || {
+        done("handover").iter().filter(|(n, _)| *n >= 10).count() >= 40
+    })
+    .await;
+    let _ = stop_first.send(());
+    let _ = stop_second.send(());
+    // The hung calls outlive the shutdown deadline: both workers say so.
+    let _ = first.await.unwrap();
+    let _ = second.await.unwrap();
+    assert!(handed, "the second consumer took its partition: {owners:?}");
+    assert!(
+        all_done,
+        "jobs behind the hung ones ran: {} of 40",
+        done("handover").iter().filter(|(n, _)| *n >= 10).count()
+    );
+    let mut runs: HashMap<u64, usize> = HashMap::new();
+    for (n, _) in done("handover") {
+        *runs.entry(n).or_default() += 1;
+    }
+    assert!(runs.values().all(|&r| r == 1), "each job once: {runs:?}");
+}
