@@ -432,16 +432,24 @@ impl Admin {
                 report.kept.push(consumer);
                 continue;
             }
+            let mut kept = false;
             for partition in 0..partitions {
-                let _: Result<i64, _> = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(keys::partition(topic, partition))
-                    .arg(group)
-                    .arg(&consumer.consumer)
-                    .query_async(&mut conn)
-                    .await;
+                let removal = crate::store::group::remove_consumer_if_idle(
+                    &mut conn,
+                    &keys::partition(topic, partition),
+                    group,
+                    &consumer.consumer,
+                )
+                .await?;
+                // It read something since the listing: its entries' new owner claims
+                // them, and a later cleanup removes it.
+                kept |= removal == crate::store::group::Removal::Kept;
             }
-            report.removed.push(consumer.consumer);
+            if kept {
+                report.kept.push(consumer);
+            } else {
+                report.removed.push(consumer.consumer);
+            }
         }
         Ok(report)
     }

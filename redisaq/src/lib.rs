@@ -45,6 +45,7 @@ mod producer;
 mod redis_conn;
 mod registry;
 mod retry;
+mod store;
 mod topic;
 mod trim;
 mod wire;

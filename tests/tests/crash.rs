@@ -25,12 +25,22 @@ fn calls(conn: &mut redis::Connection) -> HashMap<String, u64> {
 }
 
 fn consumers(conn: &mut redis::Connection) -> HashSet<String> {
-    (0..4)
+    consumers_of(conn, TOPIC, GROUP, 4)
+}
+
+/// The consumers the Redis group knows on any partition of the topic.
+fn consumers_of(
+    conn: &mut redis::Connection,
+    topic: &str,
+    group: &str,
+    partitions: u32,
+) -> HashSet<String> {
+    (0..partitions)
         .flat_map(|p| {
             let rows: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
-                .arg(redisaq::keys::partition(TOPIC, p))
-                .arg(GROUP)
+                .arg(redisaq::keys::partition(topic, p))
+                .arg(group)
                 .query(conn)
                 .unwrap_or_default();
             rows.into_iter()
@@ -171,6 +181,7 @@ async fn sigterm_finishes_running_jobs_and_hands_everything_back() {
         .query(&mut conn)
         .unwrap();
     assert!(members.is_empty(), "left the group at once: {members:?}");
+
     let finished_before_exit = done(&mut conn);
     assert!(
         finished_before_exit.len() < ids.len(),
@@ -193,9 +204,29 @@ async fn sigterm_finishes_running_jobs_and_hands_everything_back() {
             && pending(&mut conn, "graceful", "graceful_group", 2) == 0
     })
     .await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    // The first one's entries were claimed, so it goes from the Redis group too.
+    let first_gone = eventually(Duration::from_secs(30), || {
+        consumers_of(&mut conn, "graceful", "graceful_group", 2)
+            .iter()
+            .all(|c| c.starts_with("next-"))
+    })
+    .await;
+    // Holding nothing, a cleanly stopped consumer leaves the Redis group itself, so
+    // `redisaq monitor` shows no dead consumer after a deploy.
+    unsafe {
+        libc::kill(second.id() as i32, libc::SIGTERM);
+    }
+    assert!(second.wait().unwrap().success());
     assert!(all, "the next worker processed everything left");
+    assert!(
+        first_gone,
+        "the stopped worker was removed once its entries were claimed"
+    );
+    let listed = consumers_of(&mut conn, "graceful", "graceful_group", 2);
+    assert!(
+        listed.is_empty(),
+        "a clean stop leaves the Redis consumer group: {listed:?}"
+    );
     let twice = starts(&mut conn, "graceful")
         .into_iter()
         .filter(|(_, n)| *n > 1)

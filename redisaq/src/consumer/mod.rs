@@ -251,6 +251,26 @@ async fn join(
     }
 }
 
+/// Removes this consumer from the Redis consumer group on every partition where it
+/// holds nothing (where it still does, the next owner claims that and removes it), so a
+/// clean stop leaves no dead consumer behind for `redisaq monitor` to report.
+async fn leave_redis_group(shared: &Shared) {
+    let mut conn = shared.conn.clone();
+    for partition in 0..shared.known_partitions() {
+        let stream = keys::partition(&shared.topic, partition);
+        let removed = crate::store::group::remove_consumer_if_idle(
+            &mut conn,
+            &stream,
+            shared.group,
+            &shared.consumer,
+        )
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(partition, error = %e, "could not leave the consumer group; the partition's owner removes this consumer later");
+        }
+    }
+}
+
 /// Runs one handler until `shutdown` is cancelled, then stops fetching, lets running
 /// calls finish within the shutdown timeout and flushes acknowledgements.
 pub(crate) async fn run(
@@ -333,6 +353,7 @@ pub(crate) async fn run(
             tracing::warn!(partition, error = %e, "could not release the partition; it moves after the lease TTL");
         }
     }
+    leave_redis_group(&shared).await;
     membership::leave(&shared).await;
     let (topic, consumer) = (shared.topic.clone(), shared.consumer.clone());
     // Calls still running past the deadline may ack later into a closed channel; their

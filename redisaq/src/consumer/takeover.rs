@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::{lease, Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
+use crate::store::{self, group::Removal};
 use crate::wire;
 
 /// Entries claimed in one round trip.
@@ -140,14 +141,12 @@ pub(crate) async fn remove_dead(
         if pending > 0 || name == shared.consumer || live.contains(&name) {
             continue;
         }
-        redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(&stream)
-            .arg(shared.group)
-            .arg(&name)
-            .exec_async(&mut conn)
-            .await?;
-        tracing::info!(partition, dead = %name, "Consumer {} removed dead consumer {name} from the group", shared.consumer);
+        // Checked again in the same step as the delete: it may have read meanwhile.
+        let removal =
+            store::group::remove_consumer_if_idle(&mut conn, &stream, shared.group, &name).await?;
+        if removal == Removal::Removed {
+            tracing::info!(partition, dead = %name, "Consumer {} removed dead consumer {name} from the group", shared.consumer);
+        }
     }
     Ok(())
 }

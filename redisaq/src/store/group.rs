@@ -1,0 +1,49 @@
+//! Consumer-group operations on one partition stream.
+
+use redis::aio::ConnectionLike;
+
+use crate::error::Error;
+
+/// Deletes `ARGV[2]` from group `ARGV[1]` of stream `KEYS[1]` only if it has nothing
+/// pending there, in one step: a read landing between a check and a separate delete
+/// would be deleted with the consumer, behind the group's read position, and lost.
+/// Answers 1 (deleted), 0 (holds entries: kept) or -1 (no such group there).
+const DELETE_IF_IDLE: &str = r"
+local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if held.err then
+  return -1
+end
+if #held > 0 then
+  return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// What [`remove_consumer_if_idle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    Removed,
+    /// It still holds entries there.
+    Kept,
+}
+
+/// Removes `consumer` from `group` on `stream` unless it holds entries there.
+pub(crate) async fn remove_consumer_if_idle(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<Removal, Error> {
+    let outcome: i64 = redis::Script::new(DELETE_IF_IDLE)
+        .key(stream)
+        .arg(group)
+        .arg(consumer)
+        .invoke_async(conn)
+        .await?;
+    Ok(if outcome == 0 {
+        Removal::Kept
+    } else {
+        Removal::Removed
+    })
+}
