@@ -84,6 +84,7 @@ pub(crate) async fn raise(
                 .arg(topic)
                 .exec_async(conn)
                 .await?;
+            spread_groups(conn, topic, previous, partitions).await?;
             Ok(previous)
         }
         Err(e) if e.code() == Some("LOWER") => Err(Error::Partitions(format!(
@@ -93,4 +94,50 @@ pub(crate) async fn raise(
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Creates every group the topic's first `old` partitions have on partitions `old..new`
+/// (reading from their start). A group whose workers are all offline when partitions are
+/// raised must exist on the new streams at once: without it, the other groups' owners
+/// would trim those streams past the jobs it has not read.
+pub(crate) async fn spread_groups(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    old: u32,
+    new: u32,
+) -> Result<(), Error> {
+    if new <= old {
+        return Ok(());
+    }
+    let mut groups = std::collections::BTreeSet::new();
+    for partition in 0..old {
+        let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys::partition(topic, partition))
+            .query_async(conn)
+            .await;
+        match info {
+            Ok(info) => groups.extend(info.groups.into_iter().map(|g| g.name)),
+            // A partition stream that does not exist (yet) has no groups.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for group in groups {
+        for partition in old..new {
+            let created = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(keys::partition(topic, partition))
+                .arg(&group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .exec_async(conn)
+                .await;
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }

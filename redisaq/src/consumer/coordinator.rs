@@ -209,6 +209,14 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             continue;
         }
         if partition >= shared.known_partitions() {
+            // Whoever raised the count may not have made the other groups there.
+            topic::spread_groups(
+                &mut shared.conn.clone(),
+                &shared.topic,
+                shared.known_partitions(),
+                partitions,
+            )
+            .await?;
             create_groups(
                 &mut shared.conn.clone(),
                 &shared.topic,

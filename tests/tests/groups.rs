@@ -1,0 +1,111 @@
+//! Groups and partitions: a group whose workers are all offline while the partition count
+//! is raised still gets every job once it comes back, even on a topic trimmed hard.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redisaq::{job, Job, JobError};
+use redisaq_tests::{eventually, init_tracing, pending, redis};
+
+static SEEN: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+
+fn seen(group: &str) -> Vec<String> {
+    SEEN.lock()
+        .unwrap()
+        .iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+#[job(topic = "raise_offline", group = "online", partitions = 2, maxlen = 100)]
+async fn online(job: Job<u64>) -> Result<(), JobError> {
+    SEEN.lock().unwrap().push(("online", job.id().to_string()));
+    Ok(())
+}
+
+#[job(topic = "raise_offline", group = "offline", partitions = 2, maxlen = 100)]
+async fn offline(job: Job<u64>) -> Result<(), JobError> {
+    SEEN.lock().unwrap().push(("offline", job.id().to_string()));
+    Ok(())
+}
+
+fn worker(group: &str) -> redisaq::Worker {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics([online::TOPIC])
+        .groups([group])
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_secs(10))
+}
+
+fn groups_on(partition: u32) -> HashSet<String> {
+    let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(redisaq::keys::partition(online::TOPIC, partition))
+        .query(&mut redis().connection());
+    info.map(|i| i.groups.into_iter().map(|g| g.name).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_offline_while_partitions_are_raised_misses_nothing() {
+    // Both groups exist, then only `online` runs.
+    worker("offline")
+        .run_until(async {
+            eventually(Duration::from_secs(30), || groups_on(1).contains("offline")).await;
+        })
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker("online").run_until(async {
+        let _ = stopped.await;
+    }));
+    assert_eq!(redisaq::set_partitions(online::TOPIC, 4).await.unwrap(), 2);
+    for partition in 2..4 {
+        assert!(
+            groups_on(partition).contains("offline"),
+            "raising made the offline group on partition {partition}: {:?}",
+            groups_on(partition)
+        );
+    }
+    let mut ids = HashSet::new();
+    for chunk in 0..10u64 {
+        let batch = online::enqueue_batch((0..100).map(|i| chunk * 100 + i))
+            .await
+            .unwrap();
+        ids.extend(batch.into_iter().map(|id| id.to_string()));
+    }
+    let expected = ids.clone();
+    let online_done = eventually(Duration::from_secs(60), || {
+        seen("online").into_iter().collect::<HashSet<_>>() == expected
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(online_done, "the online group ran every job");
+
+    // The offline group comes back and gets every job, new partitions included.
+    let expected = ids.clone();
+    worker("offline")
+        .run_until(async move {
+            eventually(Duration::from_secs(60), || {
+                seen("offline").into_iter().collect::<HashSet<_>>() == expected
+            })
+            .await;
+        })
+        .await
+        .unwrap();
+    let got = seen("offline");
+    assert_eq!(
+        got.iter().cloned().collect::<HashSet<_>>().len(),
+        1000,
+        "the offline group missed jobs"
+    );
+    assert_eq!(got.len(), 1000, "each job once");
+    let mut conn = redis().connection();
+    assert_eq!(pending(&mut conn, online::TOPIC, "offline", 4), 0);
+}
