@@ -119,7 +119,8 @@ pub(crate) async fn spread_groups(
         match info {
             Ok(info) => groups.extend(info.groups.into_iter().map(|g| g.name)),
             // A partition stream that does not exist (yet) has no groups.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {}
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -276,7 +276,7 @@ async fn raising_partitions_at_run_time_spreads_the_work() {
         Worker::start("g1", "grow", 1, Ttl::Long),
         Worker::start("g2", "grow", 1, Ttl::Long),
     ];
-    let producer = produce(4_000, 100, Duration::from_millis(50), |p| {
+    let before = produce(2_000, 100, Duration::from_millis(50), |p| {
         Box::pin(grow::enqueue_batch(p))
     });
     assert!(
@@ -284,13 +284,18 @@ async fn raising_partitions_at_run_time_spreads_the_work() {
             >= 1_000)
         .await
     );
+    // Raised while jobs run; what is enqueued from now on spreads over six partitions.
     assert_eq!(redisaq::set_partitions("grow", 6).await.unwrap(), 2);
     let lowered = redisaq::set_partitions("grow", 3).await.unwrap_err();
     assert!(
         lowered.to_string().contains("can only be raised"),
         "{lowered}"
     );
-    let ids = producer.await.unwrap();
+    let after = produce(2_000, 100, Duration::from_millis(50), |p| {
+        Box::pin(grow::enqueue_batch(p))
+    });
+    let mut ids = before.await.unwrap();
+    ids.extend(after.await.unwrap());
     let finished = eventually(Duration::from_secs(60), || {
         let done: HashSet<String> = calls(&mut conn, "grow").into_keys().collect();
         done == ids && pending(&mut conn, "grow", "grow_group", 6) == 0

@@ -19,13 +19,23 @@ fn seen(group: &str) -> Vec<String> {
         .collect()
 }
 
-#[job(topic = "raise_offline", group = "online", partitions = 2, maxlen = 100)]
+#[job(
+    topic = "raise_offline",
+    group = "online",
+    partitions = 2,
+    maxlen = 100
+)]
 async fn online(job: Job<u64>) -> Result<(), JobError> {
     SEEN.lock().unwrap().push(("online", job.id().to_string()));
     Ok(())
 }
 
-#[job(topic = "raise_offline", group = "offline", partitions = 2, maxlen = 100)]
+#[job(
+    topic = "raise_offline",
+    group = "offline",
+    partitions = 2,
+    maxlen = 100
+)]
 async fn offline(job: Job<u64>) -> Result<(), JobError> {
     SEEN.lock().unwrap().push(("offline", job.id().to_string()));
     Ok(())
