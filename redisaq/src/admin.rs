@@ -385,7 +385,7 @@ impl Admin {
                 .arg(keys::lease(topic, partition, group))
                 .query_async(&mut conn)
                 .await?;
-            if let Some(status) = owner.and_then(|o| consumers.get_mut(&o)) {
+            if let Some(status) = owner.and_then(|o| consumers.get_mut(keys::lease_holder(&o))) {
                 status.partitions.push(partition);
             }
         }

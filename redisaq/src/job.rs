@@ -50,6 +50,8 @@ pub struct Job<T> {
 #[derive(Debug, Clone)]
 pub(crate) struct JobMeta {
     pub(crate) id: JobId,
+    /// The epoch of the partition's lease this delivery runs under.
+    pub(crate) fencing_token: u64,
     pub(crate) topic: Arc<str>,
     pub(crate) partition: u32,
     pub(crate) attempt: u32,
@@ -86,6 +88,7 @@ impl<T> Job<T> {
             payload,
             JobMeta {
                 id: JobId::generate(),
+                fencing_token: 0,
                 topic: topic.into(),
                 partition: 0,
                 attempt: 1,
@@ -123,6 +126,16 @@ impl<T> Job<T> {
     /// delivery cut short by a crash counts as an attempt.
     pub fn attempt(&self) -> u32 {
         self.meta.attempt
+    }
+
+    /// The epoch of the partition's lease this delivery runs under. It grows with every
+    /// change of the partition's owner (and whenever an owner takes it anew), so a side
+    /// effect of your own can be fenced with it: store the highest token seen with the
+    /// effect, and refuse a write carrying a lower one: it comes from a worker that lost
+    /// the partition meanwhile (paused, cut off) while another already runs its jobs.
+    /// `0` for a job made with [`Job::new`].
+    pub fn fencing_token(&self) -> u64 {
+        self.meta.fencing_token
     }
 
     /// When the job was enqueued.

@@ -53,6 +53,25 @@ pub fn lease(topic: &str, partition: u32, group: &str) -> String {
     format!("{PREFIX}:{{{topic}:{partition}}}:lease:{group}")
 }
 
+/// The counter of a group's lease acquisitions on one partition: each holding's epoch.
+pub fn epoch(topic: &str, partition: u32, group: &str) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}:epoch:{group}")
+}
+
+/// A lease's value while `consumer` holds it with `epoch`: what every fenced script
+/// compares, so a command of an earlier holding fails even after the same consumer took
+/// the partition again.
+pub(crate) fn lease_token(consumer: &str, epoch: u64) -> String {
+    format!("{consumer} {epoch}")
+}
+
+/// The consumer named in a lease's value.
+pub(crate) fn lease_holder(value: &str) -> &str {
+    value
+        .rsplit_once(' ')
+        .map_or(value, |(consumer, _)| consumer)
+}
+
 /// Dead-letter ids already replayed into one partition, so a replay runs once.
 pub fn replayed(topic: &str, partition: u32) -> String {
     format!("{PREFIX}:{{{topic}:{partition}}}:replayed")

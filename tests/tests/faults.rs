@@ -89,6 +89,8 @@ async fn a_worker_whose_connections_fail_while_it_starts_keeps_trying() {
 
 /// (job id, attempt, the lease's value in Redis when the call started) of every call.
 static FENCED: Mutex<Vec<(String, u32, Option<String>)>> = Mutex::new(Vec::new());
+/// The fencing token of every call, in order.
+static TOKENS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 static HOLD_STARTED: AtomicBool = AtomicBool::new(false);
 static HOLD_RELEASED: AtomicBool = AtomicBool::new(false);
 
@@ -111,6 +113,7 @@ async fn fenced(job: Job<u64>) -> Result<(), JobError> {
         .lock()
         .unwrap()
         .push((job.id().to_string(), job.attempt(), lease));
+    TOKENS.lock().unwrap().push(job.fencing_token());
     if *job.payload() == 0 && job.attempt() == 1 {
         HOLD_STARTED.store(true, Ordering::SeqCst);
         while !HOLD_RELEASED.load(Ordering::SeqCst) {
@@ -194,6 +197,18 @@ async fn run_fenced_case(tamper: impl FnOnce(&mut redis::Connection)) {
         );
     }
     assert_eq!(calls.len(), 5, "each later job once: {calls:?}");
+    // The token grew when the partition was taken again, and each call's lease value
+    // carries the token it ran under.
+    let tokens = TOKENS.lock().unwrap().clone();
+    assert!(
+        tokens[1] > tokens[0],
+        "a new holding, a larger token: {tokens:?}"
+    );
+    assert!(tokens[1..].iter().all(|t| *t == tokens[1]), "{tokens:?}");
+    for ((_, _, lease), token) in calls[1..].iter().zip(&tokens[1..]) {
+        let lease = lease.as_deref().unwrap_or_default();
+        assert!(lease.ends_with(&format!(" {token}")), "{lease} vs {token}");
+    }
     assert!(dead_letters(&mut conn, fenced::TOPIC).is_empty());
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{lease, Shared};
+use super::lease::{self, Tenure};
+use super::Shared;
 use crate::keys;
 
 /// Most ids sent in one round trip.
@@ -20,8 +21,8 @@ const MAX_PER_FLUSH: usize = 2048;
 /// A request to the acknowledger.
 #[derive(Debug)]
 pub(crate) enum Ack {
-    /// Acknowledge this entry of this partition.
-    Entry { partition: u32, id: String },
+    /// Acknowledge this entry, delivered in this holding of its partition.
+    Entry { tenure: Tenure, id: String },
     /// Answer once everything sent before is flushed.
     Flush(oneshot::Sender<()>),
     /// Flush what came before and stop.
@@ -41,14 +42,14 @@ impl Acker {
             let Some(first) = requests.recv().await else {
                 break;
             };
-            let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            let mut by_partition: BTreeMap<Tenure, Vec<String>> = BTreeMap::new();
             let mut waiting = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
-                    Ack::Entry { partition, id } => {
-                        by_partition.entry(partition).or_default().push(id);
+                    Ack::Entry { tenure, id } => {
+                        by_partition.entry(tenure).or_default().push(id);
                         count += 1;
                     }
                     Ack::Flush(reply) => waiting.push(reply),
@@ -69,16 +70,16 @@ impl Acker {
 
     /// Sends the acks, retrying through reconnects for a while. If Redis stays away the
     /// jobs stay pending and are delivered again: at-least-once, never lost.
-    async fn flush(&mut self, by_partition: &BTreeMap<u32, Vec<String>>) {
+    async fn flush(&mut self, by_partition: &BTreeMap<Tenure, Vec<String>>) {
         let shared = &self.shared;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for (&partition, ids) in by_partition {
+        for (&tenure, ids) in by_partition {
             pipe.add_command(
                 lease::fenced(
-                    &keys::lease(&shared.topic, partition, shared.group),
-                    &keys::partition(&shared.topic, partition),
-                    &shared.consumer,
+                    &keys::lease(&shared.topic, tenure.partition, shared.group),
+                    &keys::partition(&shared.topic, tenure.partition),
+                    &keys::lease_token(&shared.consumer, tenure.id),
                     "XACK",
                 )
                 .arg(shared.group)
@@ -93,13 +94,14 @@ impl Acker {
                 .await
             {
                 Ok(results) => {
-                    for ((&partition, ids), result) in by_partition.iter().zip(results) {
+                    for ((&tenure, ids), result) in by_partition.iter().zip(results) {
+                        let partition = tenure.partition;
                         match result {
                             Err(e) if lease::is_fenced(&e) => {
                                 // These jobs ran: the next owner's run is a new attempt.
                                 shared.ran_unacked(partition, ids);
                                 shared.lease_lost(
-                                    partition,
+                                    tenure,
                                     "its acknowledgements were refused (the lease is not ours)",
                                 );
                             }

@@ -227,11 +227,20 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             shared.set_known_partitions(partitions);
         }
         let asked_at = Instant::now();
-        let lease_key = keys::lease(&shared.topic, partition, shared.group);
-        if !lease::acquire(&mut shared.conn.clone(), &lease_key, &shared.consumer, ttl).await? {
+        let Some(epoch) = lease::acquire(
+            &mut shared.conn.clone(),
+            &keys::lease(&shared.topic, partition, shared.group),
+            &keys::epoch(&shared.topic, partition, shared.group),
+            &shared.consumer,
+            ttl,
+        )
+        .await?
+        else {
             continue; // the previous owner is still finishing; try again next tick
-        }
-        shared.held.hold(partition, lease::validity(ttl, asked_at));
+        };
+        shared
+            .held
+            .hold(partition, epoch, lease::validity(ttl, asked_at));
         if let Err(e) = claim_leftovers(shared, partition).await {
             // What is left there must be claimed before new jobs run: take it again.
             shared.held.drop_partition(partition);
@@ -287,9 +296,18 @@ pub(crate) async fn release(shared: &Shared, partition: u32) -> Result<(), Error
     if shared.acks.send(Ack::Flush(flushed)).is_ok() {
         let _ = done.await;
     }
+    let Some(tenure) = shared
+        .held
+        .tenures()
+        .into_iter()
+        .find(|t| t.partition == partition)
+    else {
+        return Ok(());
+    };
     let lease_key = keys::lease(&shared.topic, partition, shared.group);
-    lease::release(&mut shared.conn.clone(), &lease_key, &shared.consumer).await?;
-    shared.held.drop_partition(partition);
+    let token = keys::lease_token(&shared.consumer, tenure.id);
+    lease::release(&mut shared.conn.clone(), &lease_key, &token).await?;
+    shared.held.drop_tenure(tenure);
     tracing::info!(
         partition,
         "Consumer {} released partition {partition}",

@@ -242,7 +242,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
 
 fn ack(shared: &Shared, delivery: &Delivery) {
     let _ = shared.acks.send(Ack::Entry {
-        partition: delivery.partition,
+        tenure: delivery.tenure,
         id: delivery.entry_id.clone(),
     });
 }
@@ -263,7 +263,7 @@ async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
     let claimed: Result<redis::Value, _> = lease::fenced(
         &delivery.lease(&shared),
         &delivery.stream(&shared),
-        &shared.consumer,
+        &delivery.token(&shared),
         "XCLAIM",
     )
     .arg(shared.group)

@@ -80,7 +80,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                 // make the group again and go on.
                 tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
                 for tenure in partitions {
-                    shared.lease_lost(tenure.partition, "Redis lost the consumer group");
+                    shared.lease_lost(tenure, "Redis lost the consumer group");
                 }
                 let mut conn = shared.conn.clone();
                 if let Err(e) = create_groups(

@@ -64,27 +64,25 @@ async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
 
 /// Renews membership and leases; false if Redis could not be asked.
 async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> bool {
-    let held: Vec<u32> = shared.held.held().into_iter().map(|(p, _, _)| p).collect();
+    let held = shared.held.tenures();
     let mut pipe = redis::pipe();
     pipe.add_command(membership::heartbeat_cmd(shared, &shared.consumer))
         .ignore();
-    for &partition in &held {
+    for tenure in &held {
         pipe.add_command(lease::renew_cmd(
-            &keys::lease(&shared.topic, partition, shared.group),
-            &shared.consumer,
+            &keys::lease(&shared.topic, tenure.partition, shared.group),
+            &keys::lease_token(&shared.consumer, tenure.id),
             ttl,
         ));
     }
     let asked_at = Instant::now();
     match pipe.query_async::<Vec<i64>>(conn).await {
         Ok(renewed) => {
-            for (partition, renewed) in held.into_iter().zip(renewed) {
+            for (tenure, renewed) in held.into_iter().zip(renewed) {
                 if renewed == 1 {
-                    shared
-                        .held
-                        .extend(partition, lease::validity(ttl, asked_at));
+                    shared.held.extend(tenure, lease::validity(ttl, asked_at));
                 } else {
-                    shared.lease_lost(partition, "it was not ours when renewing it");
+                    shared.lease_lost(tenure, "it was not ours when renewing it");
                 }
             }
             true

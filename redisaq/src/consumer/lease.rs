@@ -15,21 +15,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 
-/// `SET lease me NX PX ttl`, but also succeeds when the lease is already ours.
+/// Takes the lease if it is free, or held by this consumer in an earlier holding (then
+/// anew: a holding never resumes), with the next epoch of the partition's counter. The
+/// counter never falls behind the server's clock in milliseconds, so epochs keep growing
+/// even when Redis lost the counter (a restart without persistence). The lease's value
+/// is the holder's token, `consumer epoch`. Answers the epoch, or 0.
 const ACQUIRE: &str = r"
 local owner = redis.call('GET', KEYS[1])
-if owner == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if owner then
+if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+local epoch = redis.call('INCR', KEYS[2])
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if epoch < floor then
+  epoch = floor
+  redis.call('SET', KEYS[2], epoch)
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
+return epoch
 ";
 
-/// Extends the lease if it is still ours.
+/// Extends the lease if this holding still has it.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -38,7 +45,7 @@ end
 return 0
 ";
 
-/// Deletes the lease if it is still ours.
+/// Deletes the lease if this holding still has it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -47,7 +54,7 @@ return 0
 ";
 
 /// Runs `ARGV[2]` on the stream `KEYS[2]` with the remaining arguments, only while the
-/// lease `KEYS[1]` belongs to `ARGV[1]`.
+/// lease `KEYS[1]` holds the token `ARGV[1]`.
 const FENCED: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
@@ -55,16 +62,16 @@ end
 return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
 ";
 
-/// A stream command that runs only while `owner` holds `lease`; add the command's
-/// arguments after the stream key. Sent as `EVAL` (the server caches the script), so it
+/// A stream command that runs only while the holding with `token` has `lease`; add the
+/// command's arguments after the stream key. Sent as `EVAL` (the server caches the script), so it
 /// works in pipelines and after a Redis restart alike.
-pub(crate) fn fenced(lease: &str, stream: &str, owner: &str, command: &str) -> redis::Cmd {
+pub(crate) fn fenced(lease: &str, stream: &str, token: &str, command: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(FENCED)
         .arg(2)
         .arg(lease)
         .arg(stream)
-        .arg(owner)
+        .arg(token)
         .arg(command);
     cmd
 }
@@ -74,40 +81,47 @@ pub(crate) fn is_fenced(error: &redis::RedisError) -> bool {
     error.code() == Some("FENCED")
 }
 
-async fn run_script(
-    conn: &mut ConnectionManager,
-    script: &str,
-    lease: &str,
-    owner: &str,
-    ttl: Duration,
-) -> Result<bool, Error> {
-    let done: i64 = redis::Script::new(script)
-        .key(lease)
-        .arg(owner)
-        .arg(ttl.as_millis() as u64)
-        .invoke_async(conn)
-        .await?;
-    Ok(done == 1)
-}
-
-/// Takes the lease if it is free (or already ours).
+/// Takes the lease of a partition (see [`ACQUIRE`]); the new holding's epoch, or `None`
+/// while someone else holds it.
 pub(crate) async fn acquire(
     conn: &mut ConnectionManager,
     lease: &str,
-    owner: &str,
+    epoch_counter: &str,
+    consumer: &str,
     ttl: Duration,
-) -> Result<bool, Error> {
-    run_script(conn, ACQUIRE, lease, owner, ttl).await
+) -> Result<Option<u64>, Error> {
+    let epoch: u64 = redis::Script::new(ACQUIRE)
+        .key(lease)
+        .key(epoch_counter)
+        .arg(consumer)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    Ok((epoch > 0).then_some(epoch))
 }
 
-/// Extends the lease while it is ours, as one command for a pipeline: answers 1, or 0
-/// when it is not ours any more.
-pub(crate) fn renew_cmd(lease: &str, owner: &str, ttl: Duration) -> redis::Cmd {
+/// Gives the lease up so the next owner can start at once.
+pub(crate) async fn release(
+    conn: &mut ConnectionManager,
+    lease: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let _: i64 = redis::Script::new(RELEASE)
+        .key(lease)
+        .arg(token)
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// Extends the lease while this holding has it, as one command for a pipeline: answers
+/// 1, or 0 when it is not ours any more.
+pub(crate) fn renew_cmd(lease: &str, token: &str, ttl: Duration) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(RENEW)
         .arg(1)
         .arg(lease)
-        .arg(owner)
+        .arg(token)
         .arg(ttl.as_millis() as u64);
     cmd
 }
@@ -116,17 +130,6 @@ pub(crate) fn renew_cmd(lease: &str, owner: &str, ttl: Duration) -> redis::Cmd {
 /// TTL, less a margin for clocks running at slightly different rates.
 pub(crate) fn validity(ttl: Duration, asked_at: Instant) -> Instant {
     asked_at + ttl - ttl / 20
-}
-
-/// Gives the lease up so the next owner can start at once.
-pub(crate) async fn release(
-    conn: &mut ConnectionManager,
-    lease: &str,
-    owner: &str,
-) -> Result<(), Error> {
-    run_script(conn, RELEASE, lease, owner, Duration::ZERO)
-        .await
-        .map(|_| ())
 }
 
 /// Where a held partition stands.
@@ -145,8 +148,9 @@ struct Slot {
     releasing_since: Option<Instant>,
     /// When calls that ignore cancellation were last reported.
     stuck_reported: Option<Instant>,
-    /// Which holding of the partition this is: deliveries read or claimed in an earlier
-    /// one never run in this one (this one's claim delivers them again).
+    /// Which holding of the partition this is (its epoch in Redis): deliveries read or
+    /// claimed in an earlier one never run in this one (this one's claim delivers them
+    /// again), and its writes are fenced by it.
     tenure: u64,
     /// Until when the lease is surely ours, by this process's clock.
     valid_until: Instant,
@@ -157,7 +161,8 @@ struct Slot {
     claimed: bool,
 }
 
-/// One holding of one partition, as deliveries and calls carry it.
+/// One holding of one partition, as deliveries and calls carry it: `id` is the epoch
+/// the lease was taken with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Tenure {
     pub partition: u32,
@@ -168,7 +173,6 @@ pub(crate) struct Tenure {
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
     slots: Mutex<HashMap<u32, Slot>>,
-    tenures: std::sync::atomic::AtomicU64,
 }
 
 /// What a running call needs to stop when one of its partitions is lost.
@@ -182,11 +186,9 @@ impl Partitions {
         f(&mut self.slots.lock().expect("partition table lock"))
     }
 
-    /// Records a freshly acquired lease, valid until `valid_until`.
-    pub(crate) fn hold(&self, partition: u32, valid_until: Instant) {
-        let tenure = self
-            .tenures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Records a freshly acquired lease with its epoch, valid until `valid_until`.
+    pub(crate) fn hold(&self, partition: u32, epoch: u64, valid_until: Instant) {
+        let tenure = epoch;
         let replaced = self.with(|slots| {
             slots.insert(
                 partition,
@@ -217,10 +219,13 @@ impl Partitions {
         });
     }
 
-    /// Extends a held lease.
-    pub(crate) fn extend(&self, partition: u32, valid_until: Instant) {
+    /// Extends a holding's lease.
+    pub(crate) fn extend(&self, tenure: Tenure, valid_until: Instant) {
         self.with(|slots| {
-            if let Some(slot) = slots.get_mut(&partition) {
+            if let Some(slot) = slots
+                .get_mut(&tenure.partition)
+                .filter(|s| s.tenure == tenure.id)
+            {
                 slot.valid_until = valid_until;
             }
         });
@@ -238,8 +243,9 @@ impl Partitions {
         }
     }
 
-    /// [`drop_partition`](Self::drop_partition), if it is still held in this tenure.
-    pub(crate) fn drop_tenure(&self, tenure: Tenure) {
+    /// [`drop_partition`](Self::drop_partition), if it is still held in this tenure;
+    /// false if it was not.
+    pub(crate) fn drop_tenure(&self, tenure: Tenure) -> bool {
         let slot = self.with(|slots| {
             if slots.get(&tenure.partition)?.tenure == tenure.id {
                 slots.remove(&tenure.partition)
@@ -247,8 +253,12 @@ impl Partitions {
                 None
             }
         });
-        if let Some(slot) = slot {
-            slot.lost.cancel();
+        match slot {
+            Some(slot) => {
+                slot.lost.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -296,6 +306,21 @@ impl Partitions {
                 slot.lost.cancel();
             }
         });
+    }
+
+    /// The holdings, active or releasing.
+    pub(crate) fn tenures(&self) -> Vec<Tenure> {
+        let mut held: Vec<Tenure> = self.with(|slots| {
+            slots
+                .iter()
+                .map(|(p, s)| Tenure {
+                    partition: *p,
+                    id: s.tenure,
+                })
+                .collect()
+        });
+        held.sort_unstable();
+        held
     }
 
     /// Partitions held, with their phase and running count.

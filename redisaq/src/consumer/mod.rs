@@ -64,6 +64,7 @@ impl Delivery {
                 attempt,
                 job: Ok(RawJob {
                     meta: JobMeta {
+                        fencing_token: tenure.id,
                         id: envelope.id,
                         topic: shared.topic.clone(),
                         partition,
@@ -91,6 +92,11 @@ impl Delivery {
 
     fn lease(&self, shared: &Shared) -> String {
         keys::lease(&shared.topic, self.partition, shared.group)
+    }
+
+    /// The lease token of the holding it was delivered in.
+    fn token(&self, shared: &Shared) -> String {
+        keys::lease_token(&shared.consumer, self.tenure.id)
     }
 }
 
@@ -133,12 +139,13 @@ impl Shared {
             .fetch_max(partitions, Ordering::Relaxed);
     }
 
-    /// Stops all work on a partition whose lease is not (or may not be) ours any more:
+    /// Stops all work of a holding whose lease is not (or may not be) ours any more:
     /// no more reads, its running calls are abandoned, its queued jobs are turned away.
     /// If it is still assigned here, the coordinator takes it anew, which claims what
     /// was left pending.
-    pub(crate) fn lease_lost(&self, partition: u32, why: &str) {
-        if self.held.drop_partition(partition) {
+    pub(crate) fn lease_lost(&self, tenure: lease::Tenure, why: &str) {
+        let partition = tenure.partition;
+        if self.held.drop_tenure(tenure) {
             tracing::warn!(
                 partition,
                 "Consumer {} lost the lease of partition {partition}: {why}; stopping its jobs",

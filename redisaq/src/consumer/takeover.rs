@@ -81,7 +81,8 @@ pub(crate) async fn claim_orphans(
             }
         }
         for (keep_count, batch) in batches {
-            let mut claim = lease::fenced(&lease_key, &stream, &shared.consumer, "XCLAIM");
+            let token = keys::lease_token(&shared.consumer, tenure.id);
+            let mut claim = lease::fenced(&lease_key, &stream, &token, "XCLAIM");
             claim
                 .arg(shared.group)
                 .arg(&shared.consumer)
