@@ -135,6 +135,17 @@ impl Config {
         })
     }
 
+    /// `REDISAQ_ENQUEUE_TIMEOUT_MS`, if set.
+    pub(crate) fn enqueue_timeout() -> Result<Option<Duration>, Error> {
+        let timeout = env_ms("REDISAQ_ENQUEUE_TIMEOUT_MS")?;
+        if timeout == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "REDISAQ_ENQUEUE_TIMEOUT_MS must be above 0 ms",
+            ));
+        }
+        Ok(timeout)
+    }
+
     /// The Redis URL enqueue uses when `set_redis_url` was not called.
     pub(crate) fn producer_url() -> String {
         env("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())

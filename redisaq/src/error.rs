@@ -43,6 +43,22 @@ pub enum Error {
     /// An operation on a topic's partitions was refused.
     #[error("{0}")]
     Partitions(String),
+    /// An enqueue failed or ran out of time; the lists say what became of each job.
+    #[error(
+        "enqueue failed: {reason} ({} stored, {} not stored, {} unknown: the reply was lost, \
+         they may be stored)",
+        stored.len(), not_stored.len(), unknown.len()
+    )]
+    Enqueue {
+        /// Jobs Redis stored.
+        stored: Vec<crate::JobId>,
+        /// Jobs surely not stored: not sent, or refused by Redis.
+        not_stored: Vec<crate::JobId>,
+        /// Jobs whose fate is unknown (sent, but the answer was lost or came too late).
+        unknown: Vec<crate::JobId>,
+        /// What went wrong and what to do.
+        reason: String,
+    },
     /// Jobs were still running when the shutdown deadline passed; they stay pending in
     /// Redis and are delivered again.
     #[error("{0} job(s) were still running at the shutdown deadline; they will be redelivered")]
@@ -52,6 +68,20 @@ pub enum Error {
 impl Error {
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::Config(message.into())
+    }
+
+    pub(crate) fn enqueue(
+        stored: Vec<crate::JobId>,
+        not_stored: Vec<crate::JobId>,
+        unknown: Vec<crate::JobId>,
+        reason: String,
+    ) -> Self {
+        Error::Enqueue {
+            stored,
+            not_stored,
+            unknown,
+            reason,
+        }
     }
 
     /// Whether trying again later may succeed (see [`crate::redis_conn::is_transient`]).

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ const PARTITIONS_REFRESH: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueOptions {
     key: Option<String>,
+    timeout: Option<Duration>,
 }
 
 impl EnqueueOptions {
@@ -41,6 +42,105 @@ impl EnqueueOptions {
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// How long this enqueue may take, connecting included, before it fails with
+    /// [`Error::Enqueue`] (default `REDISAQ_ENQUEUE_TIMEOUT_MS`, else 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Default enqueue deadline.
+const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadline of an enqueue: the option, else `REDISAQ_ENQUEUE_TIMEOUT_MS`, else 5 s.
+fn deadline(options: Option<Duration>) -> Result<Duration, Error> {
+    if let Some(timeout) = options {
+        return Ok(timeout);
+    }
+    Ok(Config::enqueue_timeout()?.unwrap_or(DEFAULT_ENQUEUE_TIMEOUT))
+}
+
+/// Runs one enqueue within its deadline. `jobs` are the ids it adds: if it fails, the
+/// error says which of them Redis stored, which it surely did not, and which are unknown
+/// because the reply was lost (they may be stored).
+async fn within_deadline(
+    timeout: Duration,
+    ids: &[JobId],
+    sending: &AtomicBool,
+    work: impl Future<Output = Result<(), Failure>>,
+) -> Result<(), Error> {
+    let failure = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(failure)) => failure,
+        Err(_) if sending.load(Ordering::Relaxed) => Failure::TimedOut,
+        Err(_) => Failure::NotSent(Error::Redis(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no connection to Redis within the enqueue deadline",
+        )))),
+    };
+    Err(failure.into_error(ids, timeout))
+}
+
+/// How an enqueue failed.
+enum Failure {
+    /// Before anything was sent: nothing was stored.
+    NotSent(Error),
+    /// While the jobs were on their way or being answered: any may be stored.
+    Sent(Error),
+    /// Each job's own answer: `None` stored, `Some(reason)` refused.
+    PerJob(Vec<Option<redis::RedisError>>),
+    /// The deadline passed while the jobs were on their way: any may be stored.
+    TimedOut,
+}
+
+impl Failure {
+    fn into_error(self, ids: &[JobId], timeout: Duration) -> Error {
+        let all = || ids.to_vec();
+        match self {
+            Failure::NotSent(e) => Error::enqueue(Vec::new(), all(), Vec::new(), explain(&e)),
+            Failure::Sent(e) => Error::enqueue(Vec::new(), Vec::new(), all(), explain(&e)),
+            Failure::TimedOut => Error::enqueue(
+                Vec::new(),
+                Vec::new(),
+                all(),
+                format!(
+                    "no answer within {} ms (REDISAQ_ENQUEUE_TIMEOUT_MS or \
+                     EnqueueOptions::timeout): Redis is unreachable or too slow",
+                    timeout.as_millis()
+                ),
+            ),
+            Failure::PerJob(results) => {
+                let (mut stored, mut refused, mut reason) = (Vec::new(), Vec::new(), None);
+                for (id, result) in ids.iter().zip(results) {
+                    match result {
+                        None => stored.push(id.clone()),
+                        Some(e) => {
+                            reason.get_or_insert_with(|| explain(&Error::Redis(e)));
+                            refused.push(id.clone());
+                        }
+                    }
+                }
+                Error::enqueue(stored, refused, Vec::new(), reason.unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// What went wrong, in words that say what to do.
+fn explain(error: &Error) -> String {
+    match error {
+        Error::Redis(e) if e.code() == Some("OOM") => format!(
+            "Redis is out of memory ({e}): the workers trim processed jobs and enqueue works \
+             again once they have; if it lasts, raise Redis' maxmemory, lower the topics' \
+             maxlen, or add workers"
+        ),
+        Error::Redis(e) if redis_conn::is_transient(e) => {
+            format!("Redis cannot be reached ({e}); check REDIS_URL and that Redis is up")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -103,7 +203,9 @@ pub(crate) async fn connection() -> Result<ConnectionManager, Error> {
         .clone()
         .unwrap_or_else(Config::producer_url);
     let client = redis_conn::client(&url)?;
-    let conn = redis_conn::manager(&client, Duration::from_secs(5))?;
+    // One reconnect attempt per command: an unreachable Redis fails the enqueue at once
+    // instead of holding it for a series of retries.
+    let conn = redis_conn::manager_with_retries(&client, Duration::from_secs(5), 1)?;
     connections.insert(runtime, conn.clone());
     Ok(conn)
 }
@@ -174,16 +276,53 @@ pub fn enqueue<T: JobPayload>(
     let json = serde_json::to_string(&payload);
     async move {
         let json = json?;
-        let mut conn = connection().await?;
-        let state = topic_state(&mut conn, spec).await?;
+        let timeout = deadline(options.timeout)?;
         let id = JobId::generate();
-        let key = options.key.as_deref();
-        let stream = keys::partition(spec.topic, route(&state, key));
-        let mut pipe = redis::pipe();
-        wire::add_job(&mut pipe, &stream, &id, &json, now_ms(), key);
-        pipe.exec_async(&mut conn).await?;
+        let ids = [id.clone()];
+        let sending = AtomicBool::new(false);
+        within_deadline(timeout, &ids, &sending, async {
+            let (mut conn, state) = prepare(spec).await.map_err(Failure::NotSent)?;
+            let key = options.key.as_deref();
+            let stream = keys::partition(spec.topic, route(&state, key));
+            let mut pipe = redis::pipe();
+            wire::add_job(&mut pipe, &stream, &id, &json, now_ms(), key);
+            send(&mut conn, &pipe, &sending).await
+        })
+        .await?;
         Ok(id)
     }
+}
+
+/// The connection and what is known of the topic.
+async fn prepare(spec: &'static TopicSpec) -> Result<(ConnectionManager, Arc<TopicState>), Error> {
+    let mut conn = connection().await?;
+    let state = topic_state(&mut conn, spec).await?;
+    Ok((conn, state))
+}
+
+/// Sends the `XADD`s, one answer per job.
+async fn send(
+    conn: &mut ConnectionManager,
+    pipe: &redis::Pipeline,
+    sending: &AtomicBool,
+) -> Result<(), Failure> {
+    let mut pipe = pipe.clone();
+    pipe.ignore_errors();
+    sending.store(true, Ordering::Relaxed);
+    let results: Vec<redis::RedisResult<redis::Value>> =
+        pipe.query_async(conn).await.map_err(|e| {
+            if e.is_connection_refusal() {
+                Failure::NotSent(e.into())
+            } else {
+                Failure::Sent(e.into())
+            }
+        })?;
+    if results.iter().all(Result::is_ok) {
+        return Ok(());
+    }
+    Err(Failure::PerJob(
+        results.into_iter().map(Result::err).collect(),
+    ))
 }
 
 /// Enqueues many jobs in one pipelined round trip (what `my_job::enqueue_batch` calls).
@@ -200,23 +339,23 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
         if jsons.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = connection().await?;
-        let state = topic_state(&mut conn, spec).await?;
-        let streams: Vec<String> = (0..state.partitions)
-            .map(|p| keys::partition(spec.topic, p))
-            .collect();
-        let enqueued_at = now_ms();
-        let mut pipe = redis::pipe();
-        let ids: Vec<JobId> = jsons
-            .iter()
-            .map(|json| {
-                let id = JobId::generate();
+        let timeout = deadline(None)?;
+        let ids: Vec<JobId> = jsons.iter().map(|_| JobId::generate()).collect();
+        let sending = AtomicBool::new(false);
+        within_deadline(timeout, &ids, &sending, async {
+            let (mut conn, state) = prepare(spec).await.map_err(Failure::NotSent)?;
+            let streams: Vec<String> = (0..state.partitions)
+                .map(|p| keys::partition(spec.topic, p))
+                .collect();
+            let enqueued_at = now_ms();
+            let mut pipe = redis::pipe();
+            for (id, json) in ids.iter().zip(&jsons) {
                 let stream = &streams[route(&state, None) as usize];
-                wire::add_job(&mut pipe, stream, &id, json, enqueued_at, None);
-                id
-            })
-            .collect();
-        pipe.exec_async(&mut conn).await?;
+                wire::add_job(&mut pipe, stream, id, json, enqueued_at, None);
+            }
+            send(&mut conn, &pipe, &sending).await
+        })
+        .await?;
         Ok(ids)
     }
 }

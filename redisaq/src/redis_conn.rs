@@ -73,9 +73,18 @@ pub(crate) fn manager(
     client: &Client,
     response_timeout: Duration,
 ) -> Result<ConnectionManager, Error> {
+    manager_with_retries(client, response_timeout, 6)
+}
+
+/// [`manager`] with `retries` reconnect attempts per failed command.
+pub(crate) fn manager_with_retries(
+    client: &Client,
+    response_timeout: Duration,
+    retries: usize,
+) -> Result<ConnectionManager, Error> {
     Ok(ConnectionManager::new_lazy_with_config(
         client.clone(),
-        config(response_timeout, 6),
+        config(response_timeout, retries),
     )?)
 }
 

@@ -1,0 +1,121 @@
+//! Enqueue when Redis is not well: a deadline, a clear error, and for every job whether
+//! it was stored, surely not stored, or unknown (its reply was lost). One test: the
+//! producer's Redis is process-wide, and each step points it elsewhere.
+
+use std::time::Duration;
+
+use redisaq::{job, EnqueueOptions, Error, Job, JobError, JobId};
+use redisaq_tests::proxy::{Fault, Proxy};
+use redisaq_tests::{init_tracing, RedisServer};
+
+#[job(topic = "enqueue_faults", group = "enqueue_group", partitions = 2)]
+async fn faulty(_job: Job<u64>) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// The ids of the jobs in the topic's streams.
+fn stored(server: &RedisServer) -> Vec<String> {
+    let mut conn = server.connection();
+    (0..2)
+        .flat_map(|p| {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(redisaq::keys::partition(faulty::TOPIC, p))
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            reply
+                .ids
+                .into_iter()
+                .filter_map(|e| e.get::<String>("id"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn parts(error: Error) -> (Vec<JobId>, Vec<JobId>, Vec<JobId>, String) {
+    match error {
+        Error::Enqueue {
+            stored,
+            not_stored,
+            unknown,
+            reason,
+        } => (stored, not_stored, unknown, reason),
+        other => panic!("not an enqueue error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
+    init_tracing();
+    let server = RedisServer::start().unwrap();
+
+    // Nothing listens: a clear error at once, the job surely not stored.
+    let proxy = Proxy::start(server.port());
+    proxy.set(Fault::Refuse);
+    redisaq::set_redis_url(&proxy.url()).unwrap();
+    let error = faulty::enqueue_with(1, EnqueueOptions::new().timeout(Duration::from_secs(30)))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    let (ok, not_stored, unknown, reason) = parts(error);
+    assert!(ok.is_empty() && unknown.is_empty(), "{message}");
+    assert_eq!(not_stored.len(), 1, "{message}");
+    assert!(reason.contains("cannot be reached"), "{message}");
+
+    // Redis stops answering while the job is on its way: the deadline ends the wait,
+    // and the job's fate is unknown. Once the network heals it turns out stored.
+    proxy.set(Fault::Pass);
+    let first = faulty::enqueue(2).await.expect("enqueue through the proxy");
+    proxy.set(Fault::Stall);
+    let error = faulty::enqueue_with(3, EnqueueOptions::new().timeout(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    let (ok, not_stored, unknown, reason) = parts(error);
+    assert!(ok.is_empty() && not_stored.is_empty(), "{message}");
+    assert_eq!(unknown.len(), 1, "{message}");
+    assert!(reason.contains("no answer within 300 ms"), "{message}");
+    proxy.set(Fault::Pass);
+    let landed = redisaq_tests::eventually(Duration::from_secs(30), || {
+        stored(&server).contains(&unknown[0].to_string())
+    })
+    .await;
+    assert!(landed, "the job whose reply was lost was stored after all");
+    assert!(stored(&server).contains(&first.to_string()));
+
+    // Redis is full: every job of a batch refused, and the reason says what to do.
+    redisaq::set_redis_url(&server.url()).unwrap();
+    faulty::enqueue(4)
+        .await
+        .expect("topic known before memory runs out");
+    let mut conn = server.connection();
+    let _: () = redis::cmd("SET")
+        .arg("filler")
+        .arg(vec![b'x'; 4 << 20])
+        .query(&mut conn)
+        .unwrap();
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used - 100_000)
+        .query(&mut conn)
+        .unwrap();
+    let error = faulty::enqueue_batch(10..20).await.unwrap_err();
+    let message = error.to_string();
+    let (ok, not_stored, unknown, reason) = parts(error);
+    assert!(ok.is_empty() && unknown.is_empty(), "{message}");
+    assert_eq!(not_stored.len(), 10, "{message}");
+    assert!(reason.contains("out of memory"), "{message}");
+    // Memory freed: enqueue works again without anyone touching the producer.
+    let _: () = redis::cmd("DEL").arg("filler").query(&mut conn).unwrap();
+    faulty::enqueue_batch(20..30)
+        .await
+        .expect("enqueue works again once memory is free");
+}
