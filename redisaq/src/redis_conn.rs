@@ -89,7 +89,7 @@ pub(crate) fn manager_with_retries(
 }
 
 /// Whether a failed command may succeed when tried again: the connection dropped, timed
-/// out or could not be made, or Redis is loading, busy or failing over.
+/// out or could not be made, or Redis is loading, busy, failing over or full.
 pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()
@@ -97,7 +97,9 @@ pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
         || error.is_connection_refusal()
         || matches!(
             error.code(),
-            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
+            Some(
+                "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "OOM"
+            )
         )
 }
 
@@ -136,6 +138,29 @@ pub(crate) fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// Whether the server takes script flags (`#!lua flags=...`, Redis 7.0 and later).
+pub(crate) async fn takes_script_flags(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> Result<bool, Error> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let major = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    Ok(major >= 7)
+}
+
+/// `script` allowed to run, and write a little, while Redis is out of memory, where the
+/// server takes script flags (on 6.2 it runs until its first refused write).
+pub(crate) fn allow_oom(script: &'static str, flags: bool) -> std::borrow::Cow<'static, str> {
+    if flags {
+        format!("#!lua flags=allow-oom\n{script}").into()
+    } else {
+        script.into()
     }
 }
 

@@ -21,6 +21,20 @@ pub(crate) async fn ensure(
     spec: &TopicSpec,
 ) -> Result<TopicInfo, Error> {
     let meta = keys::meta(spec.topic);
+    // Read first, write only what is missing: on a full Redis every write is refused,
+    // even one that would change nothing, and a known topic must still work.
+    let (partitions, maxlen, listed): (Option<u32>, Option<u64>, bool) = redis::pipe()
+        .hget(&meta, "partitions")
+        .hget(&meta, "maxlen")
+        .sismember(keys::topics(), spec.topic)
+        .query_async(conn)
+        .await?;
+    if partitions.is_some() && maxlen.is_some() && listed {
+        return Ok(TopicInfo {
+            partitions: partitions.filter(|&p| p > 0).unwrap_or(spec.partitions()),
+            maxlen: maxlen.unwrap_or(spec.maxlen()),
+        });
+    }
     let (partitions, maxlen): (Option<u32>, Option<u64>) = redis::pipe()
         .hset_nx(&meta, "partitions", spec.partitions())
         .ignore()

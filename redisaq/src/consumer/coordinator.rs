@@ -55,8 +55,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Every heartbeat interval: follow the assignment, take over, remove the dead, trim.
 /// (Liveness and leases are renewed by the keeper, which nothing here can hold up.)
+///
+/// The partitions held are looked after even when following the assignment failed: on a
+/// full Redis the assignment's writes are refused, and trimming is what frees memory.
 async fn maintain(shared: &Shared, view: &mut View) -> Result<(), Error> {
-    follow(shared, view, true).await?;
+    let followed = follow(shared, view, true).await;
     let held = shared.held.held();
     METRICS
         .owned_partitions
@@ -66,18 +69,27 @@ async fn maintain(shared: &Shared, view: &mut View) -> Result<(), Error> {
         if phase != Phase::Active {
             continue;
         }
-        record_backlog(shared, partition).await?;
-        takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
-        takeover::remove_dead(shared, partition, &view.live).await?;
-        if view.maxlen > 0 {
-            trim::trim(
-                &mut shared.conn.clone(),
-                &keys::partition(&shared.topic, partition),
-                view.maxlen,
-            )
-            .await?;
+        if let Err(e) = look_after(shared, view, partition).await {
+            tracing::warn!(partition, error = %e, "looking after a partition failed; retrying next interval");
         }
     }
+    followed
+}
+
+/// Gauges, takeover of others' entries, removal of the dead, trimming.
+async fn look_after(shared: &Shared, view: &View, partition: u32) -> Result<(), Error> {
+    // Trim first: it is what frees memory on a full Redis.
+    if view.maxlen > 0 {
+        trim::trim(
+            &mut shared.conn.clone(),
+            &keys::partition(&shared.topic, partition),
+            view.maxlen,
+        )
+        .await?;
+    }
+    record_backlog(shared, partition).await?;
+    takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
+    takeover::remove_dead(shared, partition, &view.live).await?;
     Ok(())
 }
 
@@ -233,6 +245,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             &keys::epoch(&shared.topic, partition, shared.group),
             &shared.consumer,
             ttl,
+            shared.script_flags,
         )
         .await?
         else {

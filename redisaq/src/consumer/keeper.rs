@@ -66,8 +66,9 @@ async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
 async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> bool {
     let held = shared.held.tenures();
     let mut pipe = redis::pipe();
-    pipe.add_command(membership::heartbeat_cmd(shared, &shared.consumer))
-        .ignore();
+    // Each renewal counts alone: a refused heartbeat must not cost the leases.
+    pipe.ignore_errors();
+    pipe.add_command(membership::heartbeat_cmd(shared, &shared.consumer));
     for tenure in &held {
         pipe.add_command(lease::renew_cmd(
             &keys::lease(&shared.topic, tenure.partition, shared.group),
@@ -76,16 +77,34 @@ async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> 
         ));
     }
     let asked_at = Instant::now();
-    match pipe.query_async::<Vec<i64>>(conn).await {
-        Ok(renewed) => {
-            for (tenure, renewed) in held.into_iter().zip(renewed) {
-                if renewed == 1 {
-                    shared.held.extend(tenure, lease::validity(ttl, asked_at));
-                } else {
-                    shared.lease_lost(tenure, "it was not ours when renewing it");
+    match pipe
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+        .await
+    {
+        Ok(replies) => {
+            let mut replies = replies.into_iter();
+            let mut complete = true;
+            if let Some(Err(e)) = replies.next() {
+                complete = false;
+                tracing::warn!(
+                    topic = %shared.topic, group = shared.group, error = %e,
+                    "renewing the heartbeat failed; retrying"
+                );
+            }
+            for (tenure, renewed) in held.into_iter().zip(replies) {
+                match renewed.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
+                    Ok(1) => shared.held.extend(tenure, lease::validity(ttl, asked_at)),
+                    Ok(_) => shared.lease_lost(tenure, "it was not ours when renewing it"),
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(
+                            partition = tenure.partition, error = %e,
+                            "renewing a lease failed; retrying"
+                        );
+                    }
                 }
             }
-            true
+            complete
         }
         Err(e) => {
             // Keep going on the local deadline: if Redis stays away, the lease runs out

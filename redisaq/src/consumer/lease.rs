@@ -89,8 +89,10 @@ pub(crate) async fn acquire(
     epoch_counter: &str,
     consumer: &str,
     ttl: Duration,
+    script_flags: bool,
 ) -> Result<Option<u64>, Error> {
-    let epoch: u64 = redis::Script::new(ACQUIRE)
+    // Allowed on a full Redis: a worker must be able to take its partitions to drain it.
+    let epoch: u64 = redis::Script::new(&crate::redis_conn::allow_oom(ACQUIRE, script_flags))
         .key(lease)
         .key(epoch_counter)
         .arg(consumer)

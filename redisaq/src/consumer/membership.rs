@@ -24,7 +24,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 /// and answers the live members.
 pub(super) fn heartbeat_cmd(shared: &Shared, renew: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(HEARTBEAT)
+    cmd.arg(crate::redis_conn::allow_oom(HEARTBEAT, shared.script_flags).as_ref())
         .arg(1)
         .arg(keys::members(&shared.topic, shared.group))
         .arg(renew)

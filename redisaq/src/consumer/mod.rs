@@ -108,6 +108,9 @@ pub(crate) struct Shared {
     pub consumer: String,
     /// Partitions known to have the group (raised at run time as the topic grows).
     known_partitions: AtomicU32,
+    /// Whether the server takes script flags (Redis 7+): scripts that must run on a
+    /// full Redis (heartbeats, taking a lease) then say `allow-oom`.
+    pub script_flags: bool,
     /// The partitions this consumer holds.
     pub held: lease::Partitions,
     /// Entries (partition, id) that ran here but whose ack was refused: taken again,
@@ -189,38 +192,35 @@ pub(crate) async fn create_groups(
     group: &str,
     partitions: u32,
 ) -> Result<(), Error> {
-    let mut pipe = redis::pipe();
+    // Look first, create only what is missing: on a full Redis `XGROUP CREATE` is
+    // refused even where the group exists, and a worker must start there all the same.
+    let mut look = redis::pipe();
+    look.ignore_errors();
     for partition in 0..partitions {
-        pipe.cmd("XGROUP")
+        look.cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys::partition(topic, partition));
+    }
+    let found: Vec<redis::RedisResult<redis::streams::StreamInfoGroupsReply>> =
+        look.query_async(conn).await?;
+    for (partition, groups) in (0..partitions).zip(found) {
+        if groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == group)) {
+            continue;
+        }
+        let created = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(keys::partition(topic, partition))
             .arg(group)
             .arg("0")
-            .arg("MKSTREAM");
-    }
-    // Each command fails alone with BUSYGROUP when the group exists; in a pipeline the
-    // first error is what we get back, so run them one by one only when needed.
-    match pipe.exec_async(conn).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {
-            for partition in 0..partitions {
-                let created = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(keys::partition(topic, partition))
-                    .arg(group)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .exec_async(conn)
-                    .await;
-                match created {
-                    Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
-                    _ => {}
-                }
-            }
-            Ok(())
+            .arg("MKSTREAM")
+            .exec_async(conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
+            _ => {}
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(())
 }
 
 /// Registers the topic and the group, trying again (with backoff, until `shutdown`)
@@ -230,14 +230,15 @@ async fn join(
     def: &'static HandlerDef,
     conn: &ConnectionManager,
     shutdown: &CancellationToken,
-) -> Result<Option<topic::TopicInfo>, Error> {
+) -> Result<Option<(topic::TopicInfo, bool)>, Error> {
     let mut delay = Duration::from_millis(100);
     loop {
         let mut conn = conn.clone();
         let joined = async {
             let info = topic::ensure(&mut conn, def.spec).await?;
             create_groups(&mut conn, def.spec.topic, def.group, info.partitions).await?;
-            Ok::<_, Error>(info)
+            let flags = redis_conn::takes_script_flags(&mut conn).await?;
+            Ok::<_, Error>((info, flags))
         };
         match joined.await {
             Ok(info) => return Ok(Some(info)),
@@ -287,7 +288,7 @@ pub(crate) async fn run(
 ) -> Result<(), Error> {
     let client = redis_conn::client(&config.redis_url)?;
     let conn = redis_conn::manager(&client, Duration::from_secs(10))?;
-    let Some(info) = join(def, &conn, &shutdown).await? else {
+    let Some((info, script_flags)) = join(def, &conn, &shutdown).await? else {
         return Ok(()); // stopped before Redis could be reached
     };
 
@@ -306,6 +307,7 @@ pub(crate) async fn run(
         consumer,
         known_partitions: AtomicU32::new(info.partitions),
         held: lease::Partitions::default(),
+        script_flags,
         ran_unacked: Mutex::default(),
         ownership_changed: Notify::new(),
         max_attempts: def.retries().saturating_add(1),

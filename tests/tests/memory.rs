@@ -1,0 +1,142 @@
+//! A full Redis (`maxmemory` with `noeviction`): enqueue fails with an error that says
+//! so, a worker starts all the same, drains and trims the topic, and enqueue works again
+//! by itself once memory is free. Its own test binary: it fills its server.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redisaq::{job, Error, Job, JobError};
+use redisaq_tests::{eventually, init_tracing, pending, redis};
+
+static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "full", group = "full_group", partitions = 2, maxlen = 100)]
+async fn drain(job: Job<String>) -> Result<(), JobError> {
+    SEEN.lock().unwrap().push(job.id().to_string());
+    Ok(())
+}
+
+fn worker() -> redisaq::Worker {
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics([drain::TOPIC])
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_secs(3))
+}
+
+fn used_memory(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let mut conn = redis().connection();
+    // The topic and its group exist before memory runs out.
+    worker()
+        .run_until(async {
+            eventually(Duration::from_secs(30), || {
+                redis::cmd("EXISTS")
+                    .arg(redisaq::keys::partition(drain::TOPIC, 1))
+                    .query::<bool>(&mut redis().connection())
+                    .unwrap()
+            })
+            .await;
+        })
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut conn)
+        .unwrap();
+    let limit = used_memory(&mut conn) + (2 << 20);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(limit)
+        .query(&mut conn)
+        .unwrap();
+
+    // Enqueue until Redis is full.
+    let payload = "x".repeat(1000);
+    let mut stored = HashSet::new();
+    let mut refusal = None;
+    for _ in 0..200 {
+        match drain::enqueue_batch((0..100).map(|_| payload.clone())).await {
+            Ok(ids) => stored.extend(ids.into_iter().map(|id| id.to_string())),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    let Some(Error::Enqueue {
+        stored: partly,
+        unknown,
+        reason,
+        ..
+    }) = refusal
+    else {
+        panic!("Redis never filled up: {refusal:?}");
+    };
+    assert!(reason.contains("out of memory"), "{reason}");
+    assert!(unknown.is_empty(), "{unknown:?}");
+    stored.extend(partly.into_iter().map(|id| id.to_string()));
+    assert!(drain::enqueue(payload.clone()).await.is_err(), "still full");
+
+    // A worker starts on the full Redis, drains the topic and trims it.
+    let expected = stored.clone();
+    let recovered = std::sync::Arc::new(Mutex::new(None));
+    let outcome = recovered.clone();
+    worker()
+        .run_until(async move {
+            let drained = eventually(Duration::from_secs(60), || {
+                SEEN.lock().unwrap().iter().cloned().collect::<HashSet<_>>() == expected
+            })
+            .await;
+            // Enqueue works again by itself once trimming freed memory.
+            let mut again = None;
+            for _ in 0..300 {
+                if let Ok(id) = drain::enqueue(String::from("again")).await {
+                    again = Some(id.to_string());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let ran = match &again {
+                Some(id) => {
+                    eventually(Duration::from_secs(30), || {
+                        SEEN.lock().unwrap().contains(id)
+                    })
+                    .await
+                }
+                None => false,
+            };
+            *outcome.lock().unwrap() = Some((drained, again, ran));
+        })
+        .await
+        .expect("a worker starts and runs on a full Redis");
+    let (drained, again, ran) = recovered.lock().unwrap().take().unwrap();
+    assert!(
+        drained,
+        "drained {} of {} jobs",
+        SEEN.lock().unwrap().len(),
+        stored.len()
+    );
+    assert!(again.is_some(), "enqueue never worked again");
+    assert!(ran, "the job enqueued after the recovery ran");
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for id in SEEN.lock().unwrap().iter() {
+        *runs.entry(id.clone()).or_default() += 1;
+    }
+    assert!(runs.values().all(|&n| n == 1), "each job once");
+    assert_eq!(pending(&mut conn, drain::TOPIC, drain::GROUP, 2), 0);
+}
