@@ -29,6 +29,9 @@ pub enum Fault {
     Stall,
     /// Close new connections at once, as if nothing listened there.
     Refuse,
+    /// Let commands reach Redis, but drop its replies and close the connection: the
+    /// client sees a dropped connection for a command Redis carried out.
+    DropReplies,
 }
 
 struct State {
@@ -120,7 +123,8 @@ impl Proxy {
         *close = CancellationToken::new();
     }
 
-    /// How many connections [`Fault::CutAfterReply`] has cut so far.
+    /// How many connections [`Fault::CutAfterReply`] and [`Fault::DropReplies`] have cut
+    /// so far.
     pub fn cuts(&self) -> usize {
         self.state.cuts.load(Ordering::SeqCst)
     }
@@ -168,6 +172,10 @@ async fn pump(
         }
         if let Fault::Delay(delay) = fault {
             tokio::time::sleep(delay).await;
+        }
+        if replies && fault == Fault::DropReplies {
+            state.cuts.fetch_add(1, Ordering::SeqCst);
+            return;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;

@@ -227,3 +227,74 @@ async fn a_refused_ack_stops_the_partition_until_its_lease_is_taken_again() {
     })
     .await;
 }
+
+static LOST_REPLY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[job(topic = "fault_lost_reply", group = "lost_reply_group", partitions = 1)]
+async fn lost_reply(job: Job<u64>) -> Result<(), JobError> {
+    LOST_REPLY.lock().unwrap().push(job.id().to_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_delivered_by_a_read_whose_reply_was_lost_still_run() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let proxy = Proxy::start(redis().port());
+    let worker = redisaq::Worker::new()
+        .redis_url(proxy.url())
+        .topics([lost_reply::TOPIC])
+        .consumer_name("lossy")
+        .concurrency(4)
+        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_ttl(Duration::from_secs(30));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let first = lost_reply::enqueue(0).await.unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(30), || LOST_REPLY
+            .lock()
+            .unwrap()
+            .contains(&first))
+        .await,
+        "the worker runs"
+    );
+    // Redis carries out the worker's commands but its replies are lost: the blocked
+    // read delivers these jobs to the worker, which never sees them.
+    proxy.set(Fault::DropReplies);
+    let ids: HashSet<String> = lost_reply::enqueue_batch(1..6)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let delivered = eventually(Duration::from_secs(30), || {
+        pending(
+            &mut redis().connection(),
+            lost_reply::TOPIC,
+            lost_reply::GROUP,
+            1,
+        ) > 0
+    })
+    .await;
+    assert!(delivered, "Redis delivered the jobs to the worker");
+    proxy.set(Fault::Pass);
+    let done = eventually(Duration::from_secs(60), || {
+        let seen: HashSet<String> = LOST_REPLY.lock().unwrap().iter().cloned().collect();
+        ids.is_subset(&seen)
+            && pending(
+                &mut redis().connection(),
+                lost_reply::TOPIC,
+                lost_reply::GROUP,
+                1,
+            ) == 0
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    let seen = LOST_REPLY.lock().unwrap().clone();
+    assert!(done, "ran {seen:?}");
+    assert_eq!(seen.len(), 6, "each job once: {seen:?}");
+}

@@ -68,63 +68,80 @@ impl Acker {
         }
     }
 
-    /// Sends the acks, retrying through reconnects for a while. If Redis stays away the
-    /// jobs stay pending and are delivered again: at-least-once, never lost.
+    /// Sends the acks, retrying what did not land (a dropped connection, a Redis that
+    /// is loading, busy or failing over) for a while. A refused ack (the lease is not
+    /// ours) stops that holding. Acks that still did not land stop their holding too:
+    /// taking the partition anew claims those jobs and runs them again, so nothing stays
+    /// pending unseen under a live consumer.
     async fn flush(&mut self, by_partition: &BTreeMap<Tenure, Vec<String>>) {
-        let shared = &self.shared;
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (&tenure, ids) in by_partition {
-            pipe.add_command(
-                lease::fenced(
-                    &keys::lease(&shared.topic, tenure.partition, shared.group),
-                    &keys::partition(&shared.topic, tenure.partition),
-                    &keys::lease_token(&shared.consumer, tenure.id),
-                    "XACK",
-                )
-                .arg(shared.group)
-                .arg(ids)
-                .to_owned(),
-            );
-        }
+        let shared = self.shared.clone();
+        let mut left: Vec<(Tenure, &Vec<String>)> =
+            by_partition.iter().map(|(t, ids)| (*t, ids)).collect();
         let mut delay = Duration::from_millis(50);
-        for attempt in 1..=8 {
+        for attempt in 1..=10 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (tenure, ids) in &left {
+                pipe.add_command(
+                    lease::fenced(
+                        &keys::lease(&shared.topic, tenure.partition, shared.group),
+                        &keys::partition(&shared.topic, tenure.partition),
+                        &keys::lease_token(&shared.consumer, tenure.id),
+                        "XACK",
+                    )
+                    .arg(shared.group)
+                    .arg(*ids)
+                    .to_owned(),
+                );
+            }
             match pipe
                 .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut self.conn)
                 .await
             {
                 Ok(results) => {
-                    for ((&tenure, ids), result) in by_partition.iter().zip(results) {
-                        let partition = tenure.partition;
+                    let mut again = Vec::new();
+                    for ((tenure, ids), result) in left.into_iter().zip(results) {
                         match result {
+                            Ok(_) => {}
                             Err(e) if lease::is_fenced(&e) => {
                                 // These jobs ran: the next owner's run is a new attempt.
-                                shared.ran_unacked(partition, ids);
+                                shared.ran_unacked(tenure.partition, ids);
                                 shared.lease_lost(
                                     tenure,
                                     "its acknowledgements were refused (the lease is not ours)",
                                 );
                             }
-                            Err(e) => tracing::warn!(
-                                partition, count = ids.len(), error = %e,
-                                "acknowledgements refused; the partition's owner runs these jobs again"
-                            ),
-                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(
+                                    partition = tenure.partition, count = ids.len(), error = %e,
+                                    attempt, "acknowledgements not taken; retrying"
+                                );
+                                again.push((tenure, ids));
+                            }
                         }
                     }
-                    return;
+                    left = again;
                 }
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, "acknowledging jobs failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
+            if left.is_empty() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        let count: usize = by_partition.values().map(Vec::len).sum();
-        tracing::error!(
-            count,
-            "could not acknowledge jobs; they stay pending and will be delivered again"
-        );
+        for (tenure, ids) in left {
+            shared.ran_unacked(tenure.partition, ids);
+            shared.lease_lost(
+                tenure,
+                &format!(
+                    "{} acknowledgement(s) could not be sent; the partition is taken anew and \
+                     those jobs run again",
+                    ids.len()
+                ),
+            );
+        }
     }
 }

@@ -259,7 +259,14 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             shared.held.drop_partition(partition);
             return Err(e);
         }
-        shared.held.claimed(partition);
+        let floor = match delivered_up_to(shared, partition).await {
+            Ok(floor) => floor,
+            Err(e) => {
+                shared.held.drop_partition(partition);
+                return Err(e);
+            }
+        };
+        shared.held.claimed(partition, floor);
         resumed.push(partition);
     }
     if !resumed.is_empty() {
@@ -279,6 +286,20 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
 /// one heartbeat TTL, well under any sensible handler timeout.
 fn release_deadline(shared: &Shared) -> Duration {
     shared.config.heartbeat_ttl
+}
+
+/// The group's last delivered entry id on a partition.
+async fn delivered_up_to(shared: &Shared, partition: u32) -> Result<String, Error> {
+    let info: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys::partition(&shared.topic, partition))
+        .query_async(&mut shared.conn.clone())
+        .await?;
+    Ok(info
+        .groups
+        .into_iter()
+        .find(|g| g.name == shared.group)
+        .map_or_else(|| "0-0".to_string(), |g| g.last_delivered_id))
 }
 
 /// Claims what was left pending on a partition just taken, making the group first if

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use redis::Client;
 
+use super::lease::Tenure;
+use super::takeover::{self, Orphans};
 use super::{create_groups, Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
@@ -19,7 +21,13 @@ const MAX_READ: usize = 1000;
 pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
     let mut conn = redis_conn::manager(client, shared.config.block + Duration::from_secs(5))?;
     let mut failures = 0u32;
+    // Holdings whose last read failed in transit: Redis may have delivered entries whose
+    // reply never came, which would stay pending here unseen.
+    let mut lost_read: Vec<Tenure> = Vec::new();
     loop {
+        for tenure in std::mem::take(&mut lost_read) {
+            recover_lost_read(&shared, tenure).await;
+        }
         let partitions = shared.held.fetchable();
         if partitions.is_empty() {
             tokio::select! {
@@ -98,6 +106,11 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             }
             Err(e) => {
                 tracing::warn!(topic = %shared.topic, error = %e, "reading jobs failed; retrying");
+                // Unless Redis answered with an error, it may have delivered entries.
+                if !matches!(&e, Error::Redis(e) if matches!(e.kind(), redis::ErrorKind::Server(_)))
+                {
+                    lost_read = partitions;
+                }
                 pause(&shared, &mut failures).await;
                 continue;
             }
@@ -108,6 +121,9 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             else {
                 continue;
             };
+            if let Some(last) = entries.last() {
+                shared.held.advance_floor(tenure, &last.id);
+            }
             for entry in &entries {
                 let delivery = Delivery::new(&shared, tenure, entry, 1);
                 if shared.deliveries.send(delivery).await.is_err() {
@@ -115,6 +131,28 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                 }
             }
         }
+    }
+}
+
+/// Claims (to this consumer, keeping their delivery count) and queues what a read whose
+/// reply was lost delivered: the holding's pending entries after the last one it saw.
+/// If that fails too, the partition is taken anew, which claims everything left there.
+async fn recover_lost_read(shared: &Shared, tenure: Tenure) {
+    let Some(floor) = shared.held.read_floor(tenure) else {
+        return; // not held any more: its next holder claims what is there
+    };
+    let recovered =
+        takeover::claim_orphans(shared, tenure.partition, Orphans::OwnAfter(floor)).await;
+    match recovered {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            partition = tenure.partition,
+            "recovered {n} job(s) delivered by a read whose reply was lost"
+        ),
+        Err(e) => shared.lease_lost(
+            tenure,
+            &format!("could not recover what a lost read delivered ({e})"),
+        ),
     }
 }
 

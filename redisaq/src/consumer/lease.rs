@@ -161,6 +161,9 @@ struct Slot {
     /// Whether what was left pending there has been claimed: only then may new entries
     /// be read, or a leftover read as new would be claimed (and run) twice.
     claimed: bool,
+    /// The last entry id this holding saw delivered (by its claim, then by its reads):
+    /// anything pending here after it came from a read whose reply was lost.
+    read_floor: String,
 }
 
 /// One holding of one partition, as deliveries and calls carry it: `id` is the epoch
@@ -203,6 +206,7 @@ impl Partitions {
                     running: 0,
                     lost: CancellationToken::new(),
                     claimed: false,
+                    read_floor: String::new(),
                 },
             )
         });
@@ -212,13 +216,37 @@ impl Partitions {
         }
     }
 
-    /// Lets the fetch loop read new entries of a partition whose leftovers are claimed.
-    pub(crate) fn claimed(&self, partition: u32) {
+    /// Lets the fetch loop read new entries of a partition whose leftovers are claimed;
+    /// `floor` is the group's last delivered id then.
+    pub(crate) fn claimed(&self, partition: u32, floor: String) {
         self.with(|slots| {
             if let Some(slot) = slots.get_mut(&partition) {
                 slot.claimed = true;
+                slot.read_floor = floor;
             }
         });
+    }
+
+    /// Records the last entry id a read of this holding delivered.
+    pub(crate) fn advance_floor(&self, tenure: Tenure, id: &str) {
+        self.with(|slots| {
+            if let Some(slot) = slots
+                .get_mut(&tenure.partition)
+                .filter(|s| s.tenure == tenure.id)
+            {
+                slot.read_floor = id.to_string();
+            }
+        });
+    }
+
+    /// The last entry id this holding saw delivered.
+    pub(crate) fn read_floor(&self, tenure: Tenure) -> Option<String> {
+        self.with(|slots| {
+            slots
+                .get(&tenure.partition)
+                .filter(|s| s.tenure == tenure.id)
+                .map(|s| s.read_floor.clone())
+        })
     }
 
     /// Extends a holding's lease.

@@ -15,13 +15,16 @@ use crate::wire;
 const CLAIM_PAGE: usize = 100;
 
 /// Who left the entries to claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Orphans {
     /// Other consumers: a dead one, a previous owner, a paused one that lost the lease.
     OfOthers,
     /// Also this consumer's own, when it (re)acquires the partition: entries whose ack
     /// was refused or whose delivery was dropped while the partition was not ours.
     All,
+    /// Only this consumer's own entries after this id: what a read whose reply was lost
+    /// delivered to it (Redis counted them delivered; nobody here saw them).
+    OwnAfter(String),
 }
 
 /// Claims the pending entries of `partition` that `whose` says were left behind, and
@@ -50,7 +53,10 @@ pub(crate) async fn claim_orphans(
         }
     }
     let mut queued = 0;
-    let mut start = "-".to_string();
+    let mut start = match &whose {
+        Orphans::OwnAfter(floor) => wire::next_stream_id(floor).unwrap_or_else(|| floor.clone()),
+        _ => "-".to_string(),
+    };
     loop {
         let rows: redis::Value = redis::cmd("XPENDING")
             .arg(&stream)
@@ -68,7 +74,14 @@ pub(crate) async fn claim_orphans(
         // unless we know they ran.
         let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
         for pending in &page {
-            if pending.consumer != shared.consumer {
+            if let Orphans::OwnAfter(_) = whose {
+                if pending.consumer == shared.consumer {
+                    batches
+                        .entry(Some(pending.deliveries))
+                        .or_default()
+                        .push(pending);
+                }
+            } else if pending.consumer != shared.consumer {
                 batches.entry(None).or_default().push(pending);
             } else if whose == Orphans::All && shared.take_ran_unacked(partition, &pending.id) {
                 // It ran here and its ack was refused: this is a new attempt.
@@ -105,6 +118,9 @@ pub(crate) async fn claim_orphans(
                     "Consumer {} took over pending job", shared.consumer
                 );
                 let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+                if let Orphans::OwnAfter(_) = whose {
+                    shared.held.advance_floor(tenure, &entry.id);
+                }
                 let delivery = Delivery::new(shared, tenure, &entry, attempt);
                 tokio::select! {
                     sent = shared.deliveries.send(delivery) => if sent.is_err() { return Ok(queued) },
