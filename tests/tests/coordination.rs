@@ -149,6 +149,7 @@ type EnqueueFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Vec<redisaq::JobId>, redisaq::Error>> + Send>,
 >;
 
+/// The consumer holding each partition's lease (its value is `consumer epoch`).
 fn lease_owners(
     conn: &mut redis::Connection,
     topic: &str,
@@ -157,10 +158,11 @@ fn lease_owners(
 ) -> Vec<Option<String>> {
     (0..partitions)
         .map(|p| {
-            redis::cmd("GET")
+            let value: Option<String> = redis::cmd("GET")
                 .arg(redisaq::keys::lease(topic, p, group))
                 .query(conn)
-                .unwrap()
+                .unwrap();
+            value.map(|v| v.rsplit_once(' ').map_or(v.clone(), |(c, _)| c.to_string()))
         })
         .collect()
 }
@@ -334,10 +336,15 @@ async fn a_join_pauses_only_the_partitions_that_move() {
     });
     assert!(
         eventually(Duration::from_secs(60), || {
-            calls(&mut conn, "join").len() >= 500
-                && lease_owners(&mut conn, "join", "join_group", 6)
+            // Settled: each of the two holds three partitions.
+            let owners = lease_owners(&mut conn, "join", "join_group", 6);
+            let held_by = |prefix: &str| {
+                owners
                     .iter()
-                    .all(Option::is_some)
+                    .filter(|o| o.as_deref().is_some_and(|o| o.starts_with(prefix)))
+                    .count()
+            };
+            calls(&mut conn, "join").len() >= 500 && held_by("j1-") == 3 && held_by("j2-") == 3
         })
         .await
     );
