@@ -35,8 +35,12 @@ pub(crate) async fn ensure(
             maxlen: maxlen.unwrap_or(spec.maxlen()),
         });
     }
+    // The record may be gone while the streams are not (a restart without persistence
+    // of some keys, eviction, a DEL): never fall back below the partitions that exist,
+    // or the raised ones would never be assigned again.
+    let existing = existing_partitions(conn, spec.topic, spec.partitions()).await?;
     let (partitions, maxlen): (Option<u32>, Option<u64>) = redis::pipe()
-        .hset_nx(&meta, "partitions", spec.partitions())
+        .hset_nx(&meta, "partitions", spec.partitions().max(existing))
         .ignore()
         .hset_nx(&meta, "maxlen", spec.maxlen())
         .ignore()
@@ -50,6 +54,29 @@ pub(crate) async fn ensure(
         partitions: partitions.filter(|&p| p > 0).unwrap_or(spec.partitions()),
         maxlen: maxlen.unwrap_or(spec.maxlen()),
     })
+}
+
+/// How many partition streams exist: `declared` or more, counting up while the next one
+/// exists.
+async fn existing_partitions(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    declared: u32,
+) -> Result<u32, Error> {
+    let mut count = 0;
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(keys::partition(topic, count))
+            .query_async(conn)
+            .await?;
+        if !exists && count >= declared {
+            return Ok(count);
+        }
+        count += 1;
+        if count > 100_000 {
+            return Ok(count); // a guard, far above any real partition count
+        }
+    }
 }
 
 const RAISE_PARTITIONS: &str = r"

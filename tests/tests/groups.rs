@@ -119,3 +119,63 @@ async fn a_group_offline_while_partitions_are_raised_misses_nothing() {
     let mut conn = redis().connection();
     assert_eq!(pending(&mut conn, online::TOPIC, "offline", 4), 0);
 }
+
+#[job(topic = "meta_lost", group = "meta_group", partitions = 2)]
+async fn meta_lost(job: Job<u64>) -> Result<(), JobError> {
+    SEEN.lock().unwrap().push(("meta", job.id().to_string()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_topic_metadata_keeps_the_raised_partition_count() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    meta_lost::enqueue(0).await.unwrap();
+    assert_eq!(
+        redisaq::set_partitions(meta_lost::TOPIC, 4).await.unwrap(),
+        2
+    );
+    let ids: HashSet<String> = meta_lost::enqueue_batch(1..41)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    // The record goes (eviction, a restart that kept only some keys, a DEL)...
+    let mut conn = redis().connection();
+    let _: () = redis::cmd("DEL")
+        .arg(redisaq::keys::meta(meta_lost::TOPIC))
+        .query(&mut conn)
+        .unwrap();
+    // ...and a worker declaring 2 partitions still finds and runs all 4.
+    let expected = ids.clone();
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics([meta_lost::TOPIC])
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_secs(10))
+        .run_until(async move {
+            eventually(Duration::from_secs(60), || {
+                let seen: HashSet<String> = seen("meta").into_iter().collect();
+                expected.is_subset(&seen)
+            })
+            .await;
+        })
+        .await
+        .unwrap();
+    let partitions: u32 = redis::cmd("HGET")
+        .arg(redisaq::keys::meta(meta_lost::TOPIC))
+        .arg("partitions")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        partitions, 4,
+        "the count is derived from the streams that exist"
+    );
+    let seen: HashSet<String> = seen("meta").into_iter().collect();
+    assert!(
+        ids.is_subset(&seen),
+        "every job ran, on all four partitions"
+    );
+    assert_eq!(pending(&mut conn, meta_lost::TOPIC, meta_lost::GROUP, 4), 0);
+}

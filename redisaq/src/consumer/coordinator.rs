@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::Ack;
 use super::assignment::{self, Assignment};
+use super::clock;
 use super::lease::{self, Phase};
 use super::takeover::{self, Orphans};
 use super::{create_groups, membership, Shared};
@@ -238,7 +239,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             .await?;
             shared.set_known_partitions(partitions);
         }
-        let asked_at = Instant::now();
+        let asked_at = clock::now();
         let Some(epoch) = lease::acquire(
             &mut shared.conn.clone(),
             &keys::lease(&shared.topic, partition, shared.group),

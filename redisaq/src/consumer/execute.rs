@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::ack::Ack;
+use super::clock;
 use super::lease::{self, Guard};
 use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
@@ -175,16 +176,16 @@ async fn while_owned<F: Future>(
     let mut work = std::pin::pin!(work);
     let mut until = guard.valid_until;
     // Wakes this call when the lease may run out, so an idle handler is stopped too.
-    let mut alarm = std::pin::pin!(tokio::time::sleep_until(until));
+    let mut alarm = std::pin::pin!(tokio::time::sleep_until(clock::timer_instant(until)));
     std::future::poll_fn(|cx| {
         if lost.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        while Instant::now() >= until {
+        while clock::now() >= until {
             match shared.held.valid_until(partitions) {
-                Some(renewed) if renewed > Instant::now() => {
+                Some(renewed) if renewed > clock::now() => {
                     until = renewed;
-                    alarm.as_mut().reset(until);
+                    alarm.as_mut().reset(clock::timer_instant(until));
                 }
                 _ => {
                     // Taken anew, the partition's leftovers (these jobs) are claimed again.

@@ -46,7 +46,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             .held
             .valid_until(&partitions)
             .map_or(Duration::ZERO, |until| {
-                until.saturating_duration_since(tokio::time::Instant::now())
+                until.saturating_duration_since(super::clock::now())
             });
         let block_ms = shared.config.block.min(lease_left).as_millis().max(1) as u64;
         // Wait for room: a slot in the delivery queue.

@@ -15,7 +15,7 @@ use redis::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{lease, membership, Shared};
+use super::{clock, lease, membership, Shared};
 use crate::{keys, redis_conn};
 
 /// Starts the keeper; it renews until `stop` is cancelled.
@@ -76,7 +76,7 @@ async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> 
             ttl,
         ));
     }
-    let asked_at = Instant::now();
+    let asked_at = clock::now();
     match pipe
         .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
         .await

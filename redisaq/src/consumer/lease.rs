@@ -391,7 +391,7 @@ impl Partitions {
     /// Partitions to fetch from: active, leftovers claimed, with a lease that is surely
     /// still ours.
     pub(crate) fn fetchable(&self) -> Vec<Tenure> {
-        let now = Instant::now();
+        let now = super::clock::now();
         let mut list: Vec<Tenure> = self.with(|slots| {
             slots
                 .iter()
@@ -413,7 +413,7 @@ impl Partitions {
     /// stay pending under this consumer, and only taking the partition anew (which
     /// claims everything left there) brings them back.
     pub(crate) fn begin(&self, tenures: &[Tenure]) -> Option<Guard> {
-        let now = Instant::now();
+        let now = super::clock::now();
         let (guard, lapsed) = self.with(|slots| {
             let lapsed: Vec<u32> = tenures
                 .iter()

@@ -13,6 +13,7 @@
 
 mod ack;
 mod assignment;
+mod clock;
 mod coordinator;
 mod execute;
 mod fetch;
