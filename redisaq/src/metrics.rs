@@ -43,6 +43,7 @@ pub(crate) struct Metrics {
     pub failed: Family<HandlerLabels, Counter>,
     pub retried: Family<HandlerLabels, Counter>,
     pub dead_lettered: Family<HandlerLabels, Counter>,
+    pub lost: Family<HandlerLabels, Counter>,
     pub duration: Family<HandlerLabels, Histogram, fn() -> Histogram>,
     pub owned_partitions: Family<HandlerLabels, Gauge>,
     pub lag: Family<PartitionLabels, Gauge>,
@@ -58,6 +59,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         failed: Family::default(),
         retried: Family::default(),
         dead_lettered: Family::default(),
+        lost: Family::default(),
         duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
         owned_partitions: Family::default(),
         lag: Family::default(),
@@ -86,6 +88,12 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "jobs_dead_lettered",
             "Jobs moved to the dead-letter queue",
             metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "entries_lost",
+            "Pending entries found deleted from their stream (XDEL, or trimming by someone \
+             else): their jobs cannot run",
+            metrics.lost.clone(),
         );
         registry.register(
             "handler_duration_seconds",
@@ -125,6 +133,7 @@ pub(crate) struct HandlerMetrics {
     pub failed: Counter,
     pub retried: Counter,
     pub dead_lettered: Counter,
+    pub lost: Counter,
     pub duration: Histogram,
 }
 
@@ -139,6 +148,7 @@ impl HandlerMetrics {
             failed: METRICS.failed.get_or_create(&labels).clone(),
             retried: METRICS.retried.get_or_create(&labels).clone(),
             dead_lettered: METRICS.dead_lettered.get_or_create(&labels).clone(),
+            lost: METRICS.lost.get_or_create(&labels).clone(),
             duration: METRICS.duration.get_or_create(&labels).clone(),
             labels,
         }

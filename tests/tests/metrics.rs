@@ -157,3 +157,95 @@ async fn counters_and_gauges_match_a_known_workload() {
         }
     }
 }
+
+static SURVIVORS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+#[job(topic = "deleted_pending", group = "deleted_group", partitions = 1)]
+async fn survivor(job: Job<u64>) -> Result<(), JobError> {
+    SURVIVORS.lock().unwrap().push(*job.payload());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_deleted_while_pending_is_counted_and_never_hangs() {
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let mut conn = redis().connection();
+    survivor::enqueue_batch(0..3).await.unwrap();
+    let stream = redisaq::keys::partition(survivor::TOPIC, 0);
+    // A consumer that is not alive read all three, then someone deleted one of them.
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", &stream, survivor::GROUP, "0", "MKSTREAM"])
+        .query(&mut conn)
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            survivor::GROUP,
+            "ghost",
+            "COUNT",
+            "10",
+            "STREAMS",
+            &stream,
+            ">",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let deleted = read.keys[0].ids[1].id.clone();
+    let _: () = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&deleted)
+        .query(&mut conn)
+        .unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let scraped = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let keep = scraped.clone();
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics([survivor::TOPIC])
+        .metrics_addr(addr)
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_secs(10))
+        .run_until(async move {
+            let series =
+                r#"redisaq_entries_lost_total{topic="deleted_pending",group="deleted_group"}"#;
+            for _ in 0..300 {
+                let values = samples(
+                    &tokio::task::spawn_blocking(move || scrape(addr))
+                        .await
+                        .unwrap(),
+                );
+                let settled = SURVIVORS.lock().unwrap().len() == 2
+                    && values.get(series) == Some(&1.0)
+                    && redisaq_tests::pending(
+                        &mut redis().connection(),
+                        survivor::TOPIC,
+                        survivor::GROUP,
+                        1,
+                    ) == 0;
+                *keep.lock().unwrap() = values;
+                if settled {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap();
+    let values = scraped.lock().unwrap().clone();
+    let mut survivors = SURVIVORS.lock().unwrap().clone();
+    survivors.sort_unstable();
+    assert_eq!(survivors, vec![0, 2], "the two entries still there ran");
+    assert_eq!(
+        values.get(r#"redisaq_entries_lost_total{topic="deleted_pending",group="deleted_group"}"#),
+        Some(&1.0),
+        "{values:#?}"
+    );
+    assert_eq!(
+        redisaq_tests::pending(&mut conn, survivor::TOPIC, survivor::GROUP, 1),
+        0,
+        "nothing hangs on the deleted entry"
+    );
+}

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{lease, Delivery, Shared};
+use super::lease::{self, Tenure};
+use super::{Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
 use crate::store::{self, group::Removal};
@@ -105,7 +106,16 @@ pub(crate) async fn claim_orphans(
                 claim.arg("RETRYCOUNT").arg(count);
             }
             let claimed: redis::Value = claim.query_async(&mut conn).await?;
-            for entry in wire::parse_claimed(&claimed)? {
+            let claimed = wire::parse_claimed(&claimed)?;
+            if claimed.len() < batch.len() {
+                let missing: Vec<&str> = batch
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .filter(|id| !claimed.iter().any(|e| e.id == *id))
+                    .collect();
+                forget_deleted(shared, tenure, &missing).await?;
+            }
+            for entry in claimed {
                 let previous = batch.iter().find(|p| p.id == entry.id);
                 let deliveries = previous.map_or(1, |p| p.deliveries);
                 let attempt = match keep_count {
@@ -137,6 +147,47 @@ pub(crate) async fn claim_orphans(
         shared.forget_ran_unacked(partition); // what is not pending any more
     }
     Ok(queued)
+}
+
+/// Entries a claim did not return were acknowledged meanwhile, or deleted from the
+/// stream while pending (`XDEL`, trimming by someone else). Deleted ones can never run:
+/// they are counted and logged, and acknowledged so that they leave the pending list
+/// (Redis 6.2 keeps them there forever; 7 drops them in the claim).
+async fn forget_deleted(shared: &Shared, tenure: Tenure, ids: &[&str]) -> Result<(), Error> {
+    let stream = keys::partition(&shared.topic, tenure.partition);
+    let mut conn = shared.conn.clone();
+    let mut deleted = Vec::new();
+    for &id in ids {
+        let found: redis::Value = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        if matches!(&found, redis::Value::Array(items) if items.is_empty()) {
+            deleted.push(id);
+        }
+    }
+    if deleted.is_empty() {
+        return Ok(());
+    }
+    let token = keys::lease_token(&shared.consumer, tenure.id);
+    let lease_key = keys::lease(&shared.topic, tenure.partition, shared.group);
+    lease::fenced(&lease_key, &stream, &token, "XACK")
+        .arg(shared.group)
+        .arg(&deleted)
+        .exec_async(&mut conn)
+        .await?;
+    for id in deleted {
+        shared.metrics.lost.inc();
+        tracing::error!(
+            partition = tenure.partition,
+            entry = id,
+            "entry {id} was deleted from the stream while pending (XDEL, or trimming by \
+             someone else); its job cannot run"
+        );
+    }
+    Ok(())
 }
 
 /// Removes from the group, on this partition, consumers that are not alive and hold
