@@ -457,3 +457,35 @@ pub fn overlaps(intervals: &[Interval]) -> Vec<(Interval, Interval)> {
     }
     found
 }
+
+/// A worker process whose output lines are collected, for tests that read its log.
+pub struct LoggedWorker {
+    /// The process; killed when this is dropped.
+    pub child: KillOnDrop,
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl LoggedWorker {
+    /// Starts `command` (see [`worker_command`]) with its output collected.
+    pub fn start(command: &mut Command) -> Self {
+        use std::io::BufRead;
+        let mut child = KillOnDrop::spawn(command.stdout(Stdio::piped()));
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (stdout, sink) = (child.stdout.take().expect("piped stdout"), log.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        LoggedWorker { child, log }
+    }
+
+    /// The log lines so far that contain `needle`.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+}

@@ -1,13 +1,11 @@
 //! Nothing that waits on jobs may delay lease renewal: a worker whose slots are all busy
-//! with long jobs keeps its partitions while another worker joins and dies, and a Redis
-//! stall shorter than the TTL costs no partition. Real worker processes, a real server.
+//! with long jobs keeps its partitions while another worker joins and dies. Real worker
+//! processes, a real server.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redisaq_tests::{calls, eventually, pending, redis, starts, worker_command, KillOnDrop};
+use redisaq_tests::{calls, eventually, pending, redis, starts, worker_command, LoggedWorker};
 
 // Producer-side declarations of the test worker's topics.
 #[redisaq::job(topic = "crash", group = "crash_group", partitions = 4)]
@@ -15,39 +13,14 @@ async fn crash(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::Job
     Ok(())
 }
 
-#[redisaq::job(topic = "graceful", group = "graceful_group", partitions = 2)]
-async fn graceful(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
-    Ok(())
-}
-
-/// A test worker whose output is collected.
-struct Worker {
-    child: KillOnDrop,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Worker {
-    fn start(name: &str, topic: &str, job_ms: u64, interval_ms: u64, ttl_ms: u64) -> Self {
-        let mut child = KillOnDrop::spawn(
-            worker_command(env!("CARGO_BIN_EXE_test_worker"), name, topic, job_ms)
-                .env("REDISAQ_HEARTBEAT_INTERVAL_MS", interval_ms.to_string())
-                .env("REDISAQ_HEARTBEAT_TTL_MS", ttl_ms.to_string())
-                .env("RUST_LOG", "warn,redisaq::consumer=info"),
-        );
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stdout, sink) = (child.stdout.take().unwrap(), log.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Worker { child, log }
-    }
-
-    fn lines(&self, needle: &str) -> Vec<String> {
-        let log = self.log.lock().unwrap();
-        log.iter().filter(|l| l.contains(needle)).cloned().collect()
-    }
+/// A test worker with short heartbeats whose log the test reads.
+fn start(name: &str, topic: &str, job_ms: u64, interval_ms: u64, ttl_ms: u64) -> LoggedWorker {
+    LoggedWorker::start(
+        worker_command(env!("CARGO_BIN_EXE_test_worker"), name, topic, job_ms)
+            .env("REDISAQ_HEARTBEAT_INTERVAL_MS", interval_ms.to_string())
+            .env("REDISAQ_HEARTBEAT_TTL_MS", ttl_ms.to_string())
+            .env("RUST_LOG", "warn,redisaq::consumer=info"),
+    )
 }
 
 fn lease_owners(conn: &mut redis::Connection, topic: &str, group: &str, n: u32) -> Vec<String> {
@@ -90,7 +63,7 @@ async fn long_jobs_never_cost_a_worker_its_partitions() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
     // 3 s jobs, 8 slots, 4 partitions, heartbeats far shorter than a job.
-    let a = Worker::start("a", "crash", 3_000, 200, 1_500);
+    let a = start("a", "crash", 3_000, 200, 1_500);
     let ids: HashSet<String> = crash::enqueue_batch((0..60).map(|n| serde_json::json!({ "n": n })))
         .await
         .unwrap()
@@ -104,7 +77,7 @@ async fn long_jobs_never_cost_a_worker_its_partitions() {
         "the first worker started its jobs"
     );
     // A second worker joins, takes its share, reads jobs, and is killed.
-    let mut b = Worker::start("b", "crash", 3_000, 200, 1_500);
+    let mut b = start("b", "crash", 3_000, 200, 1_500);
     let b_holds = eventually(Duration::from_secs(60), || {
         pending_by_consumer(&mut conn, "crash", "crash_group", 4)
             .iter()
@@ -136,50 +109,4 @@ async fn long_jobs_never_cost_a_worker_its_partitions() {
     assert!(lost.is_empty(), "the busy worker lost leases: {lost:#?}");
     let twice: Vec<_> = finished.iter().filter(|(_, &n)| n > 1).collect();
     assert!(twice.is_empty(), "jobs finished twice: {twice:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_stall_shorter_than_the_ttl_costs_no_partition() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let mut conn = redis().connection();
-    let worker = Worker::start("s", "graceful", 20, 500, 3_000);
-    let ids: HashSet<String> =
-        graceful::enqueue_batch((0..300).map(|n| serde_json::json!({ "n": n })))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|id| id.to_string())
-            .collect();
-    assert!(
-        eventually(Duration::from_secs(30), || !calls(&mut conn, "graceful")
-            .is_empty())
-        .await,
-        "jobs started"
-    );
-    // Redis answers nobody for 1.5 s, twice: shorter than the 3 s TTL each time.
-    for _ in 0..2 {
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1.5)
-            .query(&mut conn)
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let done = eventually(Duration::from_secs(60), || {
-        calls(&mut conn, "graceful")
-            .into_keys()
-            .collect::<HashSet<_>>()
-            == ids
-            && pending(&mut conn, "graceful", "graceful_group", 2) == 0
-    })
-    .await;
-    assert!(done, "every job finished");
-    let lost = worker.lines("lost the lease");
-    assert!(
-        lost.is_empty(),
-        "a stall shorter than the TTL cost a partition: {lost:#?}"
-    );
-    let runs = starts(&mut conn, "graceful");
-    let twice: Vec<_> = runs.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(twice.is_empty(), "jobs started twice: {twice:?}");
 }
