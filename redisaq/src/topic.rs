@@ -167,18 +167,7 @@ pub(crate) async fn spread_groups(
     }
     for group in groups {
         for partition in old..new {
-            let created = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(keys::partition(topic, partition))
-                .arg(&group)
-                .arg("0")
-                .arg("MKSTREAM")
-                .exec_async(conn)
-                .await;
-            match created {
-                Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
-                _ => {}
-            }
+            crate::store::group::create(conn, &keys::partition(topic, partition), &group).await?;
         }
     }
     Ok(())

@@ -347,9 +347,30 @@ pub fn worker_command(binary: &str, name: &str, topics: &str, job_ms: u64) -> Co
 pub struct KillOnDrop(pub Child);
 
 impl KillOnDrop {
-    /// Starts `command` (see [`worker_command`]).
+    /// Starts `command` (see [`worker_command`]); it also dies with the test.
     pub fn spawn(command: &mut Command) -> Self {
+        die_with_parent(command);
         KillOnDrop(command.spawn().expect("start the child process"))
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().expect("try_wait")
+    }
+
+    /// SIGTERM, then its exit status (`None` if it did not exit within a generous bound).
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let mut status = None;
+        eventually(Duration::from_secs(60), || {
+            status = self.exited();
+            status.is_some()
+        })
+        .await;
+        status
     }
 }
 

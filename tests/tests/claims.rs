@@ -3,46 +3,18 @@
 //! group finished every job still gets every retained job (reconsumption).
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command};
+use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Work {
     n: u64,
-}
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn spawn(command: &mut Command) -> Self {
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        ChildGuard(command.spawn().expect("start test_worker"))
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.try_wait().expect("try_wait")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn stream_len(conn: &mut redis::Connection, topic: &str, partition: u32) -> u64 {
@@ -58,7 +30,7 @@ async fn a_producer_in_another_process_uses_raised_partitions() {
     let mut conn = redis().connection();
     let topic = "claims_grow";
     // The test worker binary as a producer: a job without a key every 10 ms.
-    let mut producer = ChildGuard::spawn(
+    let mut producer = KillOnDrop::spawn(
         worker_command(env!("CARGO_BIN_EXE_test_worker"), "producer", topic, 0)
             .env("TEST_PRODUCE", topic)
             .stdout(Stdio::null()),

@@ -4,13 +4,13 @@
 //! crashes, while every other job is still processed.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::{
-    calls, dead_letters, eventually, init_tracing, pending, redis, worker_command,
+    calls, dead_letters, eventually, init_tracing, pending, redis, worker_command, KillOnDrop,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -160,34 +160,6 @@ async fn crash_loop_bystanders(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
 
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn spawn(command: &mut Command) -> Self {
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        ChildGuard(command.spawn().expect("start test_worker"))
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.try_wait().expect("try_wait")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn poison_runs(conn: &mut redis::Connection, topic: &str) -> u64 {
     redis::cmd("GET")
         .arg(format!("redisaq-test:poison:{topic}"))
@@ -247,7 +219,7 @@ async fn crash_loop_scenario(
     let mut crashed = 0;
     let mut last = None;
     for i in 0..(RETRIES + 6) {
-        let mut worker = ChildGuard::spawn(
+        let mut worker = KillOnDrop::spawn(
             worker_command(
                 env!("CARGO_BIN_EXE_test_worker"),
                 &format!("loop{i}"),

@@ -8,12 +8,12 @@
 //! jobs wait in the worker; the test checks the highest count ever seen.
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command};
+use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -338,34 +338,6 @@ async fn worker_concurrency_overrides_the_handlers_setting() {
     );
 }
 
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn spawn(command: &mut Command) -> Self {
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        ChildGuard(command.spawn().expect("start test_worker"))
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.try_wait().expect("try_wait")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn counter(conn: &mut redis::Connection, name: &str) -> u64 {
     redis::cmd("GET")
         .arg(format!("redisaq-test:{name}:limits_env"))
@@ -382,7 +354,7 @@ async fn redisaq_concurrency_overrides_the_handlers_setting() {
     limits_env::enqueue_batch((0..JOBS).map(|n| Work { n }))
         .await
         .unwrap();
-    let mut child = ChildGuard::spawn(
+    let mut child = KillOnDrop::spawn(
         worker_command(env!("CARGO_BIN_EXE_test_worker"), "env", "limits_env", 0)
             .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "1000")
             .env("REDISAQ_HEARTBEAT_TTL_MS", "10000")
@@ -431,7 +403,7 @@ async fn redisaq_concurrency_overrides_the_handlers_setting() {
 /// Starts the test worker with `REDISAQ_CONCURRENCY=value`; returns its exit status and
 /// everything it printed, or fails if it is still running after a generous bound.
 async fn start_with_concurrency(value: &str) -> (std::process::ExitStatus, String) {
-    let mut child = ChildGuard::spawn(
+    let mut child = KillOnDrop::spawn(
         // A topic no job of this binary goes to, in case the worker does start.
         worker_command(env!("CARGO_BIN_EXE_test_worker"), "invalid", "grow", 0)
             .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "1000")
@@ -451,14 +423,12 @@ async fn start_with_concurrency(value: &str) -> (std::process::ExitStatus, Strin
     });
     let mut output = String::new();
     child
-        .0
         .stdout
         .take()
         .unwrap()
         .read_to_string(&mut output)
         .unwrap();
     child
-        .0
         .stderr
         .take()
         .unwrap()

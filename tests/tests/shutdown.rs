@@ -5,13 +5,13 @@
 //! The handlers record each start and each finish separately and wait at a gate the test
 //! opens, so "longer than the deadline" is a condition, not a duration.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command};
+use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -172,46 +172,8 @@ async fn shutdown_slow(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
 
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn spawn(command: &mut Command) -> Self {
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        ChildGuard(command.spawn().expect("start test_worker"))
-    }
-
-    /// SIGTERM, then the exit status (None if it did not exit within a generous bound).
-    async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let mut status = None;
-        eventually(Duration::from_secs(60), || {
-            status = self.0.try_wait().expect("try_wait");
-            status.is_some()
-        })
-        .await;
-        status
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn slow_worker(name: &str) -> ChildGuard {
-    ChildGuard::spawn(
+fn slow_worker(name: &str) -> KillOnDrop {
+    KillOnDrop::spawn(
         worker_command(env!("CARGO_BIN_EXE_test_worker"), name, "shutdown_slow", 0)
             .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "500")
             .env("REDISAQ_HEARTBEAT_TTL_MS", "2000")

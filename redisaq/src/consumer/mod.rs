@@ -208,18 +208,7 @@ pub(crate) async fn create_groups(
         if groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == group)) {
             continue;
         }
-        let created = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(keys::partition(topic, partition))
-            .arg(group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .exec_async(conn)
-            .await;
-        match created {
-            Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
-            _ => {}
-        }
+        crate::store::group::create(conn, &keys::partition(topic, partition), group).await?;
     }
     Ok(())
 }

@@ -20,6 +20,27 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
 
+/// Creates `group` on `stream` (and the stream), reading from its oldest entry; a group
+/// that exists is left as it is.
+pub(crate) async fn create(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<(), Error> {
+    let created = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .exec_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// What [`remove_consumer_if_idle`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Removal {
