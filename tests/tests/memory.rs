@@ -90,6 +90,13 @@ async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
     assert!(reason.contains("out of memory"), "{reason}");
     assert!(unknown.is_empty(), "{unknown:?}");
     stored.extend(partly.into_iter().map(|id| id.to_string()));
+    // Keep it full whatever Redis frees by itself meanwhile: the limit just below use.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used_memory(&mut conn) - 50_000)
+        .query(&mut conn)
+        .unwrap();
     assert!(drain::enqueue(payload.clone()).await.is_err(), "still full");
 
     // A worker starts on the full Redis, drains the topic and trims it.

@@ -139,9 +139,12 @@ pub(crate) async fn advance(
     current: &Assignment,
     members: &[String],
     partitions: u32,
+    script_flags: bool,
 ) -> Result<bool, Error> {
     let owners = assign(&current.owners, members, partitions);
-    let (written, _generation): (i64, u64) = redis::Script::new(COMPARE_AND_SET)
+    // Allowed on a full Redis: workers starting there must get partitions to drain it.
+    let script = crate::redis_conn::allow_oom(COMPARE_AND_SET, script_flags);
+    let (written, _generation): (i64, u64) = redis::Script::new(&script)
         .key(keys::assignment(topic, group))
         .arg(current.generation)
         .arg(serde_json::to_string(members)?)

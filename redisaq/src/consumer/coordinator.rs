@@ -139,6 +139,7 @@ async fn follow(shared: &Shared, view: &mut View, refresh_live: bool) -> Result<
             &current,
             &view.live,
             info.partitions,
+            shared.script_flags,
         )
         .await?;
         current = assignment::load(&mut conn, &shared.topic, shared.group).await?;
