@@ -1,9 +1,10 @@
 //! Fenced ownership of partitions. A consumer works on a partition only while it holds
-//! the partition's lease (`redisaq:{topic:N}:lease:{group}`, value: the consumer's name,
-//! with the heartbeat TTL). Every acknowledgement and claim into the partition goes
-//! through a script that first checks the lease, so a consumer that lost it (paused,
-//! cut off) cannot act on the partition any more; locally, it stops fetching and
-//! abandons running jobs of the partition once its lease may have expired.
+//! the partition's lease (`redisaq:{topic:N}:lease:{group}`, value `consumer epoch`, with
+//! the heartbeat TTL). Every acknowledgement and claim into the partition goes through a
+//! script that first checks that token, so a consumer that lost the lease (paused, cut
+//! off), or an earlier holding of the same consumer, cannot act on the partition any
+//! more; locally, it stops fetching and abandons running jobs of the partition once its
+//! lease may have expired.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
