@@ -369,9 +369,16 @@ async fn a_join_pauses_only_the_partitions_that_move() {
         .flat_map(|(w, from)| w.lines("pausing consumption", from))
         .flat_map(|l| partitions_in(&l))
         .collect();
-    for worker in [first, second, third] {
-        worker.stop();
-    }
+    // What the coordinators said, for a failure to explain itself.
+    let story: Vec<String> = [first, second, third]
+        .into_iter()
+        .flat_map(|worker| worker.stop())
+        .filter(|l| {
+            ["assigned", "pausing", "released", "resuming", "lost"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
     assert!(finished);
     assert_once(&mut conn, "join");
     let moved: BTreeSet<u32> = (0..6)
@@ -380,7 +387,8 @@ async fn a_join_pauses_only_the_partitions_that_move() {
     assert_eq!(gained.len(), 2, "the newcomer got its share: {gained:?}");
     assert_eq!(
         moved, gained,
-        "only the newcomer's partitions changed owner"
+        "only the newcomer's partitions changed owner: before {before:?}, after {after:?}, \
+         coordinators: {story:#?}"
     );
     let paused_set: BTreeSet<u32> = paused.iter().copied().collect();
     assert_eq!(
