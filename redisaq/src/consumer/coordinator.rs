@@ -132,6 +132,12 @@ async fn follow(shared: &Shared, view: &mut View, refresh_live: bool) -> Result<
     view.maxlen = info.maxlen;
     let mut current = assignment::load(&mut conn, &shared.topic, shared.group).await?;
     if !current.matches(&view.live, info.partitions) {
+        // The live members read before the assignment may miss a consumer that joined
+        // since and is already in it: read them again, after, or this would write an
+        // assignment without the newcomer and move partitions twice.
+        view.live = membership::live_members(shared).await?;
+    }
+    if !current.matches(&view.live, info.partitions) {
         assignment::advance(
             &mut conn,
             &shared.topic,
