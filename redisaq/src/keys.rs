@@ -13,6 +13,7 @@
 //! | `redisaq:{topic}:members:{group}` | sorted set | live consumers of a group, scored by heartbeat expiry (ms) |
 //! | `redisaq:{topic}:assignment:{group}` | hash | `generation`, `members`, `owners` (JSON lists; owner by partition) |
 //! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
+//! | `redisaq:{topic:N}:due:{group}` | sorted set | entries of partition `N` pending in the group that wait to run again (a retry's backoff), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
 
 /// Prefix of every key.
@@ -70,6 +71,12 @@ pub(crate) fn lease_holder(value: &str) -> &str {
     value
         .rsplit_once(' ')
         .map_or(value, |(consumer, _)| consumer)
+}
+
+/// Entries of one partition pending in a group that wait to run again, scored by when
+/// they are due.
+pub fn due(topic: &str, partition: u32, group: &str) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}:due:{group}")
 }
 
 /// Dead-letter ids already replayed into one partition, so a replay runs once.

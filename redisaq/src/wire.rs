@@ -222,7 +222,7 @@ fn items(value: &Value) -> Option<&[Value]> {
 }
 
 /// `[id, [k, v, ...] | nil]`
-fn parse_entry(value: &Value) -> Result<StreamEntry, RedisError> {
+pub(crate) fn parse_entry(value: &Value) -> Result<StreamEntry, RedisError> {
     let parts = items(value).ok_or_else(|| unexpected("stream entry", value))?;
     let [id, fields] = parts else {
         return Err(unexpected("stream entry", value));

@@ -1,6 +1,6 @@
 //! Turning deliveries into handler calls and applying each job's result: `Ok` acks,
-//! a retryable error schedules the next attempt after a backoff, a fatal error or the
-//! last attempt dead-letters.
+//! a retryable error records when the next attempt is due, a fatal error or the last
+//! attempt dead-letters.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -238,7 +238,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
         retry_in_ms = delay.as_millis() as u64,
         "job failed; retrying"
     );
-    shared.tasks.spawn(retry(shared.clone(), delivery, delay));
+    super::retries::defer(shared, &delivery, delay).await;
 }
 
 fn ack(shared: &Shared, delivery: &Delivery) {
@@ -246,61 +246,6 @@ fn ack(shared: &Shared, delivery: &Delivery) {
         tenure: delivery.tenure,
         id: delivery.entry_id.clone(),
     });
-}
-
-/// Waits out the backoff, then claims the entry again for the next attempt. The claim
-/// records the attempt in Redis (the delivery counter), so a crash during the attempt
-/// still counts it, and it fails if another consumer took the entry over meanwhile.
-async fn retry(shared: Arc<Shared>, mut delivery: Delivery, delay: Duration) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        // The entry stays pending and comes back through a claim.
-        () = shared.shutdown.cancelled() => return,
-    }
-    if !shared.held.is_current(delivery.tenure) {
-        return; // its owner's claim delivers it again
-    }
-    let next = delivery.attempt + 1;
-    let claimed: Result<redis::Value, _> = lease::fenced(
-        &delivery.lease(&shared),
-        &delivery.stream(&shared),
-        &delivery.token(&shared),
-        "XCLAIM",
-    )
-    .arg(shared.group)
-    .arg(&shared.consumer)
-    .arg(0)
-    .arg(&delivery.entry_id)
-    .arg("RETRYCOUNT")
-    .arg(next)
-    .arg("JUSTID")
-    .query_async(&mut shared.conn.clone())
-    .await;
-    match claimed.map(|v| wire::parse_strings(&v)) {
-        Ok(Ok(ids)) if !ids.is_empty() => {
-            delivery.attempt = next;
-            if let Ok(job) = &mut delivery.job {
-                job.meta.attempt = next;
-            }
-            tokio::select! {
-                _ = shared.deliveries.send(delivery) => {}
-                () = shared.shutdown.cancelled() => {}
-            }
-        }
-        Ok(_) => {
-            tracing::debug!(entry = %delivery.entry_id, "entry no longer pending here; not retrying")
-        }
-        Err(e) if lease::is_fenced(&e) => {
-            tracing::debug!(entry = %delivery.entry_id, "partition moved; its new owner retries the job")
-        }
-        Err(e) => {
-            tracing::warn!(
-                entry = %delivery.entry_id, error = %e,
-                "could not claim the job for its retry; taking the partition anew to recover it"
-            );
-            shared.held.drop_tenure(delivery.tenure);
-        }
-    }
 }
 
 async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::ConnectionManager;
 use redis::Client;
 
 use super::lease::Tenure;
+use super::retries;
 use super::takeover::{self, Orphans};
 use super::{create_groups, Delivery, Shared};
 use crate::error::Error;
@@ -21,9 +23,12 @@ const MAX_READ: usize = 1000;
 pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
     let mut conn = redis_conn::manager(client, shared.config.block + Duration::from_secs(5))?;
     let mut failures = 0u32;
-    // Holdings whose last read failed in transit: Redis may have delivered entries whose
-    // reply never came, which would stay pending here unseen.
+    // Holdings with entries delivered here but not queued: a read whose reply was lost
+    // in transit, or one that brought more than there was room for. They would stay
+    // pending here unseen; they are claimed back before the partition is read again.
     let mut lost_read: Vec<Tenure> = Vec::new();
+    // Where the next read over more partitions than free slots starts.
+    let mut turn = 0;
     loop {
         for tenure in std::mem::take(&mut lost_read) {
             recover_lost_read(&shared, tenure).await;
@@ -37,10 +42,6 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             }
             continue;
         }
-        let streams: Vec<String> = partitions
-            .iter()
-            .map(|t| keys::partition(&shared.topic, t.partition))
-            .collect();
         // Never block past the point where a lease might have run out.
         let lease_left = shared
             .held
@@ -48,36 +49,49 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             .map_or(Duration::ZERO, |until| {
                 until.saturating_duration_since(super::clock::now())
             });
-        let block_ms = shared.config.block.min(lease_left).as_millis().max(1) as u64;
+        // Nor past the next retry that waits in Redis.
+        let due_in = shared
+            .held
+            .next_due(&partitions)
+            .map_or(shared.config.block, |due| {
+                due.saturating_duration_since(super::clock::now())
+            });
+        let block_ms = shared
+            .config
+            .block
+            .min(lease_left)
+            .min(due_in)
+            .as_millis()
+            .max(1) as u64;
         // Wait for room: a slot in the delivery queue.
-        let room = tokio::select! {
+        let mut room = tokio::select! {
             permit = shared.deliveries.reserve() => match permit {
                 Ok(permit) => { drop(permit); shared.deliveries.capacity().clamp(1, MAX_READ) }
                 Err(_) => return Ok(()),
             },
             () = shared.shutdown.cancelled() => return Ok(()),
         };
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(shared.group)
-            .arg(&shared.consumer)
-            .arg("COUNT")
-            .arg(room)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&streams);
-        for _ in &streams {
-            read.arg(">");
+        // Retries that are due come first.
+        if due_in.is_zero() {
+            for &tenure in &partitions {
+                if room > 0
+                    && shared
+                        .held
+                        .next_due(&[tenure])
+                        .is_some_and(|due| due <= super::clock::now())
+                {
+                    room -= retries::claim_due(&shared, tenure, room).await;
+                }
+            }
+            if room == 0 {
+                continue;
+            }
         }
         let reply = tokio::select! {
-            reply = read.query_async::<redis::Value>(&mut conn) => reply,
+            reply = read_for_room(&shared, &mut conn, &partitions, room, block_ms, &mut turn) => reply,
             () = shared.shutdown.cancelled() => return Ok(()),
         };
-        let entries = match reply
-            .map_err(Error::from)
-            .and_then(|v| Ok(wire::parse_read(&v)?))
-        {
+        let entries = match reply {
             Ok(entries) => {
                 failures = 0;
                 entries
@@ -115,16 +129,25 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                 continue;
             }
         };
+        // Queue no more than there is room for. What a read delivered beyond that (only a
+        // blocking read over more partitions than free slots can) stays pending here and
+        // is claimed back, in order, before that partition is read again.
+        let mut left = room;
         for (stream, entries) in entries {
             let Some(tenure) = keys::partition_of(&shared.topic, &stream)
                 .and_then(|p| partitions.iter().find(|t| t.partition == p).copied())
             else {
                 continue;
             };
-            if let Some(last) = entries.last() {
+            let take = entries.len().min(left);
+            left -= take;
+            if take < entries.len() {
+                lost_read.push(tenure);
+            }
+            if let Some(last) = entries[..take].last() {
                 shared.held.advance_floor(tenure, &last.id);
             }
-            for entry in &entries {
+            for entry in &entries[..take] {
                 let delivery = Delivery::new(&shared, tenure, entry, 1);
                 if shared.deliveries.send(delivery).await.is_err() {
                     return Ok(());
@@ -132,6 +155,61 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             }
         }
     }
+}
+
+/// Reads new entries of `partitions`, asking for no more than `room` in all (`COUNT` is
+/// per stream). With fewer free slots than partitions, it asks `room` partitions at a
+/// time, in turns so that none is starved, without blocking; only when none has
+/// anything does it block on all of them, for one entry each.
+async fn read_for_room(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    partitions: &[Tenure],
+    room: usize,
+    block_ms: u64,
+    turn: &mut usize,
+) -> Result<Vec<(String, Vec<wire::StreamEntry>)>, Error> {
+    let n = partitions.len();
+    if room >= n {
+        return read(shared, conn, partitions, room / n, Some(block_ms)).await;
+    }
+    for _ in 0..n.div_ceil(room) {
+        let window: Vec<Tenure> = (0..room).map(|i| partitions[(*turn + i) % n]).collect();
+        *turn = (*turn + room) % n;
+        let entries = read(shared, conn, &window, 1, None).await?;
+        if !entries.is_empty() {
+            return Ok(entries);
+        }
+    }
+    read(shared, conn, partitions, 1, Some(block_ms)).await
+}
+
+/// One `XREADGROUP` of new entries, up to `count` per partition.
+async fn read(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    partitions: &[Tenure],
+    count: usize,
+    block_ms: Option<u64>,
+) -> Result<Vec<(String, Vec<wire::StreamEntry>)>, Error> {
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(shared.group)
+        .arg(&shared.consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block_ms) = block_ms {
+        read.arg("BLOCK").arg(block_ms);
+    }
+    read.arg("STREAMS");
+    for tenure in partitions {
+        read.arg(keys::partition(&shared.topic, tenure.partition));
+    }
+    for _ in partitions {
+        read.arg(">");
+    }
+    let reply: redis::Value = read.query_async(conn).await?;
+    Ok(wire::parse_read(&reply)?)
 }
 
 /// Claims (to this consumer, keeping their delivery count) and queues what a read whose

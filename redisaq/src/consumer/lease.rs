@@ -165,6 +165,9 @@ struct Slot {
     /// The last entry id this holding saw delivered (by its claim, then by its reads):
     /// anything pending here after it came from a read whose reply was lost.
     read_floor: String,
+    /// When an entry waiting in the partition's due record (a retry) is due next, as far
+    /// as this holding knows; `None` when none waits.
+    next_due: Option<Instant>,
 }
 
 /// One holding of one partition, as deliveries and calls carry it: `id` is the epoch
@@ -208,6 +211,7 @@ impl Partitions {
                     lost: CancellationToken::new(),
                     claimed: false,
                     read_floor: String::new(),
+                    next_due: None,
                 },
             )
         });
@@ -224,6 +228,8 @@ impl Partitions {
             if let Some(slot) = slots.get_mut(&partition) {
                 slot.claimed = true;
                 slot.read_floor = floor;
+                // An earlier holder may have left retries waiting: look at once.
+                slot.next_due = Some(super::clock::now());
             }
         });
     }
@@ -238,6 +244,45 @@ impl Partitions {
                 slot.read_floor = id.to_string();
             }
         });
+    }
+
+    /// Records when this holding's next waiting entry is due (`None`: none waits).
+    pub(crate) fn set_next_due(&self, tenure: Tenure, at: Option<Instant>) {
+        self.with(|slots| {
+            if let Some(slot) = slots
+                .get_mut(&tenure.partition)
+                .filter(|s| s.tenure == tenure.id)
+            {
+                slot.next_due = at;
+            }
+        });
+    }
+
+    /// Records that an entry of this holding is due at `at` (keeps an earlier one).
+    pub(crate) fn due_at(&self, tenure: Tenure, at: Instant) {
+        self.with(|slots| {
+            if let Some(slot) = slots
+                .get_mut(&tenure.partition)
+                .filter(|s| s.tenure == tenure.id)
+            {
+                slot.next_due = Some(slot.next_due.map_or(at, |due| due.min(at)));
+            }
+        });
+    }
+
+    /// The earliest time an entry waiting in one of these holdings is due.
+    pub(crate) fn next_due(&self, tenures: &[Tenure]) -> Option<Instant> {
+        self.with(|slots| {
+            tenures
+                .iter()
+                .filter_map(|t| {
+                    slots
+                        .get(&t.partition)
+                        .filter(|s| s.tenure == t.id)
+                        .and_then(|s| s.next_due)
+                })
+                .min()
+        })
     }
 
     /// The last entry id this holding saw delivered.

@@ -20,6 +20,7 @@ mod fetch;
 mod keeper;
 mod lease;
 mod membership;
+mod retries;
 mod takeover;
 
 use std::collections::HashSet;
@@ -30,7 +31,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -85,19 +86,6 @@ impl Delivery {
                 raw_fields: Some(wire::fields_as_json(entry)),
             },
         }
-    }
-
-    fn stream(&self, shared: &Shared) -> String {
-        keys::partition(&shared.topic, self.partition)
-    }
-
-    fn lease(&self, shared: &Shared) -> String {
-        keys::lease(&shared.topic, self.partition, shared.group)
-    }
-
-    /// The lease token of the holding it was delivered in.
-    fn token(&self, shared: &Shared) -> String {
-        keys::lease_token(&shared.consumer, self.tenure.id)
     }
 }
 
@@ -325,12 +313,19 @@ pub(crate) async fn run(
         conn: conn.clone(),
         shared: shared.clone(),
     };
-    let acker = tokio::spawn(acker.run(ack_rx));
+    // If this future is dropped (the embedding app dropped `run_until`), everything it
+    // started stops with it, the keeper thread included: nothing may go on renewing the
+    // leases of a consumer that no longer runs jobs.
+    let acker = AbortOnDropHandle::new(tokio::spawn(acker.run(ack_rx)));
     let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
     let keeper = keeper::spawn(shared.clone(), client.clone(), background.clone())
         .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
-    let coordinator = tokio::spawn(coordinator::run(shared.clone(), background.clone()));
-    let executor = tokio::spawn(execute::run(shared.clone(), delivery_rx));
+    let coordinator = AbortOnDropHandle::new(tokio::spawn(coordinator::run(
+        shared.clone(),
+        background.clone(),
+    )));
+    let executor = AbortOnDropHandle::new(tokio::spawn(execute::run(shared.clone(), delivery_rx)));
     let fetched = fetch::run(shared.clone(), &client).await;
 
     // Stop: no more fetching (done), no new calls; running calls get the deadline.

@@ -12,7 +12,7 @@ use crate::keys;
 use crate::store::{self, group::Removal};
 use crate::wire;
 
-/// Entries claimed in one round trip.
+/// Most entries claimed in one round trip.
 const CLAIM_PAGE: usize = 100;
 
 /// Who left the entries to claim.
@@ -40,6 +40,7 @@ pub(crate) async fn claim_orphans(
     };
     let stream = keys::partition(&shared.topic, partition);
     let lease_key = keys::lease(&shared.topic, partition, shared.group);
+    let due_key = keys::due(&shared.topic, partition, shared.group);
     let mut conn = shared.conn.clone();
     if whose == Orphans::OfOthers {
         // Cheap check first: usually nobody else holds anything here.
@@ -59,12 +60,21 @@ pub(crate) async fn claim_orphans(
         _ => "-".to_string(),
     };
     loop {
+        // Claim no more than the delivery queue has room for: what a worker holds stays
+        // bounded however much is left behind.
+        let room = tokio::select! {
+            permit = shared.deliveries.reserve() => match permit {
+                Ok(permit) => { drop(permit); shared.deliveries.capacity().clamp(1, CLAIM_PAGE) }
+                Err(_) => return Ok(queued),
+            },
+            () = shared.shutdown.cancelled() => return Ok(queued),
+        };
         let rows: redis::Value = redis::cmd("XPENDING")
             .arg(&stream)
             .arg(shared.group)
             .arg(&start)
             .arg("+")
-            .arg(CLAIM_PAGE)
+            .arg(room)
             .query_async(&mut conn)
             .await?;
         let page = wire::parse_pending(&rows)?;
@@ -74,7 +84,13 @@ pub(crate) async fn claim_orphans(
         // attempt. Our own leftovers may never have started, so they keep their count,
         // unless we know they ran.
         let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
-        for pending in &page {
+        // Entries waiting for a retry run when they are due, not now.
+        let ids: Vec<&str> = page.iter().map(|p| p.id.as_str()).collect();
+        let waiting = store::due::waiting(&mut conn, &due_key, &ids).await?;
+        for (pending, waits) in page.iter().zip(waiting) {
+            if waits {
+                continue;
+            }
             if let Orphans::OwnAfter(_) = whose {
                 if pending.consumer == shared.consumer {
                     batches
@@ -139,7 +155,7 @@ pub(crate) async fn claim_orphans(
                 queued += 1;
             }
         }
-        if page.len() < CLAIM_PAGE {
+        if page.len() < room {
             break;
         }
     }

@@ -1,0 +1,238 @@
+//! What a worker holds is bounded by its concurrency, whatever the number of partitions
+//! and failures: running calls plus a read-ahead of one call's worth per slot
+//! (concurrency × batch) are pending under it; retries waiting for their backoff wait
+//! in Redis, where the partition's next owner finds them when they are due.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redisaq::{job, Job, JobError};
+use redisaq_tests::{eventually, init_tracing, pending, redis};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Work {
+    n: u64,
+}
+
+const PARTITIONS: u32 = 8;
+const CONCURRENCY: usize = 2;
+
+static SLOW_DONE: AtomicU64 = AtomicU64::new(0);
+/// The payloads whose handler call returned.
+static SLOW_FINISHED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+#[job(
+    topic = "bounded_reads",
+    group = "bounded_reads_group",
+    partitions = 8,
+    concurrency = 2
+)]
+async fn slow(job: Job<Work>) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    SLOW_FINISHED.lock().unwrap().push(job.payload().n);
+    SLOW_DONE.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Entries delivered to the worker whose call has not returned yet: queued or running.
+/// (Entries whose call returned but whose ack is still on its way are not held.) The
+/// pending lists are read in one atomic step; an entry whose call returns while the rest
+/// is looked up is not counted, so this never counts more than was held at once.
+fn held(conn: &mut redis::Connection) -> usize {
+    let mut snapshot = redis::pipe();
+    snapshot.atomic();
+    for partition in 0..PARTITIONS {
+        snapshot
+            .cmd("XPENDING")
+            .arg(redisaq::keys::partition(slow::TOPIC, partition))
+            .arg(slow::GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(1000);
+    }
+    let pending: Vec<redis::streams::StreamPendingCountReply> = snapshot.query(conn).unwrap();
+    let mut payloads = Vec::new();
+    for (partition, pending) in (0..PARTITIONS).zip(pending) {
+        let stream = redisaq::keys::partition(slow::TOPIC, partition);
+        for row in pending.ids {
+            let entry: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&row.id)
+                .arg(&row.id)
+                .query(conn)
+                .unwrap();
+            if let Some(entry) = entry.ids.first() {
+                let payload: String = entry.get("payload").unwrap();
+                payloads.push(serde_json::from_str::<Work>(&payload).unwrap().n);
+            }
+        }
+    }
+    let finished = SLOW_FINISHED.lock().unwrap();
+    payloads.iter().filter(|n| !finished.contains(n)).count()
+}
+
+/// Before: one read asked every owned partition for the room in the queue, so with
+/// 8 partitions and room for 1 it took up to 8 entries at once (pending ~11 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holds_no_more_than_its_concurrency_and_read_ahead_however_many_partitions() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let mut conn = redis().connection();
+    let jobs = 400;
+    slow::enqueue_batch((0..jobs).map(|n| Work { n }))
+        .await
+        .unwrap();
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(
+        redisaq::Worker::new()
+            .redis_url(redis().url())
+            .consumer_name("bounded")
+            .topics([slow::TOPIC])
+            .heartbeat_interval(Duration::from_millis(500))
+            .heartbeat_ttl(Duration::from_secs(5))
+            .run_until(async move {
+                let _ = stopped.await;
+            }),
+    );
+    let mut most = 0;
+    let done = eventually(Duration::from_secs(120), || {
+        // Once a job ran, the group exists on every partition.
+        if SLOW_DONE.load(Ordering::SeqCst) > 0 {
+            most = most.max(held(&mut conn));
+        }
+        SLOW_DONE.load(Ordering::SeqCst) >= jobs
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(done, "all jobs ran: {}", SLOW_DONE.load(Ordering::SeqCst));
+    assert!(most > 0, "the sampling saw the worker hold jobs");
+    // Running calls (concurrency × batch) plus the read-ahead (the delivery queue, as
+    // large again).
+    let bound = 2 * CONCURRENCY;
+    assert!(
+        most <= bound,
+        "at most {bound} entries (running + read-ahead) were held at once, saw {most}"
+    );
+    assert_eq!(pending(&mut conn, slow::TOPIC, slow::GROUP, PARTITIONS), 0);
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Whether `failing` fails its first attempts (the test turns it off to let them pass).
+static FAIL_FIRST: AtomicBool = AtomicBool::new(true);
+/// (job n, attempt, when it started in ms) of every call of `failing`.
+static FAILING_CALLS: Mutex<Vec<(u64, u32, u64)>> = Mutex::new(Vec::new());
+
+#[job(
+    topic = "bounded_retries",
+    group = "bounded_retries_group",
+    partitions = 2,
+    concurrency = 4,
+    retries = 3
+)]
+async fn failing(job: Job<Work>) -> Result<(), JobError> {
+    FAILING_CALLS
+        .lock()
+        .unwrap()
+        .push((job.payload().n, job.attempt(), now_ms()));
+    if job.attempt() == 1 && FAIL_FIRST.load(Ordering::SeqCst) {
+        return Err(JobError::retry("first attempts fail"));
+    }
+    Ok(())
+}
+
+fn failing_worker(name: &str) -> redisaq::Worker {
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .consumer_name(name)
+        .topics([failing::TOPIC])
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_millis(800))
+        .retry_backoff(Duration::from_secs(4), Duration::from_secs(4))
+}
+
+/// Before: a retry waited in the memory of the worker that failed it; when that worker
+/// went away the next owner claimed the entry at once and ran it before its backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_in_redis_and_the_next_owner_runs_them_when_due() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    let mut conn = redis().connection();
+    let jobs = 30;
+    failing::enqueue_batch((0..jobs).map(|n| Work { n }))
+        .await
+        .unwrap();
+
+    // The first worker fails every first attempt, then goes away (its process would be
+    // killed; here its task is aborted, so it neither releases nor acks anything).
+    let first = tokio::spawn(failing_worker("retries-a").run_until(std::future::pending::<()>()));
+    let failed = eventually(Duration::from_secs(60), || {
+        FAILING_CALLS.lock().unwrap().len() as u64 >= jobs
+    })
+    .await;
+    first.abort();
+    let _ = first.await;
+    assert!(failed, "every first attempt ran");
+    FAIL_FIRST.store(false, Ordering::SeqCst);
+    let failed_at: HashMap<u64, u64> = FAILING_CALLS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&(n, _, at)| (n, at))
+        .collect();
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let second = tokio::spawn(failing_worker("retries-b").run_until(async move {
+        let _ = stopped.await;
+    }));
+    let retried = eventually(Duration::from_secs(60), || {
+        FAILING_CALLS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, attempt, _)| *attempt == 2)
+            .count() as u64
+            >= jobs
+            && pending(&mut conn, failing::TOPIC, failing::GROUP, 2) == 0
+    })
+    .await;
+    let _ = stop.send(());
+    second.await.unwrap().unwrap();
+    assert!(
+        retried,
+        "every job ran its second attempt: {:?}",
+        FAILING_CALLS.lock().unwrap()
+    );
+
+    let calls = FAILING_CALLS.lock().unwrap().clone();
+    for n in 0..jobs {
+        let attempts: Vec<u32> = calls
+            .iter()
+            .filter(|(m, _, _)| *m == n)
+            .map(|(_, a, _)| *a)
+            .collect();
+        assert_eq!(attempts, vec![1, 2], "job {n} ran once per attempt");
+        let (_, _, retried_at) = calls
+            .iter()
+            .find(|(m, a, _)| *m == n && *a == 2)
+            .copied()
+            .unwrap();
+        // The backoff is 4 s, jittered down by up to half: never earlier than 2 s.
+        assert!(
+            retried_at >= failed_at[&n] + 2000,
+            "job {n}'s retry waited for its backoff: failed at {}, retried at {retried_at}",
+            failed_at[&n]
+        );
+    }
+}
