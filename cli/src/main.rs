@@ -83,6 +83,12 @@ enum Command {
         #[command(subcommand)]
         action: Dlq,
     },
+    /// Bring topics to the newest layout of redisaq's data in Redis (moves layout 1's
+    /// dead letters beside their partitions). Safe to run again, and while workers run.
+    Migrate {
+        /// The topics; all when none is given.
+        topics: Vec<String>,
+    },
     /// Raise a topic's partition count (lowering is refused).
     Partitions {
         /// The topic.
@@ -114,8 +120,8 @@ enum Dlq {
         #[arg(long)]
         id: String,
     },
-    /// Put dead-lettered jobs back (attempts start again at 1; every group of the topic
-    /// gets them). Replaying the same dead letter twice adds it once.
+    /// Put dead-lettered jobs back (attempts start again at 1; only the group that gave
+    /// up on a job runs it again). Replaying the same dead letter twice adds it once.
     Replay {
         /// The topic.
         topic: String,
@@ -406,6 +412,21 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 }
             }
         },
+        Command::Migrate { topics } => {
+            let done = admin.migrate(&topics).await?;
+            print(cli.json, &done, || {
+                let mut table = Table::new();
+                table.set_header(["TOPIC", "LAYOUT", "DEAD LETTERS MOVED"]);
+                for topic in &done {
+                    table.add_row([
+                        topic.topic.clone(),
+                        topic.layout.to_string(),
+                        topic.dead_letters_moved.to_string(),
+                    ]);
+                }
+                table
+            });
+        }
         Command::Partitions { topic, set } => {
             let previous = admin.set_partitions(&topic, set).await?;
             if cli.json {

@@ -241,11 +241,7 @@ async fn inspect_replay_and_purge_dead_letters() {
     let bad_id = ids[0].to_string();
     run_worker_until(worker("cli_dlq"), || {
         let seen = SEEN.lock().unwrap().len();
-        let letters: u64 = redis::cmd("XLEN")
-            .arg(redisaq::keys::dead_letters("cli_dlq"))
-            .query(&mut redis().connection())
-            .unwrap();
-        seen == 5 && letters == 3
+        seen == 5 && dlq_length("cli_dlq") == 3
     })
     .await;
 
@@ -578,10 +574,7 @@ async fn refused_by_b(job: Job<Mail>) -> Result<(), JobError> {
 }
 
 fn dlq_length(topic: &str) -> u64 {
-    redis::cmd("XLEN")
-        .arg(redisaq::keys::dead_letters(topic))
-        .query(&mut redis().connection())
-        .unwrap()
+    redisaq_tests::dead_letters(&mut redis().connection(), topic).len() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let max_wait_ms = option_literal(options.max_wait_ms.map(Literal::u64_unsuffixed));
     let concurrency = option_literal(options.concurrency.map(Literal::u32_unsuffixed));
     let timeout_ms = option_literal(options.timeout_ms.map(Literal::u64_unsuffixed));
+    let dlq_maxlen = option_literal(options.dlq_maxlen.map(Literal::u64_unsuffixed));
     let call = call_expression(def);
 
     quote! {
@@ -125,6 +126,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                     max_wait_ms: #max_wait_ms,
                     concurrency: #concurrency,
                     timeout_ms: #timeout_ms,
+                    dlq_maxlen: #dlq_maxlen,
                     call: |jobs| #call,
                 }
             }

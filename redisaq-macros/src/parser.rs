@@ -62,6 +62,8 @@ pub(crate) struct Options {
     pub(crate) maxlen: Option<u64>,
     /// How long one call may run before it is cancelled.
     pub(crate) timeout_ms: Option<u64>,
+    /// Dead letters kept per partition.
+    pub(crate) dlq_maxlen: Option<u64>,
 }
 
 /// Parses and checks the attribute arguments and the item. On error the caller still
@@ -176,10 +178,11 @@ enum Opt {
     Concurrency,
     Maxlen,
     TimeoutMs,
+    DlqMaxlen,
 }
 
 impl Opt {
-    const ALL: [Opt; 9] = [
+    const ALL: [Opt; 10] = [
         Opt::Topic,
         Opt::Group,
         Opt::Partitions,
@@ -189,6 +192,7 @@ impl Opt {
         Opt::Concurrency,
         Opt::Maxlen,
         Opt::TimeoutMs,
+        Opt::DlqMaxlen,
     ];
 
     fn name(self) -> &'static str {
@@ -202,6 +206,7 @@ impl Opt {
             Opt::Concurrency => "concurrency",
             Opt::Maxlen => "maxlen",
             Opt::TimeoutMs => "timeout_ms",
+            Opt::DlqMaxlen => "dlq_maxlen",
         }
     }
 
@@ -217,6 +222,7 @@ impl Opt {
             Opt::Concurrency => "concurrency = 8",
             Opt::Maxlen => "maxlen = 100_000",
             Opt::TimeoutMs => "timeout_ms = 30_000",
+            Opt::DlqMaxlen => "dlq_maxlen = 10_000",
         }
     }
 
@@ -229,7 +235,7 @@ impl Opt {
             Opt::Retries => Some((0, u32_max)),
             Opt::MaxWaitMs => Some((0, u64_max)),
             Opt::Partitions | Opt::Batch | Opt::Concurrency => Some((1, u32_max)),
-            Opt::Maxlen | Opt::TimeoutMs => Some((1, u64_max)),
+            Opt::Maxlen | Opt::TimeoutMs | Opt::DlqMaxlen => Some((1, u64_max)),
         }
     }
 }
@@ -376,6 +382,7 @@ fn parse_option(
         Opt::Concurrency => options.concurrency = int_value(opt, &value, errors),
         Opt::Maxlen => options.maxlen = int_value(opt, &value, errors),
         Opt::TimeoutMs => options.timeout_ms = int_value(opt, &value, errors),
+        Opt::DlqMaxlen => options.dlq_maxlen = int_value(opt, &value, errors),
     }
 }
 
@@ -518,6 +525,9 @@ fn int_value<T: TryFrom<u128>>(opt: Opt, value: &Value, errors: &mut Errors) -> 
                 .to_string(),
             Opt::Maxlen => "`maxlen` must be at least 1: it is how many processed entries each \
                             partition stream keeps"
+                .to_string(),
+            Opt::DlqMaxlen => "`dlq_maxlen` must be at least 1: it is how many dead letters \
+                               each partition keeps"
                 .to_string(),
             _ => format!("`{name}` must be at least {min}"),
         };

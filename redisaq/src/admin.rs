@@ -26,6 +26,17 @@ pub struct Admin {
     conn: ConnectionManager,
 }
 
+/// What [`Admin::migrate`] did to one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Migration {
+    /// The topic.
+    pub topic: String,
+    /// Its layout now.
+    pub layout: u32,
+    /// Dead letters moved from layout 1's stream beside their partitions.
+    pub dead_letters_moved: u64,
+}
+
 /// A topic and its partition streams.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicStatus {
@@ -177,14 +188,42 @@ impl Admin {
             .map(|(ms, _)| now_ms.saturating_sub(ms)))
     }
 
+    /// The names of all topics, sorted.
+    async fn topic_names(&self) -> Result<Vec<String>, Error> {
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::topics())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Brings topics (the given ones, or all) to the newest layout of redisaq's data in
+    /// Redis (dead letters of layout 1 move beside their partitions); returns, per
+    /// topic, how many dead letters were moved. Safe to run again, and while workers
+    /// run: run it once more after the last worker of an older version stopped.
+    pub async fn migrate(&self, topics: &[String]) -> Result<Vec<Migration>, Error> {
+        let topics = if topics.is_empty() {
+            self.topic_names().await?
+        } else {
+            topics.to_vec()
+        };
+        let mut done = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let moved = topic::migrate(&mut self.conn.clone(), &topic).await?;
+            done.push(Migration {
+                topic,
+                layout: topic::LAYOUT,
+                dead_letters_moved: moved,
+            });
+        }
+        Ok(done)
+    }
+
     /// Every topic with its partitions.
     pub async fn topics(&self) -> Result<Vec<TopicStatus>, Error> {
         let mut conn = self.conn.clone();
-        let mut names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::topics())
-            .query_async(&mut conn)
-            .await?;
-        names.sort();
+        let names = self.topic_names().await?;
         let now_ms = self.server_ms().await?;
         let mut topics = Vec::with_capacity(names.len());
         for name in names {
@@ -203,10 +242,7 @@ impl Admin {
                     newest_age_ms: self.edge_age(&stream, "XREVRANGE", now_ms).await?,
                 });
             }
-            let dead_letters: u64 = redis::cmd("XLEN")
-                .arg(keys::dead_letters(&name))
-                .query_async(&mut conn)
-                .await?;
+            let dead_letters = dlq::count(&mut conn, &name, partitions).await?;
             topics.push(TopicStatus {
                 topic: name,
                 partitions,
@@ -292,31 +328,39 @@ impl Admin {
         Ok(wire::parse_entries(&reply)?.len() as u64)
     }
 
-    /// Dead letters of a topic, oldest first, optionally of one group, at most `limit`.
+    /// Dead letters of a topic, oldest first, optionally of one group, at most `limit`:
+    /// every partition's, read as one queue.
     pub async fn dead_letters(
         &self,
         topic: &str,
         group: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetterEntry>, Error> {
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(keys::dead_letters(topic))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(wire::parse_entries(&reply)?
-            .iter()
-            .map(wire::decode_dead_letter)
-            .filter(|letter| group.is_none_or(|g| letter.group == g))
+        Ok(self
+            .stored_dead_letters(topic, group)
+            .await?
+            .into_iter()
+            .map(|stored| stored.letter)
             .take(limit)
             .collect())
     }
 
+    async fn stored_dead_letters(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Vec<dlq::Stored>, Error> {
+        let partitions = self.partitions(topic).await?;
+        let mut all = dlq::list(&mut self.conn.clone(), topic, partitions).await?;
+        all.retain(|stored| group.is_none_or(|g| stored.letter.group == g));
+        Ok(all)
+    }
+
     /// Puts dead-lettered jobs back: those with the given ids (job id or dead-letter id),
-    /// or all of the topic (of one group, if given). Each runs again in every group of
-    /// the topic, attempts counted from 1. Replaying the same dead letter twice adds it
-    /// once. Returns the dead letters put back.
+    /// or all of the topic (of one group, if given). Each runs again only in the group
+    /// that gave up on it (the others acknowledge it unread), attempts counted from 1,
+    /// in its partition, with its id and key. Replaying the same dead letter twice adds
+    /// it once. Returns the dead letters put back.
     pub async fn replay(
         &self,
         topic: &str,
@@ -325,7 +369,8 @@ impl Admin {
     ) -> Result<Vec<DeadLetterEntry>, Error> {
         let partitions = self.partitions(topic).await?;
         let mut replayed = Vec::new();
-        for letter in self.dead_letters(topic, group, usize::MAX).await? {
+        for stored in self.stored_dead_letters(topic, group).await? {
+            let letter = &stored.letter;
             if !ids.is_empty()
                 && !ids
                     .iter()
@@ -333,8 +378,8 @@ impl Admin {
             {
                 continue;
             }
-            if dlq::replay(&mut self.conn.clone(), &letter, partitions).await? {
-                replayed.push(letter);
+            if dlq::replay(&mut self.conn.clone(), &stored, partitions).await? {
+                replayed.push(stored.letter);
             }
         }
         Ok(replayed)
@@ -529,18 +574,8 @@ impl Admin {
 
     /// Deletes every dead letter of a topic; returns how many there were.
     pub async fn purge_dead_letters(&self, topic: &str) -> Result<u64, Error> {
-        let key = keys::dead_letters(topic);
-        let (count, _): (u64, ()) = redis::pipe()
-            .atomic()
-            .cmd("XLEN")
-            .arg(&key)
-            .cmd("DEL")
-            .arg(&key)
-            .ignore()
-            .query_async(&mut self.conn.clone())
-            .await
-            .map(|(count,): (u64,)| (count, ()))?;
-        Ok(count)
+        let partitions = self.partitions(topic).await?;
+        dlq::purge(&mut self.conn.clone(), topic, partitions).await
     }
 
     /// Raises a topic's partition count (see [`crate::set_partitions`]); returns the

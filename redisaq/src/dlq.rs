@@ -1,33 +1,66 @@
-//! The dead-letter queue: one stream per topic (`redisaq:{topic}:dlq`) holding jobs that
-//! failed for good, with their payload, error text, attempts, topic, group, partition and
-//! original id.
+//! The dead-letter queue: jobs that failed for good, with their payload, key, error text,
+//! attempts, topic, group, partition and original id. Each partition keeps its own
+//! (`redisaq:{topic:N}:dlq`), beside its stream and lease, so one fenced script writes
+//! the dead letter and acknowledges the job together: a consumer that lost the partition
+//! can do neither, and a retried write after a lost reply adds nothing twice. The tools
+//! read a topic's partitions (and the one stream per topic of layout 1) as one queue.
 
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::error::Error;
 use crate::keys;
-use crate::wire::DeadLetter;
+use crate::wire::{self, DeadLetter};
 
-/// Writes a dead-letter entry. The caller acknowledges the job only after this returned
-/// Ok, so a crash in between dead-letters it twice rather than losing it.
+/// While lease `KEYS[1]` holds `ARGV[1]` and entry `ARGV[3]` is still pending in group
+/// `ARGV[2]` of stream `KEYS[2]`: adds the dead letter (fields `ARGV[5..]`) to `KEYS[3]`,
+/// keeping the newest `ARGV[4]`, and acknowledges the entry. Answers 1, or 0 when the entry
+/// was no longer pending (an earlier try landed and its reply was lost).
+const WRITE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
+end
+if #redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[3], ARGV[3], 1) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(ARGV, 5))
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+return 1
+";
+
+/// The keys of the holding that writes a dead letter.
+pub(crate) struct Holding<'a> {
+    pub lease: &'a str,
+    pub token: &'a str,
+    pub stream: &'a str,
+    pub group: &'a str,
+}
+
+/// Writes the dead letter and acknowledges its entry in one fenced step (see [`WRITE`]).
 pub(crate) async fn write(
     conn: &mut impl ConnectionLike,
+    holding: &Holding<'_>,
     letter: &DeadLetter<'_>,
-) -> Result<String, Error> {
-    let id: String = redis::cmd("XADD")
-        .arg(keys::dead_letters(letter.topic))
-        .arg("*")
+    maxlen: u64,
+) -> Result<(), Error> {
+    let _: i64 = redis::Script::new(WRITE)
+        .key(holding.lease)
+        .key(holding.stream)
+        .key(keys::dead_letters(letter.topic, letter.partition))
+        .arg(holding.token)
+        .arg(holding.group)
+        .arg(letter.entry_id)
+        .arg(maxlen)
         .arg(letter.fields())
-        .query_async(conn)
+        .invoke_async(conn)
         .await?;
-    Ok(id)
+    Ok(())
 }
 
 /// A dead-lettered job as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetterEntry {
-    /// The entry's id in the dead-letter stream.
+    /// The entry's id in its dead-letter stream.
     pub dead_letter_id: String,
     /// The job's id (what `enqueue` returned), or the stream entry id of an entry that was
     /// not a job at all.
@@ -38,6 +71,8 @@ pub struct DeadLetterEntry {
     pub group: String,
     /// The partition it was in.
     pub partition: u32,
+    /// The job's key, if it was enqueued with one.
+    pub key: Option<String>,
     /// Attempts made.
     pub attempts: u32,
     /// The last error's text.
@@ -50,42 +85,208 @@ pub struct DeadLetterEntry {
     pub failed_at_ms: u64,
 }
 
-/// Adds the job back to partition `KEYS[2]` unless dead letter `ARGV[1]` was replayed
-/// there already (recorded in `KEYS[1]`); the rest of `ARGV` are the entry's fields.
+/// A dead letter and the stream it is kept in.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub stream: String,
+    pub letter: DeadLetterEntry,
+}
+
+impl Stored {
+    /// Whether it is kept where layout 1 kept dead letters (one stream per topic).
+    fn is_legacy(&self) -> bool {
+        self.stream == keys::legacy_dead_letters(&self.letter.topic)
+    }
+}
+
+/// Every dead-letter stream of a topic: one per partition, and layout 1's.
+fn streams(topic: &str, partitions: u32) -> Vec<String> {
+    (0..partitions)
+        .map(|p| keys::dead_letters(topic, p))
+        .chain(std::iter::once(keys::legacy_dead_letters(topic)))
+        .collect()
+}
+
+/// A topic's dead letters, oldest first, as one queue.
+pub(crate) async fn list(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partitions: u32,
+) -> Result<Vec<Stored>, Error> {
+    let mut read = redis::pipe();
+    let streams = streams(topic, partitions);
+    for stream in &streams {
+        read.cmd("XRANGE").arg(stream).arg("-").arg("+");
+    }
+    let replies: Vec<redis::Value> = read.query_async(conn).await?;
+    let mut all = Vec::new();
+    for (stream, reply) in streams.into_iter().zip(replies) {
+        for entry in wire::parse_entries(&reply)? {
+            all.push(Stored {
+                stream: stream.clone(),
+                letter: wire::decode_dead_letter(&entry),
+            });
+        }
+    }
+    // By when they failed (moved ones keep that, not their new id), then by id.
+    all.sort_by_key(|s| {
+        let (ms, seq) = s.letter.dead_letter_id.split_once('-').unwrap_or_default();
+        (
+            s.letter.failed_at_ms,
+            ms.parse::<u64>().unwrap_or_default(),
+            seq.parse::<u64>().unwrap_or_default(),
+        )
+    });
+    Ok(all)
+}
+
+/// How many dead letters a topic keeps.
+pub(crate) async fn count(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partitions: u32,
+) -> Result<u64, Error> {
+    let mut lengths = redis::pipe();
+    for stream in streams(topic, partitions) {
+        lengths.cmd("XLEN").arg(stream);
+    }
+    let lengths: Vec<u64> = lengths.query_async(conn).await?;
+    Ok(lengths.iter().sum())
+}
+
+/// Deletes every dead letter of a topic; returns how many there were.
+pub(crate) async fn purge(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partitions: u32,
+) -> Result<u64, Error> {
+    let mut purged = 0;
+    for stream in streams(topic, partitions) {
+        let (count,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&stream)
+            .cmd("DEL")
+            .arg(&stream)
+            .ignore()
+            .query_async(conn)
+            .await?;
+        purged += count;
+    }
+    Ok(purged)
+}
+
+/// Unless dead letter `ARGV[1]` was replayed into this partition already (recorded in
+/// `KEYS[1]`), adds the job back to partition stream `KEYS[2]` (fields `ARGV[2..]`) and,
+/// when `KEYS[3]` is given, deletes the dead letter from it, all in one step.
 const REPLAY: &str = r"
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
-  return 0
+local added = 0
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], 604800000)
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+  added = 1
 end
-redis.call('PEXPIRE', KEYS[1], 604800000)
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-return 1
+if KEYS[3] then
+  redis.call('XDEL', KEYS[3], ARGV[1])
+end
+return added
 ";
 
-/// Puts a dead-lettered job back into its partition (every group of the topic gets it
-/// again, with attempts counted from 1), then deletes the dead letter. Runs at most once
-/// per dead letter, even when two replays race or one is interrupted between the two
-/// steps. Returns whether this call added the job.
+/// Puts a dead-lettered job back into its partition, for the group that gave up on it
+/// only (the other groups acknowledge it unread), attempts counted from 1, keeping its
+/// id and key; then deletes the dead letter. Runs at most once per dead letter, even
+/// when two replays race or one is interrupted. Returns whether this call added the job.
 pub(crate) async fn replay(
     conn: &mut impl ConnectionLike,
-    letter: &DeadLetterEntry,
+    stored: &Stored,
     partitions: u32,
 ) -> Result<bool, Error> {
+    let letter = &stored.letter;
     let partition = letter.partition % partitions.max(1);
-    let added: i64 = redis::Script::new(REPLAY)
+    let mut fields = wire::job_args(
+        &letter.id,
+        &letter.payload,
+        crate::job::now_ms(),
+        letter.key.as_deref(),
+    );
+    fields.extend(wire::for_group_args(&letter.group));
+    let script = redis::Script::new(REPLAY);
+    let mut script = script.prepare_invoke();
+    script
         .key(keys::replayed(&letter.topic, partition))
         .key(keys::partition(&letter.topic, partition))
         .arg(&letter.dead_letter_id)
-        .arg(crate::wire::job_args(
-            &letter.id,
-            &letter.payload,
-            crate::job::now_ms(),
-        ))
-        .invoke_async(conn)
-        .await?;
-    redis::cmd("XDEL")
-        .arg(keys::dead_letters(&letter.topic))
-        .arg(&letter.dead_letter_id)
-        .exec_async(conn)
-        .await?;
+        .arg(fields);
+    // Layout 1's stream is in another slot: deleted in a step of its own.
+    if !stored.is_legacy() {
+        script.key(&stored.stream);
+    }
+    let added: i64 = script.invoke_async(conn).await?;
+    if stored.is_legacy() {
+        redis::cmd("XDEL")
+            .arg(&stored.stream)
+            .arg(&letter.dead_letter_id)
+            .exec_async(conn)
+            .await?;
+    }
     Ok(added == 1)
+}
+
+/// Moves one dead letter of layout 1 into its partition's stream, once (recorded in
+/// `KEYS[1]`); the caller deletes it from the old stream after.
+const MOVE: &str = r"
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], 604800000)
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+end
+return 1
+";
+
+/// Moves a topic's dead letters from layout 1's stream into their partitions' streams;
+/// returns how many were moved. Safe to run again after an interruption, and while
+/// layout-1 workers still add dead letters there.
+pub(crate) async fn migrate(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partitions: u32,
+) -> Result<u64, Error> {
+    let legacy = keys::legacy_dead_letters(topic);
+    let mut moved = 0;
+    loop {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(&legacy)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(100)
+            .query_async(conn)
+            .await?;
+        let entries = wire::parse_entries(&reply)?;
+        if entries.is_empty() {
+            return Ok(moved);
+        }
+        for entry in entries {
+            let letter = wire::decode_dead_letter(&entry);
+            let partition = letter.partition % partitions.max(1);
+            let fields: Vec<&str> = entry
+                .fields
+                .iter()
+                .flatten()
+                .flat_map(|(k, v)| [k.as_str(), v.as_str()])
+                .collect();
+            let _: i64 = redis::Script::new(MOVE)
+                .key(keys::migrated(topic, partition))
+                .key(keys::dead_letters(topic, partition))
+                .arg(&entry.id)
+                .arg(fields)
+                .invoke_async(conn)
+                .await?;
+            redis::cmd("XDEL")
+                .arg(&legacy)
+                .arg(&entry.id)
+                .exec_async(conn)
+                .await?;
+            moved += 1;
+        }
+    }
 }

@@ -40,6 +40,20 @@ pub enum Error {
         /// The second handler's path.
         second: String,
     },
+    /// A topic is stored in a layout newer than this version knows: it is left untouched.
+    #[error(
+        "topic `{topic}` is stored in layout {found} of redisaq's data in Redis, newer than \
+         this version knows (up to {known}): upgrade redisaq in this program; it leaves the \
+         topic untouched"
+    )]
+    Layout {
+        /// The topic.
+        topic: String,
+        /// The layout found in Redis.
+        found: u32,
+        /// The newest layout this version knows.
+        known: u32,
+    },
     /// An operation on a topic's partitions was refused.
     #[error("{0}")]
     Partitions(String),

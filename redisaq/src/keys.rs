@@ -7,9 +7,10 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `redisaq:topics` | set | names of all topics |
-//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen` |
+//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen`, `layout` |
 //! | `redisaq:{topic:N}` | stream | the jobs of partition `N`; one consumer group per handler group |
-//! | `redisaq:{topic}:dlq` | stream | dead-lettered jobs of the topic, all groups |
+//! | `redisaq:{topic:N}:dlq` | stream | dead-lettered jobs of partition `N`, all groups |
+//! | `redisaq:{topic}:dlq` | stream | layout 1's dead letters (one stream per topic); `redisaq migrate` moves them |
 //! | `redisaq:{topic}:members:{group}` | sorted set | live consumers of a group, scored by heartbeat expiry (ms) |
 //! | `redisaq:{topic}:assignment:{group}` | hash | `generation`, `members`, `owners` (JSON lists; owner by partition) |
 //! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
@@ -34,9 +35,20 @@ pub fn partition(topic: &str, partition: u32) -> String {
     format!("{PREFIX}:{{{topic}:{partition}}}")
 }
 
-/// The dead-letter stream of a topic.
-pub fn dead_letters(topic: &str) -> String {
+/// The dead-letter stream of one partition of a topic.
+pub fn dead_letters(topic: &str, partition: u32) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}:dlq")
+}
+
+/// Where layout 1 kept a topic's dead letters (one stream per topic).
+pub fn legacy_dead_letters(topic: &str) -> String {
     format!("{PREFIX}:{{{topic}}}:dlq")
+}
+
+/// Layout-1 dead-letter ids already moved into partition `N`'s stream, so a migration
+/// that is run again moves each once (expires after 7 days).
+pub fn migrated(topic: &str, partition: u32) -> String {
+    format!("{PREFIX}:{{{topic}:{partition}}}:migrated")
 }
 
 /// The sorted set of a group's live consumers, scored by heartbeat expiry.
@@ -106,7 +118,11 @@ mod tests {
         assert_eq!(partition_of("send_email", &key), Some(3));
         assert_eq!(partition_of("send", &key), None);
         assert_eq!(
-            partition_of("send_email", &dead_letters("send_email")),
+            partition_of("send_email", &dead_letters("send_email", 3)),
+            None
+        );
+        assert_eq!(
+            partition_of("send_email", &legacy_dead_letters("send_email")),
             None
         );
     }

@@ -44,6 +44,8 @@ pub struct HandlerDef {
     pub concurrency: Option<u32>,
     /// How long one call may run before it is cancelled.
     pub timeout_ms: Option<u64>,
+    /// Dead letters kept per partition; the oldest go first.
+    pub dlq_maxlen: Option<u64>,
     /// Calls the function.
     pub call: HandlerFn,
 }
@@ -58,6 +60,8 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_MAXLEN: u64 = 100_000;
 /// Default max wait of a batch handler.
 pub const DEFAULT_MAX_WAIT_MS: u64 = 100;
+/// Default number of dead letters kept per partition; the oldest go first.
+pub const DEFAULT_DLQ_MAXLEN: u64 = 10_000;
 /// Default time one call may run before it is cancelled: 30 minutes.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
@@ -75,6 +79,11 @@ impl HandlerDef {
     /// How long one call may run, default applied.
     pub(crate) fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+    }
+
+    /// Dead letters kept per partition, default applied.
+    pub(crate) fn dlq_maxlen(&self) -> u64 {
+        self.dlq_maxlen.unwrap_or(DEFAULT_DLQ_MAXLEN)
     }
 
     pub(crate) fn default_concurrency(&self) -> usize {

@@ -1,6 +1,12 @@
-//! A topic's settings in Redis (`partitions`, `maxlen` in `redisaq:{topic}:meta`), so
-//! producers and workers agree on them. The first producer or worker to touch a topic
-//! stores what its `#[job]` declared; after that the stored values win.
+//! A topic's settings in Redis (`partitions`, `maxlen` and `layout` in
+//! `redisaq:{topic}:meta`), so producers and workers agree on them. The first producer or
+//! worker to touch a topic stores what its `#[job]` declared; after that the stored
+//! values win.
+//!
+//! `layout` is the version of how the topic is kept in Redis. 1 (no `layout` field): dead
+//! letters in one stream per topic. 2: dead letters per partition, entries that may name
+//! the one group that runs them. A program meeting a newer layout refuses to touch the
+//! topic; `redisaq migrate` brings older ones up to date.
 
 use redis::aio::ConnectionLike;
 
@@ -15,6 +21,21 @@ pub(crate) struct TopicInfo {
     pub maxlen: u64,
 }
 
+/// The newest layout this version knows (see the module documentation).
+pub(crate) const LAYOUT: u32 = 2;
+
+/// Refuses a topic stored in a layout newer than this version knows.
+pub(crate) fn check_layout(topic: &str, layout: Option<u32>) -> Result<(), Error> {
+    match layout {
+        Some(found) if found > LAYOUT => Err(Error::Layout {
+            topic: topic.into(),
+            found,
+            known: LAYOUT,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Stores the declared settings if the topic is new, and returns the stored ones.
 pub(crate) async fn ensure(
     conn: &mut impl ConnectionLike,
@@ -23,13 +44,19 @@ pub(crate) async fn ensure(
     let meta = keys::meta(spec.topic);
     // Read first, write only what is missing: on a full Redis every write is refused,
     // even one that would change nothing, and a known topic must still work.
-    let (partitions, maxlen, listed): (Option<u32>, Option<u64>, bool) = redis::pipe()
-        .hget(&meta, "partitions")
-        .hget(&meta, "maxlen")
-        .sismember(keys::topics(), spec.topic)
-        .query_async(conn)
-        .await?;
+    let (partitions, maxlen, layout, listed): (Option<u32>, Option<u64>, Option<u32>, bool) =
+        redis::pipe()
+            .hget(&meta, "partitions")
+            .hget(&meta, "maxlen")
+            .hget(&meta, "layout")
+            .sismember(keys::topics(), spec.topic)
+            .query_async(conn)
+            .await?;
+    check_layout(spec.topic, layout)?;
     if partitions.is_some() && maxlen.is_some() && listed {
+        if layout.is_none() {
+            warn_if_layout_1(conn, spec.topic).await;
+        }
         return Ok(TopicInfo {
             partitions: partitions.filter(|&p| p > 0).unwrap_or(spec.partitions()),
             maxlen: maxlen.unwrap_or(spec.maxlen()),
@@ -39,7 +66,13 @@ pub(crate) async fn ensure(
     // of some keys, eviction, a DEL): never fall back below the partitions that exist,
     // or the raised ones would never be assigned again.
     let existing = existing_partitions(conn, spec.topic, spec.partitions()).await?;
-    let (partitions, maxlen): (Option<u32>, Option<u64>) = redis::pipe()
+    let mut write = redis::pipe();
+    if partitions.is_none() {
+        // A new topic starts in the newest layout; a known one keeps its own until
+        // `redisaq migrate` moves it on.
+        write.hset_nx(&meta, "layout", LAYOUT).ignore();
+    }
+    let (partitions, maxlen): (Option<u32>, Option<u64>) = write
         .hset_nx(&meta, "partitions", spec.partitions().max(existing))
         .ignore()
         .hset_nx(&meta, "maxlen", spec.maxlen())
@@ -54,6 +87,51 @@ pub(crate) async fn ensure(
         partitions: partitions.filter(|&p| p > 0).unwrap_or(spec.partitions()),
         maxlen: maxlen.unwrap_or(spec.maxlen()),
     })
+}
+
+/// Layout 1 kept dead letters in one stream per topic: this version reads them, and
+/// `redisaq migrate` moves them where this version writes new ones.
+async fn warn_if_layout_1(conn: &mut impl ConnectionLike, topic: &str) {
+    let old: Result<u64, _> = redis::cmd("XLEN")
+        .arg(keys::legacy_dead_letters(topic))
+        .query_async(conn)
+        .await;
+    if let Ok(count @ 1..) = old {
+        tracing::warn!(
+            topic,
+            "topic {topic} keeps {count} dead letter(s) in layout 1's place; run `redisaq \
+             migrate` to move them beside their partitions"
+        );
+    }
+}
+
+/// Moves a topic to the newest layout: dead letters of layout 1 into their partitions'
+/// streams. Returns how many dead letters were moved. Safe to run again, and while
+/// workers run.
+pub(crate) async fn migrate(
+    conn: &mut (impl ConnectionLike + Send),
+    topic: &str,
+) -> Result<u64, Error> {
+    let meta = keys::meta(topic);
+    let (partitions, layout): (Option<u32>, Option<u32>) = redis::pipe()
+        .hget(&meta, "partitions")
+        .hget(&meta, "layout")
+        .query_async(conn)
+        .await?;
+    check_layout(topic, layout)?;
+    let Some(partitions) = partitions else {
+        return Err(Error::config(format!(
+            "topic `{topic}` does not exist; `redisaq topics` lists them"
+        )));
+    };
+    let moved = crate::dlq::migrate(conn, topic, partitions).await?;
+    redis::cmd("HSET")
+        .arg(&meta)
+        .arg("layout")
+        .arg(LAYOUT)
+        .exec_async(conn)
+        .await?;
+    Ok(moved)
 }
 
 /// How many partition streams exist: `declared` or more, counting up while the next one

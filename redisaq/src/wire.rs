@@ -16,7 +16,15 @@ pub(crate) mod field {
     pub const PAYLOAD: &str = "payload";
     pub const ENQUEUED_AT: &str = "enqueued_at";
     pub const KEY: &str = "key";
+    /// The one group that runs the job (a replay); the others acknowledge it unread.
+    pub const GROUP: &str = "group";
+    /// The entry format, when newer than 1.
+    pub const FORMAT: &str = "v";
 }
+
+/// The newest entry format this version reads: 1 (no `v` field) or 2 (may name the one
+/// group that runs it).
+pub(crate) const FORMAT: u32 = 2;
 
 /// Field names of a dead-letter entry.
 pub(crate) mod dead_field {
@@ -29,6 +37,7 @@ pub(crate) mod dead_field {
     pub const PAYLOAD: &str = "payload";
     pub const ENTRY_ID: &str = "entry_id";
     pub const FAILED_AT: &str = "failed_at";
+    pub const KEY: &str = "key";
 }
 
 /// One stream entry as read. `fields` is `None` when the entry was deleted from the
@@ -55,6 +64,18 @@ pub(crate) struct Envelope {
     pub id: JobId,
     pub payload: String,
     pub enqueued_at_ms: u64,
+    pub key: Option<String>,
+    /// The one group that runs it, if not every group.
+    pub for_group: Option<String>,
+}
+
+/// Why an entry is not a job this version can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Undecodable {
+    /// Not a job: it goes to the dead-letter queue with this reason.
+    Malformed(String),
+    /// Written by a newer redisaq in a format this version does not know: left alone.
+    Newer(u32),
 }
 
 /// Adds the `XADD` of a new job entry to `pipe`.
@@ -81,14 +102,33 @@ pub(crate) fn add_job(
 }
 
 /// The `XADD` field arguments of a job entry (for scripts that add jobs).
-pub(crate) fn job_args(id: &str, payload: &str, enqueued_at_ms: u64) -> Vec<String> {
-    vec![
+pub(crate) fn job_args(
+    id: &str,
+    payload: &str,
+    enqueued_at_ms: u64,
+    key: Option<&str>,
+) -> Vec<String> {
+    let mut args = vec![
         field::ID.into(),
         id.into(),
         field::PAYLOAD.into(),
         payload.into(),
         field::ENQUEUED_AT.into(),
         enqueued_at_ms.to_string(),
+    ];
+    if let Some(key) = key {
+        args.extend([field::KEY.into(), key.into()]);
+    }
+    args
+}
+
+/// The fields that make an entry run in `group` only (format 2).
+pub(crate) fn for_group_args(group: &str) -> [String; 4] {
+    [
+        field::FORMAT.into(),
+        "2".into(),
+        field::GROUP.into(),
+        group.into(),
     ]
 }
 
@@ -107,6 +147,7 @@ pub(crate) fn decode_dead_letter(entry: &StreamEntry) -> crate::dlq::DeadLetterE
         topic: text(dead_field::TOPIC),
         group: text(dead_field::GROUP),
         partition: number(dead_field::PARTITION) as u32,
+        key: entry.field(dead_field::KEY).map(str::to_string),
         attempts: number(dead_field::ATTEMPTS) as u32,
         error: text(dead_field::ERROR),
         payload: text(dead_field::PAYLOAD),
@@ -116,26 +157,48 @@ pub(crate) fn decode_dead_letter(entry: &StreamEntry) -> crate::dlq::DeadLetterE
 }
 
 /// Decodes a job entry, or says why it is not one.
-pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, String> {
+pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, Undecodable> {
+    use Undecodable::Malformed;
     if entry.fields.is_none() {
-        return Err("the entry was deleted from the stream while it was pending".into());
+        return Err(Malformed(
+            "the entry was deleted from the stream while it was pending".into(),
+        ));
+    }
+    if let Some(format) = entry.field(field::FORMAT) {
+        match format.parse::<u32>() {
+            Ok(format) if format > FORMAT => return Err(Undecodable::Newer(format)),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Malformed(format!(
+                    "malformed entry: `v` is not a number: {format:?}"
+                )))
+            }
+        }
     }
     let id = entry
         .field(field::ID)
-        .ok_or("malformed entry: missing field `id`")?;
+        .ok_or_else(|| Malformed("malformed entry: missing field `id`".into()))?;
     let payload = entry
         .field(field::PAYLOAD)
-        .ok_or("malformed entry: missing field `payload`")?;
+        .ok_or_else(|| Malformed("malformed entry: missing field `payload`".into()))?;
     let enqueued_at_ms = match entry.field(field::ENQUEUED_AT) {
-        Some(text) => text
-            .parse()
-            .map_err(|_| format!("malformed entry: `enqueued_at` is not a number: {text:?}"))?,
-        None => return Err("malformed entry: missing field `enqueued_at`".into()),
+        Some(text) => text.parse().map_err(|_| {
+            Malformed(format!(
+                "malformed entry: `enqueued_at` is not a number: {text:?}"
+            ))
+        })?,
+        None => {
+            return Err(Malformed(
+                "malformed entry: missing field `enqueued_at`".into(),
+            ))
+        }
     };
     Ok(Envelope {
         id: JobId::from_stored(id),
         payload: payload.to_string(),
         enqueued_at_ms,
+        key: entry.field(field::KEY).map(str::to_string),
+        for_group: entry.field(field::GROUP).map(str::to_string),
     })
 }
 
@@ -158,6 +221,7 @@ pub(crate) struct DeadLetter<'a> {
     pub topic: &'a str,
     pub group: &'a str,
     pub partition: u32,
+    pub key: Option<&'a str>,
     pub attempts: u32,
     pub error: &'a str,
     pub payload: &'a str,
@@ -167,7 +231,7 @@ pub(crate) struct DeadLetter<'a> {
 
 impl DeadLetter<'_> {
     pub(crate) fn fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             (dead_field::ID, self.job_id.to_string()),
             (dead_field::TOPIC, self.topic.to_string()),
             (dead_field::GROUP, self.group.to_string()),
@@ -177,7 +241,11 @@ impl DeadLetter<'_> {
             (dead_field::PAYLOAD, self.payload.to_string()),
             (dead_field::ENTRY_ID, self.entry_id.to_string()),
             (dead_field::FAILED_AT, self.failed_at_ms.to_string()),
-        ]
+        ];
+        if let Some(key) = self.key {
+            fields.push((dead_field::KEY, key.to_string()));
+        }
+        fields
     }
 }
 
@@ -478,9 +546,10 @@ mod tests {
         let envelope = decode_job(&streams[0].1[0]).unwrap();
         assert_eq!(envelope.id.as_str(), "j1");
         assert_eq!(envelope.enqueued_at_ms, 5);
-        assert!(decode_job(&streams[0].1[1])
-            .unwrap_err()
-            .contains("deleted"));
+        assert!(matches!(
+            decode_job(&streams[0].1[1]),
+            Err(Undecodable::Malformed(reason)) if reason.contains("deleted")
+        ));
     }
 
     #[test]
@@ -489,8 +558,34 @@ mod tests {
             id: "1-0".into(),
             fields: Some(vec![("id".into(), "x".into())]),
         };
-        assert!(decode_job(&entry).unwrap_err().contains("`payload`"));
+        assert!(matches!(
+            decode_job(&entry),
+            Err(Undecodable::Malformed(reason)) if reason.contains("`payload`")
+        ));
         assert_eq!(fields_as_json(&entry), r#"{"id":"x"}"#);
+    }
+
+    #[test]
+    fn entries_of_a_newer_format_are_told_apart_from_malformed_ones() {
+        let entry = |format: &str| StreamEntry {
+            id: "1-0".into(),
+            fields: Some(vec![
+                ("id".into(), "x".into()),
+                ("payload".into(), "{}".into()),
+                ("enqueued_at".into(), "1".into()),
+                ("v".into(), format.into()),
+                ("group".into(), "g".into()),
+            ]),
+        };
+        assert_eq!(decode_job(&entry("3")).unwrap_err(), Undecodable::Newer(3));
+        assert_eq!(
+            decode_job(&entry("2")).unwrap().for_group.as_deref(),
+            Some("g")
+        );
+        assert!(matches!(
+            decode_job(&entry("two")),
+            Err(Undecodable::Malformed(_))
+        ));
     }
 
     #[test]

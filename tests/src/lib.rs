@@ -276,28 +276,39 @@ pub fn pending(conn: &mut redis::Connection, topic: &str, group: &str, partition
         .sum()
 }
 
-/// The dead-letter entries of a topic as field maps.
+/// The dead-letter entries of a topic as field maps: every partition's (as many as its
+/// record says it has), by when they failed.
 pub fn dead_letters(
     conn: &mut redis::Connection,
     topic: &str,
 ) -> Vec<std::collections::HashMap<String, String>> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(redisaq::keys::dead_letters(topic))
-        .arg("-")
-        .arg("+")
+    let partitions: Option<u32> = redis::cmd("HGET")
+        .arg(redisaq::keys::meta(topic))
+        .arg("partitions")
         .query(conn)
-        .expect("XRANGE dlq");
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
+        .expect("HGET partitions");
+    let mut letters: Vec<std::collections::HashMap<String, String>> = Vec::new();
+    for partition in 0..partitions.unwrap_or(0) {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(redisaq::keys::dead_letters(topic, partition))
+            .arg("-")
+            .arg("+")
+            .query(conn)
+            .expect("XRANGE dlq");
+        letters.extend(reply.ids.into_iter().map(|entry| {
             entry
                 .map
                 .into_iter()
                 .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default()))
                 .collect()
-        })
-        .collect()
+        }));
+    }
+    letters.sort_by_key(|letter| {
+        letter
+            .get("failed_at")
+            .and_then(|at| at.parse::<u64>().ok())
+    });
+    letters
 }
 
 /// Polls `check` until it holds or `limit` passed; returns whether it held. A guard

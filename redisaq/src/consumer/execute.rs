@@ -20,7 +20,8 @@ use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
-use crate::{dlq, wire};
+use crate::wire::{self, Undecodable};
+use crate::{dlq, keys};
 
 /// Gathers deliveries into calls and starts them while the concurrency limit allows;
 /// returns when the consumer shuts down. Deliveries still queued then stay pending in
@@ -62,10 +63,26 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
         if !shared.held.is_current(delivery.tenure) {
             // The partition moved (or is moving) elsewhere, or was taken anew: its owner's
             // claim delivers the entry again.
-            tracing::debug!(partition = delivery.partition, entry = %delivery.entry_id, "partition not ours; leaving the job to its owner");
-        } else if let Err(reason) = &delivery.job {
+            tracing::debug!(partition = delivery.tenure.partition, entry = %delivery.entry_id, "partition not ours; leaving the job to its owner");
+        } else if let Err(Undecodable::Newer(format)) = &delivery.job {
+            // Never dead-lettered only because a newer producer wrote it: it stays
+            // pending until a worker that knows its format takes the partition.
+            tracing::error!(
+                partition = delivery.tenure.partition, entry = %delivery.entry_id,
+                "entry {} of topic {} has format {format}, written by a newer redisaq; this \
+                 worker reads formats up to {}: upgrade it. The entry stays pending, untouched",
+                delivery.entry_id, shared.topic, wire::FORMAT
+            );
+        } else if let Err(Undecodable::Malformed(reason)) = &delivery.job {
             let reason = reason.clone();
             dead_letter(&shared, &delivery, &reason).await;
+        } else if delivery
+            .for_group
+            .as_deref()
+            .is_some_and(|group| group != shared.group)
+        {
+            // A replay for another group: this one ran the job already.
+            ack(&shared, &delivery);
         } else if delivery.attempt > shared.max_attempts {
             let reason = format!(
                 "gave up after {} deliveries: the worker stopped (crashed or was killed) \
@@ -248,6 +265,8 @@ fn ack(shared: &Shared, delivery: &Delivery) {
     });
 }
 
+/// Writes the dead letter and acknowledges the job in one fenced step. If that keeps
+/// failing, the partition is taken anew, which runs the job again (nothing is lost).
 async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
     let (job_id, payload) = match &delivery.job {
         Ok(job) => (job.meta.id.to_string(), job.payload.to_string()),
@@ -256,24 +275,49 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
             delivery.raw_fields.clone().unwrap_or_default(),
         ),
     };
+    let partition = delivery.tenure.partition;
     let letter = wire::DeadLetter {
         job_id: &job_id,
         topic: &shared.topic,
         group: shared.group,
-        partition: delivery.partition,
+        partition,
+        key: delivery.key.as_deref(),
         attempts: delivery.attempt,
         error,
         payload: &payload,
         entry_id: &delivery.entry_id,
         failed_at_ms: now_ms(),
     };
+    let lease = keys::lease(&shared.topic, partition, shared.group);
+    let token = keys::lease_token(&shared.consumer, delivery.tenure.id);
+    let stream = keys::partition(&shared.topic, partition);
+    let holding = dlq::Holding {
+        lease: &lease,
+        token: &token,
+        stream: &stream,
+        group: shared.group,
+    };
     let mut delay = Duration::from_millis(50);
     for _ in 0..8 {
-        match dlq::write(&mut shared.conn.clone(), &letter).await {
-            Ok(_) => {
+        match dlq::write(
+            &mut shared.conn.clone(),
+            &holding,
+            &letter,
+            shared.def.dlq_maxlen(),
+        )
+        .await
+        {
+            Ok(()) => {
                 shared.metrics.dead_lettered.inc();
                 tracing::warn!(topic = %shared.topic, job_id, error, "Job {job_id} moved to the dead-letter queue");
-                return ack(shared, delivery);
+                return;
+            }
+            Err(crate::Error::Redis(e)) if lease::is_fenced(&e) => {
+                shared.lease_lost(
+                    delivery.tenure,
+                    "its dead letter was refused (the lease is not ours)",
+                );
+                return;
             }
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "writing the dead letter failed; retrying");
@@ -282,9 +326,8 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
             }
         }
     }
-    tracing::error!(
-        job_id,
-        "could not write the dead letter; taking the partition anew to recover the job"
+    shared.lease_lost(
+        delivery.tenure,
+        &format!("the dead letter of job {job_id} could not be written; the job runs again"),
     );
-    shared.held.drop_tenure(delivery.tenure);
 }

@@ -38,19 +38,22 @@ use crate::error::Error;
 use crate::job::{JobMeta, RawJob};
 use crate::registry::HandlerDef;
 use crate::retry::Backoff;
-use crate::wire::{self, StreamEntry};
+use crate::wire::{self, StreamEntry, Undecodable};
 use crate::{keys, redis_conn, topic};
 
 /// One delivery of an entry to this consumer.
 #[derive(Debug)]
 pub(crate) struct Delivery {
-    pub partition: u32,
     /// The holding of the partition it was read or claimed in.
     pub tenure: lease::Tenure,
     pub entry_id: String,
     pub attempt: u32,
-    /// The job, or why the entry is not one (it goes to the dead-letter queue).
-    pub job: Result<RawJob, String>,
+    /// The job, or why the entry is not one this version runs.
+    pub job: Result<RawJob, Undecodable>,
+    /// The job's key, kept in its dead letter so a replay keeps its order.
+    pub key: Option<String>,
+    /// The one group that runs it (a replay), if not every group.
+    pub for_group: Option<String>,
     /// The entry's fields as JSON, kept for a dead letter of an undecodable entry.
     pub raw_fields: Option<String>,
 }
@@ -60,7 +63,6 @@ impl Delivery {
         let partition = tenure.partition;
         match wire::decode_job(entry) {
             Ok(envelope) => Delivery {
-                partition,
                 tenure,
                 entry_id: entry.id.clone(),
                 attempt,
@@ -75,14 +77,17 @@ impl Delivery {
                     },
                     payload: envelope.payload.into(),
                 }),
+                key: envelope.key,
+                for_group: envelope.for_group,
                 raw_fields: None,
             },
             Err(reason) => Delivery {
-                partition,
                 tenure,
                 entry_id: entry.id.clone(),
                 attempt,
                 job: Err(reason),
+                key: entry.field(wire::field::KEY).map(str::to_string),
+                for_group: None,
                 raw_fields: Some(wire::fields_as_json(entry)),
             },
         }
