@@ -150,7 +150,8 @@ impl Admin {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    async fn partitions(&self, topic: &str) -> Result<u32, Error> {
+    /// A topic's partition count.
+    pub async fn partitions(&self, topic: &str) -> Result<u32, Error> {
         let partitions: Option<u32> = redis::cmd("HGET")
             .arg(keys::meta(topic))
             .arg("partitions")

@@ -1,0 +1,192 @@
+//! What a run found, from the sink's records and Redis: per group, jobs lost, left
+//! pending, run twice and dead-lettered; fencing violations; the faults injected.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use comfy_table::Table;
+use redisaq::admin::Admin;
+use redisaq_tests::RedisServer;
+use serde::Serialize;
+
+use crate::faults::Fault;
+use crate::jobs::{sink, GROUPS, TOPIC};
+
+/// One group's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupOutcome {
+    pub group: String,
+    /// Stored jobs whose effect was never recorded and that were not dead-lettered.
+    pub lost: u64,
+    /// Entries still pending or not yet delivered at the end.
+    pub pending: u64,
+    /// Jobs whose effect was recorded more than once (at-least-once at work).
+    pub ran_twice: u64,
+    /// Jobs in the dead-letter queue.
+    pub dead_letters: u64,
+    /// Jobs whose effect was recorded.
+    pub done: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub seed: u64,
+    pub fault_seconds: f64,
+    pub drain_seconds: f64,
+    /// Jobs Redis acknowledged as stored.
+    pub enqueued: u64,
+    /// Jobs whose enqueue reply was lost (may or may not be stored).
+    pub enqueue_unknown: u64,
+    /// Jobs whose enqueue failed (not stored).
+    pub enqueue_failed: u64,
+    pub faults: BTreeMap<Fault, u64>,
+    pub groups: Vec<GroupOutcome>,
+    /// Effects the sink refused because their fencing token was older than the newest.
+    pub fencing_violations: u64,
+    /// The first few refused effects.
+    pub violation_samples: Vec<String>,
+}
+
+impl Outcome {
+    /// Every group holds nothing and has every job accounted for.
+    pub fn drained(&self) -> bool {
+        self.groups.iter().all(|g| g.lost == 0 && g.pending == 0)
+    }
+
+    /// Nothing lost, nothing pending, no effect accepted out of order.
+    pub fn passed(&self) -> bool {
+        self.drained() && self.fencing_violations == 0
+    }
+}
+
+type Expected = (HashSet<String>, HashSet<String>, u64);
+
+/// Reads the records and Redis.
+pub async fn collect(
+    sink_server: &RedisServer,
+    admin: &Admin,
+    (stored, unknown, failed): &Expected,
+    seed: u64,
+    duration: Duration,
+    faults: &BTreeMap<Fault, u64>,
+) -> Result<Outcome, String> {
+    let mut conn = redis::Client::open(sink_server.url())
+        .and_then(|c| c.get_connection())
+        .map_err(|e| e.to_string())?;
+    let statuses = admin.groups(TOPIC).await.map_err(|e| e.to_string())?;
+    let letters = admin
+        .dead_letters(TOPIC, None, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut groups = Vec::new();
+    for group in GROUPS {
+        let effects: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(sink::effects(group))
+            .query(&mut conn)
+            .map_err(|e| e.to_string())?;
+        let dead: HashSet<&str> = letters
+            .iter()
+            .filter(|l| l.group == group)
+            .map(|l| l.id.as_str())
+            .collect();
+        let lost = stored
+            .iter()
+            .filter(|id| !effects.contains_key(*id) && !dead.contains(id.as_str()))
+            .count() as u64;
+        let pending = statuses
+            .iter()
+            .find(|s| s.group == group)
+            .map_or(0, |s| s.pending + s.lag);
+        groups.push(GroupOutcome {
+            group: group.to_string(),
+            lost,
+            pending,
+            ran_twice: effects.values().filter(|&&n| n > 1).count() as u64,
+            dead_letters: dead.len() as u64,
+            done: effects.len() as u64,
+        });
+    }
+    let violations: u64 = redis::cmd("LLEN")
+        .arg(sink::VIOLATIONS)
+        .query(&mut conn)
+        .map_err(|e| e.to_string())?;
+    let violation_samples: Vec<String> = redis::cmd("LRANGE")
+        .arg(sink::VIOLATIONS)
+        .arg(0)
+        .arg(4)
+        .query(&mut conn)
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        seed,
+        fault_seconds: duration.as_secs_f64(),
+        drain_seconds: 0.0,
+        enqueued: stored.len() as u64,
+        enqueue_unknown: unknown.len() as u64,
+        enqueue_failed: *failed,
+        faults: faults.clone(),
+        groups,
+        fencing_violations: violations,
+        violation_samples,
+    })
+}
+
+/// Prints the outcome as a table, or JSON.
+pub fn print(outcome: &Outcome, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(outcome).expect("serializable")
+        );
+        return;
+    }
+    let mut run = Table::new();
+    run.set_header(["run", ""]);
+    run.add_row(["seed".to_string(), outcome.seed.to_string()]);
+    run.add_row([
+        "faults for / drained in (s)".to_string(),
+        format!(
+            "{:.0} / {:.1}",
+            outcome.fault_seconds, outcome.drain_seconds
+        ),
+    ]);
+    run.add_row([
+        "jobs enqueued (stored / reply lost / refused)".to_string(),
+        format!(
+            "{} / {} / {}",
+            outcome.enqueued, outcome.enqueue_unknown, outcome.enqueue_failed
+        ),
+    ]);
+    for (fault, count) in &outcome.faults {
+        run.add_row([format!("fault {fault:?}"), count.to_string()]);
+    }
+    run.add_row([
+        "fencing violations".to_string(),
+        outcome.fencing_violations.to_string(),
+    ]);
+    println!("{run}");
+    let mut groups = Table::new();
+    groups.set_header([
+        "group",
+        "done",
+        "lost",
+        "pending",
+        "ran twice",
+        "dead letters",
+    ]);
+    for g in &outcome.groups {
+        groups.add_row([
+            g.group.clone(),
+            g.done.to_string(),
+            g.lost.to_string(),
+            g.pending.to_string(),
+            g.ran_twice.to_string(),
+            g.dead_letters.to_string(),
+        ]);
+    }
+    println!("{groups}");
+    for sample in &outcome.violation_samples {
+        println!("violation: {sample}");
+    }
+    println!("{}", if outcome.passed() { "PASSED" } else { "FAILED" });
+}
