@@ -93,8 +93,9 @@ pub struct ConsumerStatus {
     pub alive: bool,
     /// Partitions whose lease it holds.
     pub partitions: Vec<u32>,
-    /// `OK`, `IDLE` (idle longer than the threshold), `TOO_MANY_PENDING` or `DEAD` (no
-    /// heartbeat: its partitions and entries go to live consumers).
+    /// `OK`, `IDLE` (idle longer than the threshold), `TOO_MANY_PENDING`, `STUCK` (a
+    /// hand-over waits for calls that ignore cancellation, e.g. a handler blocking its
+    /// thread) or `DEAD` (no heartbeat: its partitions and entries go to live consumers).
     pub status: String,
 }
 
@@ -442,10 +443,21 @@ impl Admin {
             .arg("+inf")
             .query_async(&mut conn)
             .await?;
-        for status in consumers.values_mut() {
+        let mut look = redis::pipe();
+        for name in consumers.keys() {
+            look.cmd("EXISTS").arg(keys::stuck(topic, group, name));
+        }
+        let stuck: Vec<bool> = if consumers.is_empty() {
+            Vec::new()
+        } else {
+            look.query_async(&mut conn).await?
+        };
+        for (status, stuck) in consumers.values_mut().zip(stuck) {
             status.alive = live.contains(&status.consumer);
             status.status = if !status.alive {
                 "DEAD"
+            } else if stuck {
+                "STUCK"
             } else if status.pending > pending_threshold {
                 "TOO_MANY_PENDING"
             } else if status.idle_ms > idle_threshold_ms {

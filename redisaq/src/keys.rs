@@ -13,6 +13,7 @@
 //! | `redisaq:{topic}:dlq` | stream | layout 1's dead letters (one stream per topic); `redisaq migrate` moves them |
 //! | `redisaq:{topic}:members:{group}` | sorted set | live consumers of a group, scored by heartbeat expiry (ms) |
 //! | `redisaq:{topic}:assignment:{group}` | hash | `generation`, `members`, `owners` (JSON lists; owner by partition) |
+//! | `redisaq:{topic}:stuck:{group}:{consumer}` | string | partitions whose hand-over waits for calls that ignore cancellation (with a TTL; `redisaq monitor` shows `STUCK`) |
 //! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
 //! | `redisaq:{topic:N}:due:{group}` | sorted set | entries of partition `N` pending in the group that wait to run again (a retry's backoff), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
@@ -59,6 +60,12 @@ pub fn members(topic: &str, group: &str) -> String {
 /// The hash with a group's current partition assignment.
 pub fn assignment(topic: &str, group: &str) -> String {
     format!("{PREFIX}:{{{topic}}}:assignment:{group}")
+}
+
+/// Set while a consumer cannot hand partitions over because calls there ignore
+/// cancellation: what `redisaq monitor` shows as `STUCK`.
+pub fn stuck(topic: &str, group: &str, consumer: &str) -> String {
+    format!("{PREFIX}:{{{topic}}}:stuck:{group}:{consumer}")
 }
 
 /// The lease that fences a group's ownership of one partition.

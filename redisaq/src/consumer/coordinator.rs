@@ -7,6 +7,7 @@
 //! expired, when A died) B claims what is still pending there and starts ("resuming
 //! consumption"). Partitions that keep their owner are never paused.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,6 +184,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             shared.held.start_release(*p);
         }
     }
+    let mut stuck = Vec::new();
     for (partition, phase, running) in shared.held.held() {
         if phase != Phase::Releasing {
             continue;
@@ -202,6 +204,9 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         if waited >= release_deadline(shared) {
             shared.held.cancel_calls(partition);
             let interval = shared.config.heartbeat_interval;
+            if waited >= release_deadline(shared) + interval {
+                stuck.push(partition);
+            }
             if waited >= release_deadline(shared) + interval
                 && shared.held.stuck_report_due(partition, interval)
             {
@@ -220,6 +225,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             }
         }
     }
+    report_stuck(shared, &stuck).await;
     let mut resumed = Vec::new();
     let ttl = shared.config.heartbeat_ttl;
     for partition in target {
@@ -288,6 +294,34 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         shared.ownership_changed.notify_one();
     }
     Ok(())
+}
+
+/// Tells the tools which partitions this consumer cannot hand over (calls there ignore
+/// cancellation), for as long as that lasts: `redisaq monitor` shows it `STUCK`.
+async fn report_stuck(shared: &Shared, stuck: &[u32]) {
+    let key = keys::stuck(&shared.topic, shared.group, &shared.consumer);
+    let mut conn = shared.conn.clone();
+    let written = if stuck.is_empty() {
+        if !shared.stuck_reported.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        redis::cmd("DEL").arg(&key).exec_async(&mut conn).await
+    } else {
+        shared.stuck_reported.store(true, Ordering::Relaxed);
+        let partitions: Vec<String> = stuck.iter().map(u32::to_string).collect();
+        // Outlives a missed pass, not a crashed consumer.
+        let ttl = shared.config.heartbeat_ttl + 2 * shared.config.heartbeat_interval;
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(partitions.join(","))
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .exec_async(&mut conn)
+            .await
+    };
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "could not record the stuck partitions for the tools");
+    }
 }
 
 /// How long a hand-over waits for the partition's running calls before it cancels them:

@@ -24,7 +24,7 @@ mod retries;
 mod takeover;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     /// Entries (partition, id) that ran here but whose ack was refused: taken again,
     /// they start a new attempt.
     ran_unacked: Mutex<HashSet<(u32, String)>>,
+    /// Whether the tools were told about partitions this consumer cannot hand over.
+    stuck_reported: AtomicBool,
     /// Wakes the fetch loop when it may read from other partitions.
     pub ownership_changed: Notify,
     pub max_attempts: u32,
@@ -292,6 +294,7 @@ pub(crate) async fn run(
         held: lease::Partitions::default(),
         script_flags,
         ran_unacked: Mutex::default(),
+        stuck_reported: AtomicBool::new(false),
         ownership_changed: Notify::new(),
         max_attempts: def.retries().saturating_add(1),
         metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
