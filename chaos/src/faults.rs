@@ -234,7 +234,11 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
         next_fault = Instant::now() + Duration::from_secs_f64(rng.random_range(1.0..3.0));
         let partitions = admin.partitions(TOPIC).await.unwrap_or(MAX_PARTITIONS);
         let fault = choose(&mut rng, &fleet, partitions, args.workers);
-        let what = inject(fault, &mut rng, &mut fleet, &redis, &admin, partitions).await?;
+        // A fault that could not be injected (its own connection dropped by the last
+        // one, say) is reported and the run goes on.
+        let what = inject(fault, &mut rng, &mut fleet, &redis, &admin, partitions)
+            .await
+            .unwrap_or_else(|e| format!("could not be injected: {e}"));
         *faults.entry(fault).or_default() += 1;
         let line = format!(
             "{:>5.1}s {fault:?}: {what} (enqueued {})",
@@ -271,9 +275,17 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
     let drain_started = Instant::now();
     let mut outcome;
     loop {
-        outcome = report::collect(&sink, &admin, &expected, seed, duration, &faults).await?;
-        if outcome.drained() || drain_started.elapsed() > Duration::from_secs(args.drain) {
-            break;
+        let over = drain_started.elapsed() > Duration::from_secs(args.drain);
+        match report::collect(&sink, &admin, &expected, seed, duration, &faults).await {
+            Ok(collected) => {
+                outcome = collected;
+                if outcome.drained() || over {
+                    break;
+                }
+            }
+            // The checker's own connection may have been dropped by the last fault.
+            Err(e) if !over => eprintln!("redisaq-chaos: reading the outcome failed ({e}); again"),
+            Err(e) => return Err(e),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         fleet.tick(false);

@@ -94,12 +94,14 @@ pub(crate) fn assign(previous: &[String], members: &[String], partitions: u32) -
 }
 
 /// Writes `owners` as generation `expected + 1` if the stored generation is still
-/// `expected`; returns the generation now stored either way.
+/// `expected`; returns the generation now stored either way. (The no-op `PERSIST` lets it
+/// run on a full Redis without script flags, see `lease::ACQUIRE`.)
 const COMPARE_AND_SET: &str = r"
 local generation = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if generation ~= tonumber(ARGV[1]) then
   return {0, generation}
 end
+redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 'generation', generation + 1, 'members', ARGV[2], 'owners', ARGV[3])
 return {1, generation + 1}
 ";

@@ -21,11 +21,16 @@ use crate::error::Error;
 /// counter never falls behind the server's clock in milliseconds, so epochs keep growing
 /// even when Redis lost the counter (a restart without persistence). The lease's value
 /// is the holder's token, `consumer epoch`. Answers the epoch, or 0.
+///
+/// `PERSIST` (a no-op: the counter has no TTL) is its first write so that a full Redis
+/// without script flags (6.2) runs it: there a script is refused only if its first
+/// write is one a full Redis refuses, like `INCR`.
 const ACQUIRE: &str = r"
 local owner = redis.call('GET', KEYS[1])
 if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
   return 0
 end
+redis.call('PERSIST', KEYS[2])
 local epoch = redis.call('INCR', KEYS[2])
 local t = redis.call('TIME')
 local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -10,10 +10,15 @@ use crate::wire;
 /// Renews `ARGV[1]`'s expiry to now + `ARGV[2]` ms (unless `ARGV[1]` is empty) and
 /// returns the live members. Uses the server's clock so that workers with skewed clocks
 /// agree on who is alive.
+///
+/// The `ZREM` first is for a full Redis without script flags (6.2): there a script is
+/// refused only if its first write is one a full Redis refuses (`ZADD`), and `ZREM`,
+/// which frees memory, is not.
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)

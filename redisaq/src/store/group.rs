@@ -7,7 +7,8 @@ use crate::error::Error;
 /// Deletes `ARGV[2]` from group `ARGV[1]` of stream `KEYS[1]` only if it has nothing
 /// pending there, in one step: a read landing between a check and a separate delete
 /// would be deleted with the consumer, behind the group's read position, and lost.
-/// Answers 1 (deleted), 0 (holds entries: kept) or -1 (no such group there).
+/// Answers 1 (deleted), 0 (holds entries: kept) or -1 (no such group there). (The no-op
+/// `PERSIST` lets it run on a full Redis without script flags, see `lease::ACQUIRE`.)
 const DELETE_IF_IDLE: &str = r"
 local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if held.err then
@@ -16,6 +17,7 @@ end
 if #held > 0 then
   return 0
 end
+redis.call('PERSIST', KEYS[1])
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
