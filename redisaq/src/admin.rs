@@ -276,7 +276,16 @@ impl Admin {
             for row in rows {
                 let lag = match row.lag {
                     Some(lag) => lag,
-                    None => self.undelivered(&stream, &row.last_delivered).await?,
+                    // Servers before Redis 7 report no lag.
+                    None => {
+                        crate::store::stream::undelivered(
+                            &mut self.conn.clone(),
+                            &stream,
+                            &row.last_delivered,
+                            MAX_LAG_COUNT,
+                        )
+                        .await?
+                    }
                 };
                 let status = groups
                     .entry(row.name.clone())
@@ -314,20 +323,6 @@ impl Admin {
                 .unwrap_or_default();
         }
         Ok(groups.into_values().collect())
-    }
-
-    /// Entries after `last_delivered`, counted (servers before Redis 7 report no lag).
-    async fn undelivered(&self, stream: &str, last_delivered: &str) -> Result<u64, Error> {
-        let start = wire::next_stream_id(last_delivered).unwrap_or_else(|| "-".into());
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(MAX_LAG_COUNT)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(wire::parse_entries(&reply)?.len() as u64)
     }
 
     /// Dead letters of a topic, oldest first, optionally of one group, at most `limit`:

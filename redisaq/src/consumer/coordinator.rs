@@ -95,6 +95,9 @@ async fn look_after(shared: &Shared, view: &View, partition: u32) -> Result<(), 
     Ok(())
 }
 
+/// Most entries counted for the lag gauge on servers that do not report lag (6.2).
+const LAG_COUNT_6_2: usize = 1000;
+
 /// The lag and pending gauges of an owned partition.
 async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
     let groups: redis::Value = redis::cmd("XINFO")
@@ -111,9 +114,20 @@ async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
             .pending
             .get_or_create(&labels)
             .set(row.pending as i64);
-        if let Some(lag) = row.lag {
-            METRICS.lag.get_or_create(&labels).set(lag as i64);
-        }
+        let lag = match row.lag {
+            Some(lag) => lag,
+            // Redis 6.2 reports no lag: counted, up to a bound that keeps this cheap.
+            None => {
+                crate::store::stream::undelivered(
+                    &mut shared.conn.clone(),
+                    &keys::partition(&shared.topic, partition),
+                    &row.last_delivered,
+                    LAG_COUNT_6_2,
+                )
+                .await?
+            }
+        };
+        METRICS.lag.get_or_create(&labels).set(lag as i64);
     }
     Ok(())
 }

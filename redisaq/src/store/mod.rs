@@ -3,3 +3,4 @@
 
 pub(crate) mod due;
 pub(crate) mod group;
+pub(crate) mod stream;
