@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::keys;
+use crate::store::Holding;
 use crate::wire::{self, DeadLetter};
 
 /// While lease `KEYS[1]` holds `ARGV[1]` and entry `ARGV[3]` is still pending in group
@@ -28,27 +29,19 @@ redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 return 1
 ";
 
-/// The keys of the holding that writes a dead letter.
-pub(crate) struct Holding<'a> {
-    pub lease: &'a str,
-    pub token: &'a str,
-    pub stream: &'a str,
-    pub group: &'a str,
-}
-
 /// Writes the dead letter and acknowledges its entry in one fenced step (see [`WRITE`]).
 pub(crate) async fn write(
     conn: &mut impl ConnectionLike,
-    holding: &Holding<'_>,
+    holding: &Holding,
     letter: &DeadLetter<'_>,
     maxlen: u64,
 ) -> Result<(), Error> {
     let _: i64 = redis::Script::new(WRITE)
-        .key(holding.lease)
-        .key(holding.stream)
+        .key(&holding.lease)
+        .key(&holding.stream)
         .key(keys::dead_letters(letter.topic, letter.partition))
-        .arg(holding.token)
-        .arg(holding.group)
+        .arg(&holding.token)
+        .arg(&holding.group)
         .arg(letter.entry_id)
         .arg(maxlen)
         .arg(letter.fields())

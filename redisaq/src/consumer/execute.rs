@@ -17,11 +17,11 @@ use super::ack::Ack;
 use super::clock;
 use super::lease::{self, Guard};
 use super::{Delivery, Shared};
+use crate::dlq;
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
 use crate::wire::{self, Undecodable};
-use crate::{dlq, keys};
 
 /// Gathers deliveries into calls and starts them while the concurrency limit allows;
 /// returns when the consumer shuts down. Deliveries still queued then stay pending in
@@ -288,15 +288,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
         entry_id: &delivery.entry_id,
         failed_at_ms: now_ms(),
     };
-    let lease = keys::lease(&shared.topic, partition, shared.group);
-    let token = keys::lease_token(&shared.consumer, delivery.tenure.id);
-    let stream = keys::partition(&shared.topic, partition);
-    let holding = dlq::Holding {
-        lease: &lease,
-        token: &token,
-        stream: &stream,
-        group: shared.group,
-    };
+    let holding = shared.holding(delivery.tenure);
     let mut delay = Duration::from_millis(50);
     for _ in 0..8 {
         match dlq::write(

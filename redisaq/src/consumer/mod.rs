@@ -154,6 +154,17 @@ impl Shared {
         }
     }
 
+    /// The keys and token of one of this consumer's holdings, for the fenced scripts.
+    pub(crate) fn holding(&self, tenure: lease::Tenure) -> crate::store::Holding {
+        crate::store::Holding::new(
+            &self.topic,
+            tenure.partition,
+            self.group,
+            &self.consumer,
+            tenure.id,
+        )
+    }
+
     /// This handler's metric labels for one partition.
     pub(crate) fn partition_labels(&self, partition: u32) -> crate::metrics::PartitionLabels {
         crate::metrics::PartitionLabels {

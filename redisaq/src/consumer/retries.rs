@@ -7,48 +7,18 @@ use std::time::Duration;
 
 use super::lease::{self, Tenure};
 use super::{clock, Delivery, Shared};
-use crate::keys;
-use crate::store::due::{self, Holding};
-
-/// The keys a holding of `tenure` uses for its waiting entries.
-struct Keys {
-    lease: String,
-    token: String,
-    stream: String,
-    due: String,
-}
-
-impl Keys {
-    fn new(shared: &Shared, tenure: Tenure) -> Self {
-        Keys {
-            lease: keys::lease(&shared.topic, tenure.partition, shared.group),
-            token: keys::lease_token(&shared.consumer, tenure.id),
-            stream: keys::partition(&shared.topic, tenure.partition),
-            due: keys::due(&shared.topic, tenure.partition, shared.group),
-        }
-    }
-
-    fn holding<'a>(&'a self, shared: &'a Shared) -> Holding<'a> {
-        Holding {
-            lease: &self.lease,
-            token: &self.token,
-            stream: &self.stream,
-            due: &self.due,
-            group: shared.group,
-        }
-    }
-}
+use crate::store::due;
 
 /// Records that the delivery's job runs again after `delay`. If that cannot be written,
 /// the partition is taken anew, whose claim runs the job again at once rather than
 /// never.
 pub(crate) async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration) {
-    let keys = Keys::new(shared, delivery.tenure);
+    let holding = shared.holding(delivery.tenure);
     let mut wait = Duration::from_millis(50);
     for _ in 0..8 {
         let deferred = due::defer(
             &mut shared.conn.clone(),
-            &keys.holding(shared),
+            &holding,
             &delivery.entry_id,
             delay,
             shared.script_flags,
@@ -78,10 +48,9 @@ pub(crate) async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration)
 
 /// Claims and queues up to `room` entries of `tenure` that are due; returns how many.
 pub(crate) async fn claim_due(shared: &Shared, tenure: Tenure, room: usize) -> usize {
-    let keys = Keys::new(shared, tenure);
     let taken = due::take(
         &mut shared.conn.clone(),
-        &keys.holding(shared),
+        &shared.holding(tenure),
         &shared.consumer,
         room,
     )

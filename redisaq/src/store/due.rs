@@ -9,6 +9,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::Value;
 
+use super::Holding;
 use crate::error::Error;
 use crate::wire::{self, StreamEntry};
 
@@ -61,28 +62,19 @@ end
 return {taken, gone, wait}
 ";
 
-/// The keys a holding works with.
-pub(crate) struct Holding<'a> {
-    pub lease: &'a str,
-    pub token: &'a str,
-    pub stream: &'a str,
-    pub due: &'a str,
-    pub group: &'a str,
-}
-
 /// Records that `entry` is due again in `delay`, while the holding has its lease.
 /// Allowed on a full Redis: it is one small record, and the retry must not be lost.
 pub(crate) async fn defer(
     conn: &mut impl ConnectionLike,
-    holding: &Holding<'_>,
+    holding: &Holding,
     entry: &str,
     delay: Duration,
     script_flags: bool,
 ) -> Result<(), Error> {
     let _: i64 = redis::Script::new(&crate::redis_conn::allow_oom(DEFER, script_flags))
-        .key(holding.lease)
-        .key(holding.due)
-        .arg(holding.token)
+        .key(&holding.lease)
+        .key(&holding.due)
+        .arg(&holding.token)
         .arg(entry)
         .arg(delay.as_millis() as u64)
         .invoke_async(conn)
@@ -105,16 +97,16 @@ pub(crate) struct Taken {
 /// lease.
 pub(crate) async fn take(
     conn: &mut impl ConnectionLike,
-    holding: &Holding<'_>,
+    holding: &Holding,
     consumer: &str,
     limit: usize,
 ) -> Result<Taken, Error> {
     let reply: Value = redis::Script::new(TAKE)
-        .key(holding.lease)
-        .key(holding.due)
-        .key(holding.stream)
-        .arg(holding.token)
-        .arg(holding.group)
+        .key(&holding.lease)
+        .key(&holding.due)
+        .key(&holding.stream)
+        .arg(&holding.token)
+        .arg(&holding.group)
         .arg(consumer)
         .arg(limit)
         .invoke_async(conn)

@@ -4,3 +4,33 @@
 pub(crate) mod due;
 pub(crate) mod group;
 pub(crate) mod stream;
+
+use crate::keys;
+
+/// One holding of a partition by a consumer of a group, as the fenced scripts see it: the
+/// keys it works on and the lease token it proves itself with.
+pub(crate) struct Holding {
+    pub lease: String,
+    pub token: String,
+    pub stream: String,
+    pub due: String,
+    pub group: String,
+}
+
+impl Holding {
+    pub(crate) fn new(
+        topic: &str,
+        partition: u32,
+        group: &str,
+        consumer: &str,
+        epoch: u64,
+    ) -> Self {
+        Holding {
+            lease: keys::lease(topic, partition, group),
+            token: keys::lease_token(consumer, epoch),
+            stream: keys::partition(topic, partition),
+            due: keys::due(topic, partition, group),
+            group: group.to_string(),
+        }
+    }
+}
