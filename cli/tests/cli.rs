@@ -935,3 +935,20 @@ fn tls_with_a_private_ca_given_by_flag() {
     let (code, stderr) = run(&["--tls-ca-file", &ca]);
     assert_eq!(code, 0, "trusted through --tls-ca-file: {stderr}");
 }
+
+#[test]
+fn no_output_shows_the_password_in_redis_url() {
+    for args in [&["--help"][..], &["topics", "--help"][..], &["topics"][..]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_redisaq"))
+            .args(args)
+            .env("REDIS_URL", "redis://user:topsecret@127.0.0.1:1")
+            .output()
+            .expect("run redisaq");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains("topsecret"), "{args:?}: {all}");
+    }
+}

@@ -11,11 +11,28 @@ use crate::error::Error;
 /// Default Redis URL when neither the builder nor `REDIS_URL` gives one.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// A Redis URL that never shows its password: `Debug` prints it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::redis_conn::redact(&self.0))
+    }
+}
+
+impl std::ops::Deref for RedisUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Settings a [`Worker`](crate::Worker) was given explicitly; `None` falls back to the
 /// environment, then to the default.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Overrides {
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     pub consumer_name: Option<String>,
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_ttl: Option<Duration>,
@@ -28,7 +45,7 @@ pub(crate) struct Overrides {
 /// The resolved configuration of a worker.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub redis_url: String,
+    pub redis_url: RedisUrl,
     pub consumer_prefix: String,
     pub heartbeat_interval: Duration,
     pub heartbeat_ttl: Duration,
@@ -115,8 +132,8 @@ impl Config {
             redis_url: overrides
                 .redis_url
                 .clone()
-                .or_else(|| env("REDIS_URL"))
-                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string()),
+                .or_else(|| env("REDIS_URL").map(RedisUrl))
+                .unwrap_or_else(|| RedisUrl(DEFAULT_REDIS_URL.to_string())),
             consumer_prefix: overrides
                 .consumer_name
                 .clone()

@@ -129,7 +129,7 @@ fn config(response_timeout: Duration, retries: usize) -> ConnectionManagerConfig
 
 /// The URL without its password, for messages.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.split_once(':') {
@@ -138,6 +138,22 @@ pub(crate) fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    // A password may also come as a query parameter.
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
     }
 }
 
@@ -173,5 +189,26 @@ mod tests {
             "redis://u:***@h:1/0"
         );
         assert_eq!(super::redact("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            super::redact("redis://h:1/0?db=2&password=secret"),
+            "redis://h:1/0?db=2&password=***"
+        );
+    }
+
+    #[test]
+    fn a_worker_shows_no_password_in_debug() {
+        let worker = crate::Worker::new().redis_url("redis://u:secret@h:1/0");
+        let shown = format!("{worker:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("***"),
+            "{shown}"
+        );
+        let config = crate::config::Config::resolve(&crate::config::Overrides {
+            redis_url: Some(crate::config::RedisUrl("rediss://:secret@h:1".into())),
+            ..Default::default()
+        })
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -67,7 +67,7 @@ impl Worker {
     /// The Redis to work on (`redis://`, or `rediss://` for TLS; user and password as in
     /// the `redis` crate).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.overrides.redis_url = Some(url.into());
+        self.overrides.redis_url = Some(crate::config::RedisUrl(url.into()));
         self
     }
 
