@@ -11,9 +11,10 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
-use super::lease::{self, Tenure};
+use super::partitions::Tenure;
 use super::Shared;
 use crate::keys;
+use crate::store::lease;
 
 /// Most ids sent in one round trip.
 const MAX_PER_FLUSH: usize = 2048;

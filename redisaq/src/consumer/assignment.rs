@@ -95,7 +95,7 @@ pub(crate) fn assign(previous: &[String], members: &[String], partitions: u32) -
 
 /// Writes `owners` as generation `expected + 1` if the stored generation is still
 /// `expected`; returns the generation now stored either way. (The no-op `PERSIST` lets it
-/// run on a full Redis without script flags, see `lease::ACQUIRE`.)
+/// run on a full Redis without script flags, see `store::lease::ACQUIRE`.)
 const COMPARE_AND_SET: &str = r"
 local generation = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if generation ~= tonumber(ARGV[1]) then

@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 use super::ack::Ack;
 use super::assignment::{self, Assignment};
 use super::clock;
-use super::lease::{self, Phase};
+use super::partitions::{self, Phase};
 use super::takeover::{self, Orphans};
 use super::{create_groups, membership, Shared};
 use crate::error::Error;
 use crate::metrics::METRICS;
+use crate::store::lease;
 use crate::{keys, topic, trim, wire};
 
 /// The last known state of the group, as this consumer saw it.
@@ -281,7 +282,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
         };
         shared
             .held
-            .hold(partition, epoch, lease::validity(ttl, asked_at));
+            .hold(partition, epoch, partitions::validity(ttl, asked_at));
         if let Err(e) = claim_leftovers(shared, partition).await {
             // What is left there must be claimed before new jobs run: take it again.
             shared.held.drop_partition(partition);

@@ -15,12 +15,13 @@ use tracing::Instrument;
 
 use super::ack::Ack;
 use super::clock;
-use super::lease::{self, Guard};
+use super::partitions::{self, Guard};
 use super::{Delivery, Shared};
 use crate::dlq;
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
+use crate::store::lease;
 use crate::wire::{self, Undecodable};
 
 /// Gathers deliveries into calls and starts them while the concurrency limit allows;
@@ -97,7 +98,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     if runnable.is_empty() {
         return;
     }
-    let mut partitions: Vec<lease::Tenure> = runnable.iter().map(|d| d.tenure).collect();
+    let mut partitions: Vec<partitions::Tenure> = runnable.iter().map(|d| d.tenure).collect();
     partitions.sort_unstable();
     partitions.dedup();
     let Some(guard) = shared.held.begin(&partitions) else {
@@ -183,7 +184,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
 /// particular order, so waiting for a lease timer could let the handler run first.
 async fn while_owned<F: Future>(
     shared: &Shared,
-    partitions: &[lease::Tenure],
+    partitions: &[partitions::Tenure],
     guard: Guard,
     work: F,
 ) -> Option<F::Output> {

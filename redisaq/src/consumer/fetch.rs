@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Client;
 
-use super::lease::Tenure;
+use super::partitions::Tenure;
 use super::retries;
 use super::takeover::{self, Orphans};
 use super::{create_groups, Delivery, Shared};

@@ -15,7 +15,8 @@ use redis::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{clock, lease, membership, Shared};
+use super::{clock, membership, partitions, Shared};
+use crate::store::lease;
 use crate::{keys, redis_conn};
 
 /// Starts the keeper; it renews until `stop` is cancelled.
@@ -93,7 +94,9 @@ async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> 
             }
             for (tenure, renewed) in held.into_iter().zip(replies) {
                 match renewed.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
-                    Ok(1) => shared.held.extend(tenure, lease::validity(ttl, asked_at)),
+                    Ok(1) => shared
+                        .held
+                        .extend(tenure, partitions::validity(ttl, asked_at)),
                     Ok(_) => shared.lease_lost(tenure, "it was not ours when renewing it"),
                     Err(e) => {
                         complete = false;

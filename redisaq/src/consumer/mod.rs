@@ -3,13 +3,15 @@
 //! A job's way through a consumer, one file each:
 //! [`fetch`] reads new entries from the partitions this consumer owns → [`execute`]
 //! gathers them into calls (one job, or a batch) within the concurrency limit and applies
-//! each result → [`ack`] acknowledges in coalesced, fenced pipelines, or `execute`
-//! schedules a retry or writes a dead letter.
+//! each result → [`ack`] acknowledges in coalesced, fenced pipelines, or [`retries`]
+//! records when the job runs again (it waits in Redis; the fetch loop of whoever owns the
+//! partition then claims it), or `execute` writes a dead letter.
 //!
 //! Which partitions a consumer owns: [`membership`] (heartbeats) → [`assignment`] (who
-//! owns what, per generation) → [`lease`] (fenced ownership of one partition) →
-//! [`takeover`] (claiming what others left) — driven by the [`coordinator`] loop, while
-//! the [`keeper`], on a thread of its own, renews membership and leases.
+//! owns what, per generation) → leases ([`crate::store::lease`]: fenced ownership of one
+//! partition, held in process in [`partitions`]) → [`takeover`] (claiming what others
+//! left) — driven by the [`coordinator`] loop, while the [`keeper`], on a thread of its
+//! own, renews membership and leases.
 
 mod ack;
 mod assignment;
@@ -18,8 +20,8 @@ mod coordinator;
 mod execute;
 mod fetch;
 mod keeper;
-mod lease;
 mod membership;
+mod partitions;
 mod retries;
 mod takeover;
 
@@ -45,7 +47,7 @@ use crate::{keys, redis_conn, topic};
 #[derive(Debug)]
 pub(crate) struct Delivery {
     /// The holding of the partition it was read or claimed in.
-    pub tenure: lease::Tenure,
+    pub tenure: partitions::Tenure,
     pub entry_id: String,
     pub attempt: u32,
     /// The job, or why the entry is not one this version runs.
@@ -59,7 +61,7 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn new(shared: &Shared, tenure: lease::Tenure, entry: &StreamEntry, attempt: u32) -> Self {
+    fn new(shared: &Shared, tenure: partitions::Tenure, entry: &StreamEntry, attempt: u32) -> Self {
         let partition = tenure.partition;
         match wire::decode_job(entry) {
             Ok(envelope) => Delivery {
@@ -106,7 +108,7 @@ pub(crate) struct Shared {
     /// full Redis (heartbeats, taking a lease) then say `allow-oom`.
     pub script_flags: bool,
     /// The partitions this consumer holds.
-    pub held: lease::Partitions,
+    pub held: partitions::Partitions,
     /// Entries (partition, id) that ran here but whose ack was refused: taken again,
     /// they start a new attempt.
     ran_unacked: Mutex<HashSet<(u32, String)>>,
@@ -142,7 +144,7 @@ impl Shared {
     /// no more reads, its running calls are abandoned, its queued jobs are turned away.
     /// If it is still assigned here, the coordinator takes it anew, which claims what
     /// was left pending.
-    pub(crate) fn lease_lost(&self, tenure: lease::Tenure, why: &str) {
+    pub(crate) fn lease_lost(&self, tenure: partitions::Tenure, why: &str) {
         let partition = tenure.partition;
         if self.held.drop_tenure(tenure) {
             tracing::warn!(
@@ -155,7 +157,7 @@ impl Shared {
     }
 
     /// The keys and token of one of this consumer's holdings, for the fenced scripts.
-    pub(crate) fn holding(&self, tenure: lease::Tenure) -> crate::store::Holding {
+    pub(crate) fn holding(&self, tenure: partitions::Tenure) -> crate::store::Holding {
         crate::store::Holding::new(
             &self.topic,
             tenure.partition,
@@ -302,7 +304,7 @@ pub(crate) async fn run(
         group: def.group,
         consumer,
         known_partitions: AtomicU32::new(info.partitions),
-        held: lease::Partitions::default(),
+        held: partitions::Partitions::default(),
         script_flags,
         ran_unacked: Mutex::default(),
         stuck_reported: AtomicBool::new(false),

@@ -1,13 +1,14 @@
 //! Retries wait in Redis, not in the worker: a failed job's entry stays pending and the
-//! partition's due record says when it runs again ([`store::due`]). The execute step
+//! partition's due record says when it runs again ([`crate::store::due`]). The execute step
 //! [`defer`]s it; the fetch loop of whoever holds the partition when it is due claims it
 //! ([`claim_due`]) before reading new entries, as far as there is room.
 
 use std::time::Duration;
 
-use super::lease::{self, Tenure};
+use super::partitions::Tenure;
 use super::{clock, Delivery, Shared};
 use crate::store::due;
+use crate::store::lease;
 
 /// Records that the delivery's job runs again after `delay`. If that cannot be written,
 /// the partition is taken anew, whose claim runs the job again at once rather than

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use super::lease::{self, Tenure};
+use super::partitions::Tenure;
 use super::{Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
+use crate::store::lease;
 use crate::store::{self, group::Removal};
 use crate::wire;
 

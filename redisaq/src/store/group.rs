@@ -8,7 +8,7 @@ use crate::error::Error;
 /// pending there, in one step: a read landing between a check and a separate delete
 /// would be deleted with the consumer, behind the group's read position, and lost.
 /// Answers 1 (deleted), 0 (holds entries: kept) or -1 (no such group there). (The no-op
-/// `PERSIST` lets it run on a full Redis without script flags, see `lease::ACQUIRE`.)
+/// `PERSIST` lets it run on a full Redis without script flags, see `store::lease::ACQUIRE`.)
 const DELETE_IF_IDLE: &str = r"
 local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if held.err then

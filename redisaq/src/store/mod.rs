@@ -34,3 +34,4 @@ impl Holding {
         }
     }
 }
+pub(crate) mod lease;

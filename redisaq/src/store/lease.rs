@@ -1,0 +1,130 @@
+//! Leases: fenced ownership of partitions. A consumer works on a partition only while it
+//! holds the partition's lease (`redisaq:{topic:N}:lease:{group}`, value `consumer epoch`,
+//! with the heartbeat TTL). Every acknowledgement and claim into the partition goes
+//! through a script that first checks that token, so a consumer that lost the lease
+//! (paused, cut off), or an earlier holding of the same consumer, cannot act on the
+//! partition any more.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::error::Error;
+
+/// Takes the lease if it is free, or held by this consumer in an earlier holding (then
+/// anew: a holding never resumes), with the next epoch of the partition's counter. The
+/// counter never falls behind the server's clock in milliseconds, so epochs keep growing
+/// even when Redis lost the counter (a restart without persistence). The lease's value
+/// is the holder's token, `consumer epoch`. Answers the epoch, or 0.
+///
+/// `PERSIST` (a no-op: the counter has no TTL) is its first write so that a full Redis
+/// without script flags (6.2) runs it: there a script is refused only if its first
+/// write is one a full Redis refuses, like `INCR`.
+const ACQUIRE: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+  return 0
+end
+redis.call('PERSIST', KEYS[2])
+local epoch = redis.call('INCR', KEYS[2])
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if epoch < floor then
+  epoch = floor
+  redis.call('SET', KEYS[2], epoch)
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
+return epoch
+";
+
+/// Extends the lease if this holding still has it.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes the lease if this holding still has it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Runs `ARGV[2]` on the stream `KEYS[2]` with the remaining arguments, only while the
+/// lease `KEYS[1]` holds the token `ARGV[1]`.
+const FENCED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
+end
+return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
+";
+
+/// A stream command that runs only while the holding with `token` has `lease`; add the
+/// command's arguments after the stream key. Sent as `EVAL` (the server caches the script), so it
+/// works in pipelines and after a Redis restart alike.
+pub(crate) fn fenced(lease: &str, stream: &str, token: &str, command: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(FENCED)
+        .arg(2)
+        .arg(lease)
+        .arg(stream)
+        .arg(token)
+        .arg(command);
+    cmd
+}
+
+/// Whether an error says the lease was not held.
+pub(crate) fn is_fenced(error: &redis::RedisError) -> bool {
+    error.code() == Some("FENCED")
+}
+
+/// Takes the lease of a partition (see [`ACQUIRE`]); the new holding's epoch, or `None`
+/// while someone else holds it.
+pub(crate) async fn acquire(
+    conn: &mut ConnectionManager,
+    lease: &str,
+    epoch_counter: &str,
+    consumer: &str,
+    ttl: Duration,
+    script_flags: bool,
+) -> Result<Option<u64>, Error> {
+    // Allowed on a full Redis: a worker must be able to take its partitions to drain it.
+    let epoch: u64 = redis::Script::new(&crate::redis_conn::allow_oom(ACQUIRE, script_flags))
+        .key(lease)
+        .key(epoch_counter)
+        .arg(consumer)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
+    Ok((epoch > 0).then_some(epoch))
+}
+
+/// Gives the lease up so the next owner can start at once.
+pub(crate) async fn release(
+    conn: &mut ConnectionManager,
+    lease: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let _: i64 = redis::Script::new(RELEASE)
+        .key(lease)
+        .arg(token)
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// Extends the lease while this holding has it, as one command for a pipeline: answers
+/// 1, or 0 when it is not ours any more.
+pub(crate) fn renew_cmd(lease: &str, token: &str, ttl: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RENEW)
+        .arg(1)
+        .arg(lease)
+        .arg(token)
+        .arg(ttl.as_millis() as u64);
+    cmd
+}
