@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-pub use crate::dlq::DeadLetterEntry;
 use crate::error::Error;
-use crate::{dlq, keys, redis_conn, topic, wire};
+use crate::store::dlq;
+pub use crate::store::dlq::DeadLetterEntry;
+use crate::{keys, redis_conn, topic, wire};
 
 /// A connection for administration.
 #[derive(Clone)]

@@ -35,7 +35,6 @@
 pub mod admin;
 mod config;
 mod consumer;
-mod dlq;
 mod error;
 mod handler;
 mod job;
@@ -47,7 +46,6 @@ mod registry;
 mod retry;
 mod store;
 mod topic;
-mod trim;
 mod wire;
 mod worker;
 

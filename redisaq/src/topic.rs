@@ -124,7 +124,7 @@ pub(crate) async fn migrate(
             "topic `{topic}` does not exist; `redisaq topics` lists them"
         )));
     };
-    let moved = crate::dlq::migrate(conn, topic, partitions).await?;
+    let moved = crate::store::dlq::migrate(conn, topic, partitions).await?;
     redis::cmd("HSET")
         .arg(&meta)
         .arg("layout")

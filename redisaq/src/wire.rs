@@ -26,20 +26,6 @@ pub(crate) mod field {
 /// group that runs it).
 pub(crate) const FORMAT: u32 = 2;
 
-/// Field names of a dead-letter entry.
-pub(crate) mod dead_field {
-    pub const ID: &str = "id";
-    pub const TOPIC: &str = "topic";
-    pub const GROUP: &str = "group";
-    pub const PARTITION: &str = "partition";
-    pub const ATTEMPTS: &str = "attempts";
-    pub const ERROR: &str = "error";
-    pub const PAYLOAD: &str = "payload";
-    pub const ENTRY_ID: &str = "entry_id";
-    pub const FAILED_AT: &str = "failed_at";
-    pub const KEY: &str = "key";
-}
-
 /// One stream entry as read. `fields` is `None` when the entry was deleted from the
 /// stream while it was still pending.
 #[derive(Debug, Clone)]
@@ -132,30 +118,6 @@ pub(crate) fn for_group_args(group: &str) -> [String; 4] {
     ]
 }
 
-/// Decodes a dead-letter entry; fields it lacks come out empty or zero.
-pub(crate) fn decode_dead_letter(entry: &StreamEntry) -> crate::dlq::DeadLetterEntry {
-    let text = |name| entry.field(name).unwrap_or_default().to_string();
-    let number = |name| {
-        entry
-            .field(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default()
-    };
-    crate::dlq::DeadLetterEntry {
-        dead_letter_id: entry.id.clone(),
-        id: text(dead_field::ID),
-        topic: text(dead_field::TOPIC),
-        group: text(dead_field::GROUP),
-        partition: number(dead_field::PARTITION) as u32,
-        key: entry.field(dead_field::KEY).map(str::to_string),
-        attempts: number(dead_field::ATTEMPTS) as u32,
-        error: text(dead_field::ERROR),
-        payload: text(dead_field::PAYLOAD),
-        entry_id: text(dead_field::ENTRY_ID),
-        failed_at_ms: number(dead_field::FAILED_AT),
-    }
-}
-
 /// Decodes a job entry, or says why it is not one.
 pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, Undecodable> {
     use Undecodable::Malformed;
@@ -212,41 +174,6 @@ pub(crate) fn fields_as_json(entry: &StreamEntry) -> String {
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
     serde_json::Value::Object(map).to_string()
-}
-
-/// A job that failed for good, as written to the dead-letter stream.
-#[derive(Debug, Clone)]
-pub(crate) struct DeadLetter<'a> {
-    pub job_id: &'a str,
-    pub topic: &'a str,
-    pub group: &'a str,
-    pub partition: u32,
-    pub key: Option<&'a str>,
-    pub attempts: u32,
-    pub error: &'a str,
-    pub payload: &'a str,
-    pub entry_id: &'a str,
-    pub failed_at_ms: u64,
-}
-
-impl DeadLetter<'_> {
-    pub(crate) fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            (dead_field::ID, self.job_id.to_string()),
-            (dead_field::TOPIC, self.topic.to_string()),
-            (dead_field::GROUP, self.group.to_string()),
-            (dead_field::PARTITION, self.partition.to_string()),
-            (dead_field::ATTEMPTS, self.attempts.to_string()),
-            (dead_field::ERROR, self.error.to_string()),
-            (dead_field::PAYLOAD, self.payload.to_string()),
-            (dead_field::ENTRY_ID, self.entry_id.to_string()),
-            (dead_field::FAILED_AT, self.failed_at_ms.to_string()),
-        ];
-        if let Some(key) = self.key {
-            fields.push((dead_field::KEY, key.to_string()));
-        }
-        fields
-    }
 }
 
 /// One row of `XPENDING key group - + count [consumer]`.

@@ -24,7 +24,7 @@ use super::{create_groups, membership, Shared};
 use crate::error::Error;
 use crate::metrics::METRICS;
 use crate::store::lease;
-use crate::{keys, topic, trim, wire};
+use crate::{keys, topic, wire};
 
 /// The last known state of the group, as this consumer saw it.
 #[derive(Default)]
@@ -83,7 +83,7 @@ async fn maintain(shared: &Shared, view: &mut View) -> Result<(), Error> {
 async fn look_after(shared: &Shared, view: &View, partition: u32) -> Result<(), Error> {
     // Trim first: it is what frees memory on a full Redis.
     if view.maxlen > 0 {
-        trim::trim(
+        crate::store::trim::trim(
             &mut shared.conn.clone(),
             &keys::partition(&shared.topic, partition),
             view.maxlen,

@@ -17,10 +17,10 @@ use super::ack::Ack;
 use super::clock;
 use super::partitions::{self, Guard};
 use super::{Delivery, Shared};
-use crate::dlq;
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
+use crate::store::dlq::{self, DeadLetterEntry};
 use crate::store::lease;
 use crate::wire::{self, Undecodable};
 
@@ -276,17 +276,17 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
             delivery.raw_fields.clone().unwrap_or_default(),
         ),
     };
-    let partition = delivery.tenure.partition;
-    let letter = wire::DeadLetter {
-        job_id: &job_id,
-        topic: &shared.topic,
-        group: shared.group,
-        partition,
-        key: delivery.key.as_deref(),
+    let letter = DeadLetterEntry {
+        dead_letter_id: String::new(), // given by Redis
+        id: job_id.clone(),
+        topic: shared.topic.to_string(),
+        group: shared.group.to_string(),
+        partition: delivery.tenure.partition,
+        key: delivery.key.clone(),
         attempts: delivery.attempt,
-        error,
-        payload: &payload,
-        entry_id: &delivery.entry_id,
+        error: error.to_string(),
+        payload,
+        entry_id: delivery.entry_id.clone(),
         failed_at_ms: now_ms(),
     };
     let holding = shared.holding(delivery.tenure);

@@ -11,7 +11,66 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::keys;
 use crate::store::Holding;
-use crate::wire::{self, DeadLetter};
+use crate::wire::{self, StreamEntry};
+
+/// Field names of a dead-letter entry.
+mod field {
+    pub const ID: &str = "id";
+    pub const TOPIC: &str = "topic";
+    pub const GROUP: &str = "group";
+    pub const PARTITION: &str = "partition";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const ERROR: &str = "error";
+    pub const PAYLOAD: &str = "payload";
+    pub const ENTRY_ID: &str = "entry_id";
+    pub const FAILED_AT: &str = "failed_at";
+    pub const KEY: &str = "key";
+}
+
+impl DeadLetterEntry {
+    /// The stream fields of a dead letter about to be written.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            (field::ID, self.id.clone()),
+            (field::TOPIC, self.topic.clone()),
+            (field::GROUP, self.group.clone()),
+            (field::PARTITION, self.partition.to_string()),
+            (field::ATTEMPTS, self.attempts.to_string()),
+            (field::ERROR, self.error.clone()),
+            (field::PAYLOAD, self.payload.clone()),
+            (field::ENTRY_ID, self.entry_id.clone()),
+            (field::FAILED_AT, self.failed_at_ms.to_string()),
+        ];
+        if let Some(key) = &self.key {
+            fields.push((field::KEY, key.clone()));
+        }
+        fields
+    }
+
+    /// Decodes a dead-letter entry; fields it lacks come out empty or zero.
+    fn decode(entry: &StreamEntry) -> DeadLetterEntry {
+        let text = |name| entry.field(name).unwrap_or_default().to_string();
+        let number = |name| {
+            entry
+                .field(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default()
+        };
+        DeadLetterEntry {
+            dead_letter_id: entry.id.clone(),
+            id: text(field::ID),
+            topic: text(field::TOPIC),
+            group: text(field::GROUP),
+            partition: number(field::PARTITION) as u32,
+            key: entry.field(field::KEY).map(str::to_string),
+            attempts: number(field::ATTEMPTS) as u32,
+            error: text(field::ERROR),
+            payload: text(field::PAYLOAD),
+            entry_id: text(field::ENTRY_ID),
+            failed_at_ms: number(field::FAILED_AT),
+        }
+    }
+}
 
 /// While lease `KEYS[1]` holds `ARGV[1]` and entry `ARGV[3]` is still pending in group
 /// `ARGV[2]` of stream `KEYS[2]`: adds the dead letter (fields `ARGV[5..]`) to `KEYS[3]`,
@@ -33,16 +92,16 @@ return 1
 pub(crate) async fn write(
     conn: &mut impl ConnectionLike,
     holding: &Holding,
-    letter: &DeadLetter<'_>,
+    letter: &DeadLetterEntry,
     maxlen: u64,
 ) -> Result<(), Error> {
     let _: i64 = redis::Script::new(WRITE)
         .key(&holding.lease)
         .key(&holding.stream)
-        .key(keys::dead_letters(letter.topic, letter.partition))
+        .key(keys::dead_letters(&letter.topic, letter.partition))
         .arg(&holding.token)
         .arg(&holding.group)
-        .arg(letter.entry_id)
+        .arg(&letter.entry_id)
         .arg(maxlen)
         .arg(letter.fields())
         .invoke_async(conn)
@@ -117,7 +176,7 @@ pub(crate) async fn list(
         for entry in wire::parse_entries(&reply)? {
             all.push(Stored {
                 stream: stream.clone(),
-                letter: wire::decode_dead_letter(&entry),
+                letter: DeadLetterEntry::decode(&entry),
             });
         }
     }
@@ -259,7 +318,7 @@ pub(crate) async fn migrate(
             return Ok(moved);
         }
         for entry in entries {
-            let letter = wire::decode_dead_letter(&entry);
+            let letter = DeadLetterEntry::decode(&entry);
             let partition = letter.partition % partitions.max(1);
             let fields: Vec<&str> = entry
                 .fields
