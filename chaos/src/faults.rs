@@ -276,7 +276,17 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
     let mut outcome;
     loop {
         let over = drain_started.elapsed() > Duration::from_secs(args.drain);
-        match report::collect(&sink, &admin, &expected, seed, duration, &faults).await {
+        match report::collect(
+            &sink,
+            &redis.url(),
+            &admin,
+            &expected,
+            seed,
+            duration,
+            &faults,
+        )
+        .await
+        {
             Ok(collected) => {
                 outcome = collected;
                 if outcome.drained() || over {
