@@ -303,25 +303,11 @@ impl Admin {
             }
         }
         for status in groups.values_mut() {
-            let now_ms = self.server_ms().await?;
-            status.consumers = redis::cmd("ZRANGEBYSCORE")
-                .arg(keys::members(topic, &status.group))
-                .arg(format!("({now_ms}"))
-                .arg("+inf")
-                .query_async(&mut conn)
-                .await?;
-            let assignment: BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(keys::assignment(topic, &status.group))
-                .query_async(&mut conn)
-                .await?;
-            status.generation = assignment
-                .get("generation")
-                .and_then(|g| g.parse().ok())
-                .unwrap_or(0);
-            status.owners = assignment
-                .get("owners")
-                .and_then(|o| serde_json::from_str(o).ok())
-                .unwrap_or_default();
+            status.consumers = crate::store::members::live(&mut conn, topic, &status.group).await?;
+            let assignment =
+                crate::store::assignment::load(&mut conn, topic, &status.group).await?;
+            status.generation = assignment.generation;
+            status.owners = assignment.owners;
         }
         Ok(groups.into_values().collect())
     }
@@ -432,13 +418,7 @@ impl Admin {
                 status.partitions.push(partition);
             }
         }
-        let now_ms = self.server_ms().await?;
-        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(keys::members(topic, group))
-            .arg(format!("({now_ms}"))
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await?;
+        let live = crate::store::members::live(&mut conn, topic, group).await?;
         let mut look = redis::pipe();
         for name in consumers.keys() {
             look.cmd("EXISTS").arg(keys::stuck(topic, group, name));

@@ -69,7 +69,7 @@ async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> 
     let mut pipe = redis::pipe();
     // Each renewal counts alone: a refused heartbeat must not cost the leases.
     pipe.ignore_errors();
-    pipe.add_command(membership::heartbeat_cmd(shared, &shared.consumer));
+    pipe.add_command(membership::heartbeat_cmd(shared));
     for tenure in &held {
         pipe.add_command(lease::renew_cmd(
             &keys::lease(&shared.topic, tenure.partition, shared.group),

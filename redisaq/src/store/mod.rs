@@ -1,9 +1,11 @@
 //! The beginning of the storage layer: Redis operations that both the consumer and the
 //! admin need, in one place, so that neither reaches into the other.
 
+pub(crate) mod assignment;
 pub(crate) mod dlq;
 pub(crate) mod due;
 pub(crate) mod group;
+pub(crate) mod members;
 pub(crate) mod stream;
 pub(crate) mod trim;
 

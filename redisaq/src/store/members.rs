@@ -1,0 +1,101 @@
+//! Liveness records: each consumer renews its entry in the group's member set
+//! (`redisaq:{topic}:members:{group}`, scored by expiry in Redis server time). A consumer
+//! whose entry expired is dead.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+
+use crate::error::Error;
+use crate::{keys, wire};
+
+/// Renews `ARGV[1]`'s expiry to now + `ARGV[2]` ms (unless `ARGV[1]` is empty) and
+/// returns the live members. Uses the server's clock so that workers with skewed clocks
+/// agree on who is alive.
+///
+/// The `ZREM` first is for a full Redis without script flags (6.2): there a script is
+/// refused only if its first write is one a full Redis refuses (`ZADD`), and `ZREM`,
+/// which frees memory, is not.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+";
+
+/// The heartbeat script as one command, for a pipeline: renews `renew` (unless empty)
+/// and answers the live members. Allowed on a full Redis (`script_flags`: Redis 7).
+pub(crate) fn heartbeat_cmd(
+    topic: &str,
+    group: &str,
+    renew: &str,
+    ttl: Duration,
+    script_flags: bool,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(crate::redis_conn::allow_oom(HEARTBEAT, script_flags).as_ref())
+        .arg(1)
+        .arg(keys::members(topic, group))
+        .arg(renew)
+        .arg(ttl.as_millis() as u64);
+    cmd
+}
+
+/// The live members, sorted, from a heartbeat's answer.
+pub(crate) fn parse_live(reply: &redis::Value) -> Result<Vec<String>, Error> {
+    let mut live = wire::parse_strings(reply)?;
+    live.sort_unstable();
+    Ok(live)
+}
+
+/// Renews `renew` (unless empty); returns the live members, sorted.
+pub(crate) async fn heartbeat(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: &str,
+    renew: &str,
+    ttl: Duration,
+    script_flags: bool,
+) -> Result<Vec<String>, Error> {
+    let live: redis::Value = heartbeat_cmd(topic, group, renew, ttl, script_flags)
+        .query_async(conn)
+        .await?;
+    parse_live(&live)
+}
+
+/// The live members, sorted, read without writing anything (for the tools).
+pub(crate) async fn live(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: &str,
+) -> Result<Vec<String>, Error> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    let now_ms = secs * 1000 + micros / 1000;
+    let mut live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys::members(topic, group))
+        .arg(format!("({now_ms}"))
+        .arg("+inf")
+        .query_async(conn)
+        .await?;
+    live.sort_unstable();
+    Ok(live)
+}
+
+/// Removes `consumer` from the members at once (a clean stop).
+pub(crate) async fn leave(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<(), Error> {
+    redis::cmd("ZREM")
+        .arg(keys::members(topic, group))
+        .arg(consumer)
+        .exec_async(conn)
+        .await?;
+    Ok(())
+}
