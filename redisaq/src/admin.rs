@@ -275,19 +275,14 @@ impl Admin {
                 Err(e) => return Err(e.into()),
             };
             for row in rows {
-                let lag = match row.lag {
-                    Some(lag) => lag,
-                    // Servers before Redis 7 report no lag.
-                    None => {
-                        crate::store::stream::undelivered(
-                            &mut self.conn.clone(),
-                            &stream,
-                            &row.last_delivered,
-                            MAX_LAG_COUNT,
-                        )
-                        .await?
-                    }
-                };
+                let lag = crate::store::stream::lag(
+                    &mut self.conn.clone(),
+                    &stream,
+                    &row.last_delivered,
+                    row.lag,
+                    MAX_LAG_COUNT,
+                )
+                .await?;
                 let status = groups
                     .entry(row.name.clone())
                     .or_insert_with(|| GroupStatus {

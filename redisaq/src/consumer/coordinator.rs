@@ -115,19 +115,14 @@ async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
             .pending
             .get_or_create(&labels)
             .set(row.pending as i64);
-        let lag = match row.lag {
-            Some(lag) => lag,
-            // Redis 6.2 reports no lag: counted, up to a bound that keeps this cheap.
-            None => {
-                crate::store::stream::undelivered(
-                    &mut shared.conn.clone(),
-                    &keys::partition(&shared.topic, partition),
-                    &row.last_delivered,
-                    LAG_COUNT_6_2,
-                )
-                .await?
-            }
-        };
+        let lag = crate::store::stream::lag(
+            &mut shared.conn.clone(),
+            &keys::partition(&shared.topic, partition),
+            &row.last_delivered,
+            row.lag,
+            LAG_COUNT_6_2,
+        )
+        .await?;
         METRICS.lag.get_or_create(&labels).set(lag as i64);
     }
     Ok(())

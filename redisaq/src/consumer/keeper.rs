@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{clock, membership, partitions, Shared};
+use crate::redis_conn;
 use crate::store::lease;
-use crate::{keys, redis_conn};
 
 /// Starts the keeper; it renews until `stop` is cancelled.
 pub(crate) fn spawn(
@@ -66,38 +66,24 @@ async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
 /// Renews membership and leases; false if Redis could not be asked.
 async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> bool {
     let held = shared.held.tenures();
-    let mut pipe = redis::pipe();
-    // Each renewal counts alone: a refused heartbeat must not cost the leases.
-    pipe.ignore_errors();
-    pipe.add_command(membership::heartbeat_cmd(shared));
-    for tenure in &held {
-        pipe.add_command(lease::renew_cmd(
-            &keys::lease(&shared.topic, tenure.partition, shared.group),
-            &keys::lease_token(&shared.consumer, tenure.id),
-            ttl,
-        ));
-    }
+    let holdings: Vec<_> = held.iter().map(|&t| shared.holding(t)).collect();
     let asked_at = clock::now();
-    match pipe
-        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
-        .await
-    {
-        Ok(replies) => {
-            let mut replies = replies.into_iter();
+    match lease::renew(conn, membership::heartbeat_cmd(shared), &holdings, ttl).await {
+        Ok(renewal) => {
             let mut complete = true;
-            if let Some(Err(e)) = replies.next() {
+            if let Err(e) = renewal.heartbeat {
                 complete = false;
                 tracing::warn!(
                     topic = %shared.topic, group = shared.group, error = %e,
                     "renewing the heartbeat failed; retrying"
                 );
             }
-            for (tenure, renewed) in held.into_iter().zip(replies) {
-                match renewed.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
-                    Ok(1) => shared
+            for (tenure, renewed) in held.into_iter().zip(renewal.leases) {
+                match renewed {
+                    Ok(true) => shared
                         .held
                         .extend(tenure, partitions::validity(ttl, asked_at)),
-                    Ok(_) => shared.lease_lost(tenure, "it was not ours when renewing it"),
+                    Ok(false) => shared.lease_lost(tenure, "it was not ours when renewing it"),
                     Err(e) => {
                         complete = false;
                         tracing::warn!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+use super::Holding;
 use crate::error::Error;
 
 /// Takes the lease if it is free, or held by this consumer in an earlier holding (then
@@ -117,14 +118,40 @@ pub(crate) async fn release(
     Ok(())
 }
 
-/// Extends the lease while this holding has it, as one command for a pipeline: answers
-/// 1, or 0 when it is not ours any more.
-pub(crate) fn renew_cmd(lease: &str, token: &str, ttl: Duration) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RENEW)
-        .arg(1)
-        .arg(lease)
-        .arg(token)
-        .arg(ttl.as_millis() as u64);
-    cmd
+/// What one renewal round trip found: whether the heartbeat was taken, and per lease
+/// whether it is still ours (`Ok(false)`: someone else's now).
+pub(crate) struct Renewal {
+    pub heartbeat: Result<(), redis::RedisError>,
+    pub leases: Vec<Result<bool, redis::RedisError>>,
+}
+
+/// Renews the heartbeat (`heartbeat`, from [`crate::store::members::heartbeat_cmd`]) and
+/// every holding's lease by `ttl`, in one round trip. Each renewal counts alone: a
+/// refused heartbeat must not cost the leases.
+pub(crate) async fn renew(
+    conn: &mut ConnectionManager,
+    heartbeat: redis::Cmd,
+    holdings: &[Holding],
+    ttl: Duration,
+) -> Result<Renewal, Error> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.add_command(heartbeat);
+    for holding in holdings {
+        pipe.cmd("EVAL")
+            .arg(RENEW)
+            .arg(1)
+            .arg(&holding.lease)
+            .arg(&holding.token)
+            .arg(ttl.as_millis() as u64);
+    }
+    let mut replies = pipe
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+        .await?
+        .into_iter();
+    let heartbeat = replies.next().map_or(Ok(()), |r| r.map(drop));
+    let leases = replies
+        .map(|renewed| renewed.and_then(|v| Ok(redis::from_redis_value::<i64>(v)? == 1)))
+        .collect();
+    Ok(Renewal { heartbeat, leases })
 }

@@ -24,3 +24,27 @@ pub(crate) async fn undelivered(
         .await?;
     Ok(wire::parse_entries(&reply)?.len() as u64)
 }
+
+/// A group's lag on a stream: entries after its read position `last_delivered`. Redis 7
+/// reports it (`reported`), but as an estimate that trimming and restarts can leave too
+/// high, so a figure above 0 counts only if anything follows the read position at all;
+/// Redis 6.2 reports none, and then it is counted, up to `cap`.
+pub(crate) async fn lag(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    last_delivered: &str,
+    reported: Option<u64>,
+    cap: usize,
+) -> Result<u64, Error> {
+    match reported {
+        Some(0) => Ok(0),
+        Some(lag) => Ok(
+            if undelivered(conn, stream, last_delivered, 1).await? == 0 {
+                0
+            } else {
+                lag
+            },
+        ),
+        None => undelivered(conn, stream, last_delivered, cap).await,
+    }
+}
