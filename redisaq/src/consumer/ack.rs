@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::partitions::Tenure;
 use super::Shared;
-use crate::keys;
 use crate::store::lease;
+use crate::store::stream;
 
 /// Most ids sent in one round trip.
 const MAX_PER_FLUSH: usize = 2048;
@@ -80,25 +80,11 @@ impl Acker {
             by_partition.iter().map(|(t, ids)| (*t, ids)).collect();
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=10 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for (tenure, ids) in &left {
-                pipe.add_command(
-                    lease::fenced(
-                        &keys::lease(&shared.topic, tenure.partition, shared.group),
-                        &keys::partition(&shared.topic, tenure.partition),
-                        &keys::lease_token(&shared.consumer, tenure.id),
-                        "XACK",
-                    )
-                    .arg(shared.group)
-                    .arg(*ids)
-                    .to_owned(),
-                );
-            }
-            match pipe
-                .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut self.conn)
-                .await
-            {
+            let batches: Vec<_> = left
+                .iter()
+                .map(|(tenure, ids)| (shared.holding(*tenure), ids.as_slice()))
+                .collect();
+            match stream::ack_many(&mut self.conn, &batches).await {
                 Ok(results) => {
                     let mut again = Vec::new();
                     for ((tenure, ids), result) in left.into_iter().zip(results) {

@@ -23,8 +23,8 @@ use super::takeover::{self, Orphans};
 use super::{create_groups, membership, Shared};
 use crate::error::Error;
 use crate::metrics::METRICS;
-use crate::store::lease;
-use crate::{keys, topic, wire};
+use crate::store::{lease, stream};
+use crate::{keys, topic};
 
 /// The last known state of the group, as this consumer saw it.
 #[derive(Default)]
@@ -101,23 +101,17 @@ const LAG_COUNT_6_2: usize = 1000;
 
 /// The lag and pending gauges of an owned partition.
 async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
-    let groups: redis::Value = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(keys::partition(&shared.topic, partition))
-        .query_async(&mut shared.conn.clone())
-        .await?;
-    if let Some(row) = wire::parse_groups(&groups)?
-        .into_iter()
-        .find(|g| g.name == shared.group)
-    {
+    let stream = keys::partition(&shared.topic, partition);
+    let mut conn = shared.conn.clone();
+    if let Some(row) = stream::group_info(&mut conn, &stream, shared.group).await? {
         let labels = shared.partition_labels(partition);
         METRICS
             .pending
             .get_or_create(&labels)
             .set(row.pending as i64);
-        let lag = crate::store::stream::lag(
-            &mut shared.conn.clone(),
-            &keys::partition(&shared.topic, partition),
+        let lag = stream::lag(
+            &mut conn,
+            &stream,
             &row.last_delivered,
             row.lag,
             LAG_COUNT_6_2,
@@ -310,26 +304,18 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
 /// cancellation), for as long as that lasts: `redisaq monitor` shows it `STUCK`.
 async fn report_stuck(shared: &Shared, stuck: &[u32]) {
     let key = keys::stuck(&shared.topic, shared.group, &shared.consumer);
-    let mut conn = shared.conn.clone();
-    let written = if stuck.is_empty() {
+    let marked = if stuck.is_empty() {
         if !shared.stuck_reported.swap(false, Ordering::Relaxed) {
             return;
         }
-        redis::cmd("DEL").arg(&key).exec_async(&mut conn).await
+        crate::store::group::mark_stuck(&mut shared.conn.clone(), &key, None).await
     } else {
         shared.stuck_reported.store(true, Ordering::Relaxed);
-        let partitions: Vec<String> = stuck.iter().map(u32::to_string).collect();
         // Outlives a missed pass, not a crashed consumer.
         let ttl = shared.config.heartbeat_ttl + 2 * shared.config.heartbeat_interval;
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(partitions.join(","))
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .exec_async(&mut conn)
-            .await
+        crate::store::group::mark_stuck(&mut shared.conn.clone(), &key, Some((stuck, ttl))).await
     };
-    if let Err(e) = written {
+    if let Err(e) = marked {
         tracing::debug!(error = %e, "could not record the stuck partitions for the tools");
     }
 }
@@ -342,16 +328,12 @@ fn release_deadline(shared: &Shared) -> Duration {
 
 /// The group's last delivered entry id on a partition.
 async fn delivered_up_to(shared: &Shared, partition: u32) -> Result<String, Error> {
-    let info: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(keys::partition(&shared.topic, partition))
-        .query_async(&mut shared.conn.clone())
-        .await?;
-    Ok(info
-        .groups
-        .into_iter()
-        .find(|g| g.name == shared.group)
-        .map_or_else(|| "0-0".to_string(), |g| g.last_delivered_id))
+    let stream = keys::partition(&shared.topic, partition);
+    Ok(
+        stream::group_info(&mut shared.conn.clone(), &stream, shared.group)
+            .await?
+            .map_or_else(|| "0-0".to_string(), |g| g.last_delivered),
+    )
 }
 
 /// Claims what was left pending on a partition just taken, making the group first if

@@ -15,6 +15,7 @@ use super::{create_groups, Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
 use crate::redis_conn;
+use crate::store::stream;
 use crate::wire;
 
 /// Most entries asked for in one read.
@@ -184,7 +185,7 @@ async fn read_for_room(
     read(shared, conn, partitions, 1, Some(block_ms)).await
 }
 
-/// One `XREADGROUP` of new entries, up to `count` per partition.
+/// One read of new entries, up to `count` per partition.
 async fn read(
     shared: &Shared,
     conn: &mut ConnectionManager,
@@ -192,24 +193,19 @@ async fn read(
     count: usize,
     block_ms: Option<u64>,
 ) -> Result<Vec<(String, Vec<wire::StreamEntry>)>, Error> {
-    let mut read = redis::cmd("XREADGROUP");
-    read.arg("GROUP")
-        .arg(shared.group)
-        .arg(&shared.consumer)
-        .arg("COUNT")
-        .arg(count);
-    if let Some(block_ms) = block_ms {
-        read.arg("BLOCK").arg(block_ms);
-    }
-    read.arg("STREAMS");
-    for tenure in partitions {
-        read.arg(keys::partition(&shared.topic, tenure.partition));
-    }
-    for _ in partitions {
-        read.arg(">");
-    }
-    let reply: redis::Value = read.query_async(conn).await?;
-    Ok(wire::parse_read(&reply)?)
+    let streams: Vec<String> = partitions
+        .iter()
+        .map(|t| keys::partition(&shared.topic, t.partition))
+        .collect();
+    stream::read(
+        conn,
+        shared.group,
+        &shared.consumer,
+        &streams,
+        count,
+        block_ms,
+    )
+    .await
 }
 
 /// Claims (to this consumer, keeping their delivery count) and queues what a read whose

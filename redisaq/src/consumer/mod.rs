@@ -193,32 +193,14 @@ impl Shared {
     }
 }
 
-/// Creates the group on every partition (from the oldest retained entry, so a new group
-/// reconsumes what is there) and the streams if they do not exist yet.
+/// Creates the group on every partition (see [`crate::store::group::create_on_partitions`]).
 pub(crate) async fn create_groups(
     conn: &mut ConnectionManager,
     topic: &str,
     group: &str,
     partitions: u32,
 ) -> Result<(), Error> {
-    // Look first, create only what is missing: on a full Redis `XGROUP CREATE` is
-    // refused even where the group exists, and a worker must start there all the same.
-    let mut look = redis::pipe();
-    look.ignore_errors();
-    for partition in 0..partitions {
-        look.cmd("XINFO")
-            .arg("GROUPS")
-            .arg(keys::partition(topic, partition));
-    }
-    let found: Vec<redis::RedisResult<redis::streams::StreamInfoGroupsReply>> =
-        look.query_async(conn).await?;
-    for (partition, groups) in (0..partitions).zip(found) {
-        if groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == group)) {
-            continue;
-        }
-        crate::store::group::create(conn, &keys::partition(topic, partition), group).await?;
-    }
-    Ok(())
+    crate::store::group::create_on_partitions(conn, topic, group, partitions).await
 }
 
 /// Registers the topic and the group, trying again (with backoff, until `shutdown`)

@@ -9,8 +9,7 @@ use super::partitions::Tenure;
 use super::{Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
-use crate::store::lease;
-use crate::store::{self, group::Removal};
+use crate::store::{self, group::Removal, stream};
 use crate::wire;
 
 /// Most entries claimed in one round trip.
@@ -39,18 +38,12 @@ pub(crate) async fn claim_orphans(
     let Some(tenure) = shared.held.tenure(partition) else {
         return Ok(0); // not ours (any more)
     };
-    let stream = keys::partition(&shared.topic, partition);
-    let lease_key = keys::lease(&shared.topic, partition, shared.group);
-    let due_key = keys::due(&shared.topic, partition, shared.group);
+    let holding = shared.holding(tenure);
     let mut conn = shared.conn.clone();
     if whose == Orphans::OfOthers {
         // Cheap check first: usually nobody else holds anything here.
-        let summary: redis::Value = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(shared.group)
-            .query_async(&mut conn)
-            .await?;
-        let by_consumer = wire::parse_pending_by_consumer(&summary)?;
+        let by_consumer =
+            stream::pending_by_consumer(&mut conn, &holding.stream, shared.group).await?;
         if by_consumer.iter().all(|(name, _)| *name == shared.consumer) {
             return Ok(0);
         }
@@ -70,15 +63,8 @@ pub(crate) async fn claim_orphans(
             },
             () = shared.shutdown.cancelled() => return Ok(queued),
         };
-        let rows: redis::Value = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(shared.group)
-            .arg(&start)
-            .arg("+")
-            .arg(room)
-            .query_async(&mut conn)
-            .await?;
-        let page = wire::parse_pending(&rows)?;
+        let page =
+            stream::pending_page(&mut conn, &holding.stream, shared.group, &start, room).await?;
         let Some(last) = page.last() else { break };
         start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
         // Another consumer's entries were delivered there: the next run is a new
@@ -87,7 +73,7 @@ pub(crate) async fn claim_orphans(
         let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
         // Entries waiting for a retry run when they are due, not now.
         let ids: Vec<&str> = page.iter().map(|p| p.id.as_str()).collect();
-        let waiting = store::due::waiting(&mut conn, &due_key, &ids).await?;
+        let waiting = store::due::waiting(&mut conn, &holding.due, &ids).await?;
         for (pending, waits) in page.iter().zip(waiting) {
             if waits {
                 continue;
@@ -112,18 +98,9 @@ pub(crate) async fn claim_orphans(
             }
         }
         for (keep_count, batch) in batches {
-            let token = keys::lease_token(&shared.consumer, tenure.id);
-            let mut claim = lease::fenced(&lease_key, &stream, &token, "XCLAIM");
-            claim
-                .arg(shared.group)
-                .arg(&shared.consumer)
-                .arg(0)
-                .arg(batch.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
-            if let Some(count) = keep_count {
-                claim.arg("RETRYCOUNT").arg(count);
-            }
-            let claimed: redis::Value = claim.query_async(&mut conn).await?;
-            let claimed = wire::parse_claimed(&claimed)?;
+            let ids: Vec<&str> = batch.iter().map(|p| p.id.as_str()).collect();
+            let claimed =
+                stream::claim(&mut conn, &holding, &shared.consumer, &ids, keep_count).await?;
             if claimed.len() < batch.len() {
                 let missing: Vec<&str> = batch
                     .iter()
@@ -171,35 +148,18 @@ pub(crate) async fn claim_orphans(
 /// they are counted and logged, and acknowledged so that they leave the pending list
 /// (Redis 6.2 keeps them there forever; 7 drops them in the claim).
 async fn forget_deleted(shared: &Shared, tenure: Tenure, ids: &[&str]) -> Result<(), Error> {
-    let stream = keys::partition(&shared.topic, tenure.partition);
+    let holding = shared.holding(tenure);
     let mut conn = shared.conn.clone();
-    let mut deleted = Vec::new();
-    for &id in ids {
-        let found: redis::Value = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut conn)
-            .await?;
-        if matches!(&found, redis::Value::Array(items) if items.is_empty()) {
-            deleted.push(id);
-        }
-    }
+    let deleted = stream::deleted(&mut conn, &holding.stream, ids).await?;
     if deleted.is_empty() {
         return Ok(());
     }
-    let token = keys::lease_token(&shared.consumer, tenure.id);
-    let lease_key = keys::lease(&shared.topic, tenure.partition, shared.group);
-    lease::fenced(&lease_key, &stream, &token, "XACK")
-        .arg(shared.group)
-        .arg(&deleted)
-        .exec_async(&mut conn)
-        .await?;
+    stream::ack(&mut conn, &holding, &deleted).await?;
     for id in deleted {
         shared.metrics.lost.inc();
         tracing::error!(
             partition = tenure.partition,
-            entry = id,
+            entry = %id,
             "entry {id} was deleted from the stream while pending (XDEL, or trimming by \
              someone else); its job cannot run"
         );
@@ -216,13 +176,9 @@ pub(crate) async fn remove_dead(
 ) -> Result<(), Error> {
     let stream = keys::partition(&shared.topic, partition);
     let mut conn = shared.conn.clone();
-    let consumers: redis::Value = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(&stream)
-        .arg(shared.group)
-        .query_async(&mut conn)
-        .await?;
-    for wire::ConsumerRow { name, pending, .. } in wire::parse_consumers(&consumers)? {
+    for wire::ConsumerRow { name, pending, .. } in
+        stream::consumers(&mut conn, &stream, shared.group).await?
+    {
         if pending > 0 || name == shared.consumer || live.contains(&name) {
             continue;
         }

@@ -3,6 +3,7 @@
 use redis::aio::ConnectionLike;
 
 use crate::error::Error;
+use crate::keys;
 
 /// Deletes `ARGV[2]` from group `ARGV[1]` of stream `KEYS[1]` only if it has nothing
 /// pending there, in one step: a read landing between a check and a separate delete
@@ -69,4 +70,55 @@ pub(crate) async fn remove_consumer_if_idle(
     } else {
         Removal::Removed
     })
+}
+
+/// Creates the group on every partition (from the oldest retained entry, so a new group
+/// reconsumes what is there) and the streams if they do not exist yet.
+pub(crate) async fn create_on_partitions(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: &str,
+    partitions: u32,
+) -> Result<(), Error> {
+    // Look first, create only what is missing: on a full Redis `XGROUP CREATE` is
+    // refused even where the group exists, and a worker must start there all the same.
+    let mut look = redis::pipe();
+    look.ignore_errors();
+    for partition in 0..partitions {
+        look.cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys::partition(topic, partition));
+    }
+    let found: Vec<redis::RedisResult<redis::streams::StreamInfoGroupsReply>> =
+        look.query_async(conn).await?;
+    for (partition, groups) in (0..partitions).zip(found) {
+        if groups.is_ok_and(|g| g.groups.iter().any(|g| g.name == group)) {
+            continue;
+        }
+        create(conn, &keys::partition(topic, partition), group).await?;
+    }
+    Ok(())
+}
+
+/// Tells the tools which partitions `consumer` cannot hand over (calls there ignore
+/// cancellation), for `ttl`; `None` clears it. `redisaq monitor` shows it `STUCK`.
+pub(crate) async fn mark_stuck(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    partitions: Option<(&[u32], std::time::Duration)>,
+) -> Result<(), Error> {
+    match partitions {
+        None => redis::cmd("DEL").arg(key).exec_async(conn).await?,
+        Some((partitions, ttl)) => {
+            let list: Vec<String> = partitions.iter().map(u32::to_string).collect();
+            redis::cmd("SET")
+                .arg(key)
+                .arg(list.join(","))
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .exec_async(conn)
+                .await?
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,12 @@
-//! Reads of one partition stream that both the consumer and the admin need.
+//! Operations on partition streams: reading, claiming and acknowledging (fenced by the
+//! holding's lease), and the reads of pending entries, groups and lag that the consumer
+//! and the tools share.
 
 use redis::aio::ConnectionLike;
 
+use super::{lease, Holding};
 use crate::error::Error;
-use crate::wire;
+use crate::wire::{self, StreamEntry};
 
 /// How many entries follow `last_delivered` (a group's read position), counting at most
 /// `cap`: what Redis 7 reports as a group's lag, for servers that do not (6.2).
@@ -47,4 +50,169 @@ pub(crate) async fn lag(
         ),
         None => undelivered(conn, stream, last_delivered, cap).await,
     }
+}
+
+/// How many entries each consumer has pending in `group` on `stream`.
+pub(crate) async fn pending_by_consumer(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<(String, u64)>, Error> {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await?;
+    Ok(wire::parse_pending_by_consumer(&summary)?)
+}
+
+/// Up to `count` pending entries of `group` on `stream`, from id `start` on.
+pub(crate) async fn pending_page(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    start: &str,
+    count: usize,
+) -> Result<Vec<wire::Pending>, Error> {
+    let rows: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(start)
+        .arg("+")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(wire::parse_pending(&rows)?)
+}
+
+/// Claims `ids` for `consumer` while the holding has its lease, keeping the delivery
+/// count at `keep_count` if given (else Redis adds one). Entries deleted from the
+/// stream meanwhile are not returned.
+pub(crate) async fn claim(
+    conn: &mut impl ConnectionLike,
+    holding: &Holding,
+    consumer: &str,
+    ids: &[&str],
+    keep_count: Option<u64>,
+) -> Result<Vec<StreamEntry>, Error> {
+    let mut claim = lease::fenced(&holding.lease, &holding.stream, &holding.token, "XCLAIM");
+    claim.arg(&holding.group).arg(consumer).arg(0).arg(ids);
+    if let Some(count) = keep_count {
+        claim.arg("RETRYCOUNT").arg(count);
+    }
+    let claimed: redis::Value = claim.query_async(conn).await?;
+    Ok(wire::parse_claimed(&claimed)?)
+}
+
+/// Which of `ids` no longer exist in `stream` (deleted while pending).
+pub(crate) async fn deleted(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    ids: &[&str],
+) -> Result<Vec<String>, Error> {
+    let mut deleted = Vec::new();
+    for &id in ids {
+        let found: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(id)
+            .arg(id)
+            .query_async(conn)
+            .await?;
+        if matches!(&found, redis::Value::Array(items) if items.is_empty()) {
+            deleted.push(id.to_string());
+        }
+    }
+    Ok(deleted)
+}
+
+/// Acknowledges `ids` while the holding has its lease.
+pub(crate) async fn ack(
+    conn: &mut impl ConnectionLike,
+    holding: &Holding,
+    ids: &[impl AsRef<str>],
+) -> Result<(), Error> {
+    ack_cmd(holding, ids).exec_async(conn).await?;
+    Ok(())
+}
+
+fn ack_cmd(holding: &Holding, ids: &[impl AsRef<str>]) -> redis::Cmd {
+    let mut cmd = lease::fenced(&holding.lease, &holding.stream, &holding.token, "XACK");
+    cmd.arg(&holding.group);
+    for id in ids {
+        cmd.arg(id.as_ref());
+    }
+    cmd
+}
+
+/// Acknowledges each holding's ids, all in one round trip; one outcome per holding
+/// (a refused one is [`lease::is_fenced`]).
+pub(crate) async fn ack_many(
+    conn: &mut impl ConnectionLike,
+    batches: &[(Holding, &[String])],
+) -> Result<Vec<Result<(), redis::RedisError>>, Error> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (holding, ids) in batches {
+        pipe.add_command(ack_cmd(holding, ids));
+    }
+    let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    Ok(results.into_iter().map(|r| r.map(drop)).collect())
+}
+
+/// New entries for `consumer` of `group` from `streams`, up to `count` each, waiting up
+/// to `block_ms` for one if given; per stream key, its entries.
+pub(crate) async fn read(
+    conn: &mut impl ConnectionLike,
+    group: &str,
+    consumer: &str,
+    streams: &[String],
+    count: usize,
+    block_ms: Option<u64>,
+) -> Result<Vec<(String, Vec<StreamEntry>)>, Error> {
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block_ms) = block_ms {
+        read.arg("BLOCK").arg(block_ms);
+    }
+    read.arg("STREAMS").arg(streams);
+    for _ in streams {
+        read.arg(">");
+    }
+    let reply: redis::Value = read.query_async(conn).await?;
+    Ok(wire::parse_read(&reply)?)
+}
+
+/// `group`'s row of `XINFO GROUPS` on `stream`, if the group is there.
+pub(crate) async fn group_info(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Option<wire::GroupRow>, Error> {
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    Ok(wire::parse_groups(&groups)?
+        .into_iter()
+        .find(|g| g.name == group))
+}
+
+/// The consumers of `group` on `stream` (`XINFO CONSUMERS`).
+pub(crate) async fn consumers(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<wire::ConsumerRow>, Error> {
+    let consumers: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await?;
+    Ok(wire::parse_consumers(&consumers)?)
 }
