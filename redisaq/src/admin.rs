@@ -19,7 +19,8 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::store::dlq;
 pub use crate::store::dlq::DeadLetterEntry;
-use crate::{keys, redis_conn, topic, wire};
+use crate::store::topic;
+use crate::{keys, redis_conn, wire};
 
 /// A connection for administration.
 #[derive(Clone)]

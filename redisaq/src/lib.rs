@@ -45,15 +45,14 @@ mod redis_conn;
 mod registry;
 mod retry;
 mod store;
-mod topic;
 mod wire;
 mod worker;
 
 pub use error::{BoxError, Error, JobError};
 pub use job::{Job, JobId};
+pub use producer::set_partitions;
 pub use producer::{set_redis_url, EnqueueOptions};
 pub use redisaq_macros::job;
-pub use topic::set_partitions;
 pub use worker::{run, Worker};
 
 /// Items the `#[job]` macro's generated code calls. Not a public API: it changes without

@@ -14,7 +14,9 @@ use crate::error::Error;
 use crate::handler::JobPayload;
 use crate::job::{now_ms, JobId};
 use crate::registry::TopicSpec;
-use crate::{keys, redis_conn, topic, wire};
+use crate::store::stream::{self, NewJob};
+use crate::store::topic;
+use crate::{keys, redis_conn};
 
 /// How long a producer trusts its cached partition count; a raised count reaches
 /// producers within this time.
@@ -284,9 +286,14 @@ pub fn enqueue<T: JobPayload>(
             let (mut conn, state) = prepare(spec).await.map_err(Failure::NotSent)?;
             let key = options.key.as_deref();
             let stream = keys::partition(spec.topic, route(&state, key));
-            let mut pipe = redis::pipe();
-            wire::add_job(&mut pipe, &stream, &id, &json, now_ms(), key);
-            send(&mut conn, &pipe, &sending).await
+            let job = NewJob {
+                stream: &stream,
+                id: id.as_str(),
+                payload: &json,
+                enqueued_at_ms: now_ms(),
+                key,
+            };
+            send(&mut conn, &[job], &sending).await
         })
         .await?;
         Ok(id)
@@ -300,29 +307,24 @@ async fn prepare(spec: &'static TopicSpec) -> Result<(ConnectionManager, Arc<Top
     Ok((conn, state))
 }
 
-/// Sends the `XADD`s, one answer per job.
+/// Sends the jobs, one answer per job.
 async fn send(
     conn: &mut ConnectionManager,
-    pipe: &redis::Pipeline,
+    jobs: &[NewJob<'_>],
     sending: &AtomicBool,
 ) -> Result<(), Failure> {
-    let mut pipe = pipe.clone();
-    pipe.ignore_errors();
     sending.store(true, Ordering::Relaxed);
-    let results: Vec<redis::RedisResult<redis::Value>> =
-        pipe.query_async(conn).await.map_err(|e| {
-            if e.is_connection_refusal() {
-                Failure::NotSent(e.into())
-            } else {
-                Failure::Sent(e.into())
-            }
-        })?;
-    if results.iter().all(Result::is_ok) {
+    let refusals = stream::add(conn, jobs).await.map_err(|e| {
+        if e.is_connection_refusal() {
+            Failure::NotSent(e.into())
+        } else {
+            Failure::Sent(e.into())
+        }
+    })?;
+    if refusals.iter().all(Option::is_none) {
         return Ok(());
     }
-    Err(Failure::PerJob(
-        results.into_iter().map(Result::err).collect(),
-    ))
+    Err(Failure::PerJob(refusals))
 }
 
 /// Enqueues many jobs in one pipelined round trip (what `my_job::enqueue_batch` calls).
@@ -347,17 +349,36 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
             let streams: Vec<String> = (0..state.partitions)
                 .map(|p| keys::partition(spec.topic, p))
                 .collect();
-            let enqueued_at = now_ms();
-            let mut pipe = redis::pipe();
-            for (id, json) in ids.iter().zip(&jsons) {
-                let stream = &streams[route(&state, None) as usize];
-                wire::add_job(&mut pipe, stream, id, json, enqueued_at, None);
-            }
-            send(&mut conn, &pipe, &sending).await
+            let enqueued_at_ms = now_ms();
+            let jobs: Vec<NewJob> = ids
+                .iter()
+                .zip(&jsons)
+                .map(|(id, json)| NewJob {
+                    stream: &streams[route(&state, None) as usize],
+                    id: id.as_str(),
+                    payload: json,
+                    enqueued_at_ms,
+                    key: None,
+                })
+                .collect();
+            send(&mut conn, &jobs, &sending).await
         })
         .await?;
         Ok(ids)
     }
+}
+
+/// Raises a topic's partition count to `partitions` and returns the previous count (0
+/// for a topic that did not exist). Producers pick up the new partitions within a few
+/// seconds; workers rebalance onto them. Lowering is refused: jobs in the removed
+/// partitions would be stranded.
+///
+/// Uses the same Redis as `enqueue` (see [`set_redis_url`](crate::set_redis_url)).
+pub async fn set_partitions(topic: &str, partitions: u32) -> Result<u32, Error> {
+    let mut conn = connection().await?;
+    let previous = crate::store::topic::raise(&mut conn, topic, partitions).await?;
+    forget_topic(topic);
+    Ok(previous)
 }
 
 #[cfg(test)]

@@ -64,30 +64,7 @@ pub(crate) enum Undecodable {
     Newer(u32),
 }
 
-/// Adds the `XADD` of a new job entry to `pipe`.
-pub(crate) fn add_job(
-    pipe: &mut redis::Pipeline,
-    stream: &str,
-    id: &JobId,
-    payload: &str,
-    enqueued_at_ms: u64,
-    key: Option<&str>,
-) {
-    pipe.cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg(field::ID)
-        .arg(id.as_str())
-        .arg(field::PAYLOAD)
-        .arg(payload)
-        .arg(field::ENQUEUED_AT)
-        .arg(enqueued_at_ms);
-    if let Some(key) = key {
-        pipe.arg(field::KEY).arg(key);
-    }
-}
-
-/// The `XADD` field arguments of a job entry (for scripts that add jobs).
+/// The `XADD` field arguments of a job entry.
 pub(crate) fn job_args(
     id: &str,
     payload: &str,

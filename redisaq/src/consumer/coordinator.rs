@@ -22,9 +22,10 @@ use super::partitions::{self, Phase};
 use super::takeover::{self, Orphans};
 use super::{create_groups, membership, Shared};
 use crate::error::Error;
+use crate::keys;
 use crate::metrics::METRICS;
+use crate::store::topic;
 use crate::store::{lease, stream};
-use crate::{keys, topic};
 
 /// The last known state of the group, as this consumer saw it.
 #[derive(Default)]

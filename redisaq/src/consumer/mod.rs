@@ -40,8 +40,9 @@ use crate::error::Error;
 use crate::job::{JobMeta, RawJob};
 use crate::registry::HandlerDef;
 use crate::retry::Backoff;
+use crate::store::topic;
 use crate::wire::{self, StreamEntry, Undecodable};
-use crate::{keys, redis_conn, topic};
+use crate::{keys, redis_conn};
 
 /// One delivery of an entry to this consumer.
 #[derive(Debug)]

@@ -7,6 +7,7 @@ pub(crate) mod due;
 pub(crate) mod group;
 pub(crate) mod members;
 pub(crate) mod stream;
+pub(crate) mod topic;
 pub(crate) mod trim;
 
 use crate::keys;

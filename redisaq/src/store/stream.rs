@@ -216,3 +216,38 @@ pub(crate) async fn consumers(
         .await?;
     Ok(wire::parse_consumers(&consumers)?)
 }
+
+/// A job to add to a partition stream.
+pub(crate) struct NewJob<'a> {
+    pub stream: &'a str,
+    pub id: &'a str,
+    pub payload: &'a str,
+    pub enqueued_at_ms: u64,
+    pub key: Option<&'a str>,
+}
+
+/// Adds the jobs in one round trip. Per job, Redis's refusal if it refused it; `Err`
+/// when the round trip itself failed (then any of them may or may not be stored).
+pub(crate) async fn add(
+    conn: &mut impl ConnectionLike,
+    jobs: &[NewJob<'_>],
+) -> Result<Vec<Option<redis::RedisError>>, redis::RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for job in jobs {
+        pipe.cmd("XADD")
+            .arg(job.stream)
+            .arg("*")
+            .arg(wire::field::ID)
+            .arg(job.id)
+            .arg(wire::field::PAYLOAD)
+            .arg(job.payload)
+            .arg(wire::field::ENQUEUED_AT)
+            .arg(job.enqueued_at_ms);
+        if let Some(key) = job.key {
+            pipe.arg(wire::field::KEY).arg(key);
+        }
+    }
+    let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    Ok(results.into_iter().map(Result::err).collect())
+}

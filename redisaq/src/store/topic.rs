@@ -167,20 +167,8 @@ redis.call('HSET', KEYS[1], 'partitions', wanted)
 return current
 ";
 
-/// Raises a topic's partition count to `partitions` and returns the previous count (0
-/// for a topic that did not exist). Producers pick up the new partitions within a few
-/// seconds; workers rebalance onto them. Lowering is refused: jobs in the removed
-/// partitions would be stranded.
-///
-/// Uses the same Redis as `enqueue` (see [`set_redis_url`](crate::set_redis_url)).
-pub async fn set_partitions(topic: &str, partitions: u32) -> Result<u32, Error> {
-    let mut conn = crate::producer::connection().await?;
-    let previous = raise(&mut conn, topic, partitions).await?;
-    crate::producer::forget_topic(topic);
-    Ok(previous)
-}
-
-/// [`set_partitions`] on a given connection.
+/// Raises a topic's partition count on a given connection; returns the previous count
+/// (see [`crate::set_partitions`]).
 pub(crate) async fn raise(
     conn: &mut impl ConnectionLike,
     topic: &str,
