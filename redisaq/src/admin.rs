@@ -17,10 +17,10 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::store::dlq;
 pub use crate::store::dlq::DeadLetterEntry;
 use crate::store::topic;
-use crate::{keys, redis_conn, wire};
+use crate::store::{self, dlq, stream};
+use crate::{keys, wire};
 
 /// A connection for administration.
 #[derive(Clone)]
@@ -141,25 +141,18 @@ const MAX_LAG_COUNT: usize = 100_000;
 impl Admin {
     /// Connects to the Redis at `url`.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let client = redis_conn::client(url)?;
-        let conn = redis_conn::quick_manager(&client).await?;
+        let client = store::conn::client(url)?;
+        let conn = store::conn::quick_manager(&client).await?;
         Ok(Admin { conn })
     }
 
     async fn server_ms(&self) -> Result<u64, Error> {
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(secs * 1000 + micros / 1000)
+        store::server_ms(&mut self.conn.clone()).await
     }
 
     /// A topic's partition count.
     pub async fn partitions(&self, topic: &str) -> Result<u32, Error> {
-        let partitions: Option<u32> = redis::cmd("HGET")
-            .arg(keys::meta(topic))
-            .arg("partitions")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let partitions = topic::partitions(&mut self.conn.clone(), topic).await?;
         partitions.ok_or_else(|| {
             Error::config(format!(
                 "there is no topic `{topic}`; `redisaq topics` lists the topics"
@@ -167,39 +160,22 @@ impl Admin {
         })
     }
 
+    /// How old the oldest (or newest) entry of `stream` is.
     async fn edge_age(
         &self,
         stream: &str,
-        command: &str,
+        newest: bool,
         now_ms: u64,
     ) -> Result<Option<u64>, Error> {
-        let (from, to) = if command == "XRANGE" {
-            ("-", "+")
-        } else {
-            ("+", "-")
-        };
-        let reply: redis::Value = redis::cmd(command)
-            .arg(stream)
-            .arg(from)
-            .arg(to)
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(wire::parse_entries(&reply)?
-            .first()
-            .and_then(|e| wire::parse_stream_id(&e.id))
+        Ok(stream::edge(&mut self.conn.clone(), stream, newest)
+            .await?
+            .and_then(|id| wire::parse_stream_id(&id))
             .map(|(ms, _)| now_ms.saturating_sub(ms)))
     }
 
     /// The names of all topics, sorted.
     async fn topic_names(&self) -> Result<Vec<String>, Error> {
-        let mut names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::topics())
-            .query_async(&mut self.conn.clone())
-            .await?;
-        names.sort();
-        Ok(names)
+        topic::names(&mut self.conn.clone()).await
     }
 
     /// Brings topics (the given ones, or all) to the newest layout of redisaq's data in
@@ -235,15 +211,11 @@ impl Admin {
             let mut streams = Vec::with_capacity(partitions as usize);
             for partition in 0..partitions {
                 let stream = keys::partition(&name, partition);
-                let length: u64 = redis::cmd("XLEN")
-                    .arg(&stream)
-                    .query_async(&mut conn)
-                    .await?;
                 streams.push(StreamStatus {
                     partition,
-                    length,
-                    oldest_age_ms: self.edge_age(&stream, "XRANGE", now_ms).await?,
-                    newest_age_ms: self.edge_age(&stream, "XREVRANGE", now_ms).await?,
+                    length: stream::length(&mut conn, &stream).await?,
+                    oldest_age_ms: self.edge_age(&stream, false, now_ms).await?,
+                    newest_age_ms: self.edge_age(&stream, true, now_ms).await?,
                 });
             }
             let dead_letters = dlq::count(&mut conn, &name, partitions).await?;
@@ -265,18 +237,8 @@ impl Admin {
         let mut groups: BTreeMap<String, GroupStatus> = BTreeMap::new();
         for partition in 0..partitions {
             let stream = keys::partition(topic, partition);
-            let reply: Result<redis::Value, _> = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&stream)
-                .query_async(&mut conn)
-                .await;
-            let rows = match reply {
-                Ok(reply) => wire::parse_groups(&reply)?,
-                Err(e) if e.to_string().contains("no such key") => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-            for row in rows {
-                let lag = crate::store::stream::lag(
+            for row in stream::groups(&mut conn, &stream).await? {
+                let lag = stream::lag(
                     &mut self.conn.clone(),
                     &stream,
                     &row.last_delivered,
@@ -299,9 +261,8 @@ impl Admin {
             }
         }
         for status in groups.values_mut() {
-            status.consumers = crate::store::members::live(&mut conn, topic, &status.group).await?;
-            let assignment =
-                crate::store::assignment::load(&mut conn, topic, &status.group).await?;
+            status.consumers = store::members::live(&mut conn, topic, &status.group).await?;
+            let assignment = store::assignment::load(&mut conn, topic, &status.group).await?;
             status.generation = assignment.generation;
             status.owners = assignment.owners;
         }
@@ -379,18 +340,14 @@ impl Admin {
         let mut consumers: BTreeMap<String, ConsumerStatus> = BTreeMap::new();
         for partition in 0..partitions {
             let stream = keys::partition(topic, partition);
-            let reply: Result<redis::Value, _> = redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(&stream)
-                .arg(group)
-                .query_async(&mut conn)
-                .await;
-            let rows = match reply {
-                Ok(reply) => wire::parse_consumers(&reply)?,
-                Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+            let rows = match stream::consumers(&mut conn, &stream, group).await {
+                Ok(rows) => rows,
+                Err(Error::Redis(e))
+                    if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") =>
+                {
                     Vec::new()
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             for row in rows {
                 let status = consumers
@@ -406,24 +363,15 @@ impl Admin {
                 status.idle_ms = status.idle_ms.min(row.idle_ms);
                 status.pending += row.pending;
             }
-            let owner: Option<String> = redis::cmd("GET")
-                .arg(keys::lease(topic, partition, group))
-                .query_async(&mut conn)
-                .await?;
+            let owner =
+                store::lease::holder(&mut conn, &keys::lease(topic, partition, group)).await?;
             if let Some(status) = owner.and_then(|o| consumers.get_mut(keys::lease_holder(&o))) {
                 status.partitions.push(partition);
             }
         }
-        let live = crate::store::members::live(&mut conn, topic, group).await?;
-        let mut look = redis::pipe();
-        for name in consumers.keys() {
-            look.cmd("EXISTS").arg(keys::stuck(topic, group, name));
-        }
-        let stuck: Vec<bool> = if consumers.is_empty() {
-            Vec::new()
-        } else {
-            look.query_async(&mut conn).await?
-        };
+        let live = store::members::live(&mut conn, topic, group).await?;
+        let names: Vec<&str> = consumers.keys().map(String::as_str).collect();
+        let stuck = store::group::stuck(&mut conn, topic, group, &names).await?;
         for (status, stuck) in consumers.values_mut().zip(stuck) {
             status.alive = live.contains(&status.consumer);
             status.status = if !status.alive {
@@ -464,7 +412,7 @@ impl Admin {
             }
             let mut kept = false;
             for partition in 0..partitions {
-                let removal = crate::store::group::remove_consumer_if_idle(
+                let removal = store::group::remove_consumer_if_idle(
                     &mut conn,
                     &keys::partition(topic, partition),
                     group,
@@ -473,7 +421,7 @@ impl Admin {
                 .await?;
                 // It read something since the listing: its entries' new owner claims
                 // them, and a later cleanup removes it.
-                kept |= removal == crate::store::group::Removal::Kept;
+                kept |= removal == store::group::Removal::Kept;
             }
             if kept {
                 report.kept.push(consumer);
@@ -508,11 +456,8 @@ impl Admin {
             })?;
         let mut retained = 0;
         for partition in 0..partitions {
-            let length: u64 = redis::cmd("XLEN")
-                .arg(keys::partition(topic, partition))
-                .query_async(&mut self.conn.clone())
-                .await?;
-            retained += length;
+            retained +=
+                stream::length(&mut self.conn.clone(), &keys::partition(topic, partition)).await?;
         }
         let backlog = status.lag + status.pending;
         let utilisation_pct = 100.0 * backlog as f64 / retained.max(1) as f64;

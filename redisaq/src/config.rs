@@ -17,7 +17,7 @@ pub(crate) struct RedisUrl(pub String);
 
 impl std::fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::redis_conn::redact(&self.0))
+        f.write_str(&crate::store::conn::redact(&self.0))
     }
 }
 

@@ -98,9 +98,9 @@ impl Error {
         }
     }
 
-    /// Whether trying again later may succeed (see [`crate::redis_conn::is_transient`]).
+    /// Whether trying again later may succeed (see [`crate::store::conn::is_transient`]).
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, Error::Redis(e) if crate::redis_conn::is_transient(e))
+        matches!(self, Error::Redis(e) if crate::store::conn::is_transient(e))
     }
 }
 

@@ -41,7 +41,6 @@ mod job;
 pub mod keys;
 mod metrics;
 mod producer;
-mod redis_conn;
 mod registry;
 mod retry;
 mod store;

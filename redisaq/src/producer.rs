@@ -13,10 +13,11 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::handler::JobPayload;
 use crate::job::{now_ms, JobId};
+use crate::keys;
 use crate::registry::TopicSpec;
+use crate::store;
 use crate::store::stream::{self, NewJob};
 use crate::store::topic;
-use crate::{keys, redis_conn};
 
 /// How long a producer trusts its cached partition count; a raised count reaches
 /// producers within this time.
@@ -139,7 +140,7 @@ fn explain(error: &Error) -> String {
              again once they have; if it lasts, raise Redis' maxmemory, lower the topics' \
              maxlen, or add workers"
         ),
-        Error::Redis(e) if redis_conn::is_transient(e) => {
+        Error::Redis(e) if store::conn::is_transient(e) => {
             format!("Redis cannot be reached ({e}); check REDIS_URL and that Redis is up")
         }
         other => other.to_string(),
@@ -180,7 +181,7 @@ fn producer() -> &'static Producer {
 /// # redisaq::set_redis_url("redis://127.0.0.1:6379").unwrap();
 /// ```
 pub fn set_redis_url(url: &str) -> Result<(), Error> {
-    redis_conn::client(url)?;
+    store::conn::client(url)?;
     let state = producer();
     *state.url.write().expect("producer url lock") = Some(url.to_string());
     if let Ok(mut connections) = state.connections.try_lock() {
@@ -204,10 +205,10 @@ pub(crate) async fn connection() -> Result<ConnectionManager, Error> {
         .expect("producer url lock")
         .clone()
         .unwrap_or_else(Config::producer_url);
-    let client = redis_conn::client(&url)?;
+    let client = store::conn::client(&url)?;
     // One reconnect attempt per command: an unreachable Redis fails the enqueue at once
     // instead of holding it for a series of retries.
-    let conn = redis_conn::manager_with_retries(&client, Duration::from_secs(5), 1)?;
+    let conn = store::conn::manager_with_retries(&client, Duration::from_secs(5), 1)?;
     connections.insert(runtime, conn.clone());
     Ok(conn)
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
+use crate::consumer;
 use crate::error::Error;
 use crate::registry::{self, Selection};
-use crate::{consumer, redis_conn};
+use crate::store;
 
 /// Runs every `#[job]` handler of this binary until SIGINT or SIGTERM, then stops
 /// fetching, lets running jobs finish (up to 30 s; the rest is delivered again later)
@@ -145,7 +146,7 @@ impl Worker {
     /// down as [`run`] does.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let config = Config::resolve(&self.overrides)?;
-        redis_conn::client(&config.redis_url)?;
+        store::conn::client(&config.redis_url)?;
 
         let handlers = registry::handlers(&self.selection)?;
         let shutdown = CancellationToken::new();

@@ -14,7 +14,7 @@ use super::takeover::{self, Orphans};
 use super::{create_groups, Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
-use crate::redis_conn;
+use crate::store;
 use crate::store::stream;
 use crate::wire;
 
@@ -22,7 +22,7 @@ use crate::wire;
 const MAX_READ: usize = 1000;
 
 pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
-    let mut conn = redis_conn::manager(client, shared.config.block + Duration::from_secs(5))?;
+    let mut conn = store::conn::manager(client, shared.config.block + Duration::from_secs(5))?;
     let mut failures = 0u32;
     // Holdings with entries delivered here but not queued: a read whose reply was lost
     // in transit, or one that brought more than there was room for. They would stay

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{clock, membership, partitions, Shared};
-use crate::redis_conn;
+use crate::store;
 use crate::store::lease;
 
 /// Starts the keeper; it renews until `stop` is cancelled.
@@ -42,7 +42,7 @@ async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
     // A renewal that takes longer than a quarter of the TTL is given up and tried again.
     let timeout = (ttl / 4).max(Duration::from_millis(50));
     let retry = (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
-    let mut conn = match redis_conn::manager(&client, timeout) {
+    let mut conn = match store::conn::manager(&client, timeout) {
         Ok(conn) => conn,
         Err(e) => {
             tracing::error!(error = %e, "the lease keeper could not be started");

@@ -38,11 +38,12 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::config::Config;
 use crate::error::Error;
 use crate::job::{JobMeta, RawJob};
+use crate::keys;
 use crate::registry::HandlerDef;
 use crate::retry::Backoff;
+use crate::store;
 use crate::store::topic;
 use crate::wire::{self, StreamEntry, Undecodable};
-use crate::{keys, redis_conn};
 
 /// One delivery of an entry to this consumer.
 #[derive(Debug)]
@@ -218,7 +219,7 @@ async fn join(
         let joined = async {
             let info = topic::ensure(&mut conn, def.spec).await?;
             create_groups(&mut conn, def.spec.topic, def.group, info.partitions).await?;
-            let flags = redis_conn::takes_script_flags(&mut conn).await?;
+            let flags = store::conn::takes_script_flags(&mut conn).await?;
             Ok::<_, Error>((info, flags))
         };
         match joined.await {
@@ -267,8 +268,8 @@ pub(crate) async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let client = redis_conn::client(&config.redis_url)?;
-    let conn = redis_conn::manager(&client, Duration::from_secs(10))?;
+    let client = store::conn::client(&config.redis_url)?;
+    let conn = store::conn::manager(&client, Duration::from_secs(10))?;
     let Some((info, script_flags)) = join(def, &conn, &shutdown).await? else {
         return Ok(()); // stopped before Redis could be reached
     };

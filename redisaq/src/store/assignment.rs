@@ -70,7 +70,7 @@ pub(crate) async fn compare_and_set(
     owners: &[String],
     script_flags: bool,
 ) -> Result<bool, Error> {
-    let script = crate::redis_conn::allow_oom(COMPARE_AND_SET, script_flags);
+    let script = crate::store::conn::allow_oom(COMPARE_AND_SET, script_flags);
     let (written, _generation): (i64, u64) = redis::Script::new(&script)
         .key(keys::assignment(topic, group))
         .arg(expected)

@@ -71,7 +71,7 @@ pub(crate) async fn defer(
     delay: Duration,
     script_flags: bool,
 ) -> Result<(), Error> {
-    let _: i64 = redis::Script::new(&crate::redis_conn::allow_oom(DEFER, script_flags))
+    let _: i64 = redis::Script::new(&crate::store::conn::allow_oom(DEFER, script_flags))
         .key(&holding.lease)
         .key(&holding.due)
         .arg(&holding.token)

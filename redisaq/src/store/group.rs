@@ -122,3 +122,20 @@ pub(crate) async fn mark_stuck(
     }
     Ok(())
 }
+
+/// Which of `consumers` of a group are marked stuck (see [`mark_stuck`]).
+pub(crate) async fn stuck(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: &str,
+    consumers: &[&str],
+) -> Result<Vec<bool>, Error> {
+    if consumers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut look = redis::pipe();
+    for name in consumers {
+        look.cmd("EXISTS").arg(keys::stuck(topic, group, name));
+    }
+    Ok(look.query_async(conn).await?)
+}

@@ -94,7 +94,7 @@ pub(crate) async fn acquire(
     script_flags: bool,
 ) -> Result<Option<u64>, Error> {
     // Allowed on a full Redis: a worker must be able to take its partitions to drain it.
-    let epoch: u64 = redis::Script::new(&crate::redis_conn::allow_oom(ACQUIRE, script_flags))
+    let epoch: u64 = redis::Script::new(&crate::store::conn::allow_oom(ACQUIRE, script_flags))
         .key(lease)
         .key(epoch_counter)
         .arg(consumer)
@@ -154,4 +154,12 @@ pub(crate) async fn renew(
         .map(|renewed| renewed.and_then(|v| Ok(redis::from_redis_value::<i64>(v)? == 1)))
         .collect();
     Ok(Renewal { heartbeat, leases })
+}
+
+/// Who holds a partition's lease for a group (`consumer epoch`), if anyone.
+pub(crate) async fn holder(
+    conn: &mut impl redis::aio::ConnectionLike,
+    lease: &str,
+) -> Result<Option<String>, Error> {
+    Ok(redis::cmd("GET").arg(lease).query_async(conn).await?)
 }

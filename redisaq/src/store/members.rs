@@ -37,7 +37,7 @@ pub(crate) fn heartbeat_cmd(
     script_flags: bool,
 ) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(crate::redis_conn::allow_oom(HEARTBEAT, script_flags).as_ref())
+    cmd.arg(crate::store::conn::allow_oom(HEARTBEAT, script_flags).as_ref())
         .arg(1)
         .arg(keys::members(topic, group))
         .arg(renew)

@@ -2,6 +2,7 @@
 //! admin need, in one place, so that neither reaches into the other.
 
 pub(crate) mod assignment;
+pub(crate) mod conn;
 pub(crate) mod dlq;
 pub(crate) mod due;
 pub(crate) mod group;
@@ -10,7 +11,16 @@ pub(crate) mod stream;
 pub(crate) mod topic;
 pub(crate) mod trim;
 
+use redis::aio::ConnectionLike;
+
+use crate::error::Error;
 use crate::keys;
+
+/// The Redis server's clock, in Unix ms.
+pub(crate) async fn server_ms(conn: &mut impl ConnectionLike) -> Result<u64, Error> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
 
 /// One holding of a partition by a consumer of a group, as the fenced scripts see it: the
 /// keys it works on and the lease token it proves itself with.

@@ -251,3 +251,50 @@ pub(crate) async fn add(
     let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
     Ok(results.into_iter().map(Result::err).collect())
 }
+
+/// How many entries `stream` holds.
+pub(crate) async fn length(conn: &mut impl ConnectionLike, stream: &str) -> Result<u64, Error> {
+    Ok(redis::cmd("XLEN").arg(stream).query_async(conn).await?)
+}
+
+/// The id of the oldest (or, with `newest`, the newest) entry of `stream`.
+pub(crate) async fn edge(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    newest: bool,
+) -> Result<Option<String>, Error> {
+    let (command, from, to) = if newest {
+        ("XREVRANGE", "+", "-")
+    } else {
+        ("XRANGE", "-", "+")
+    };
+    let reply: redis::Value = redis::cmd(command)
+        .arg(stream)
+        .arg(from)
+        .arg(to)
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(wire::parse_entries(&reply)?
+        .into_iter()
+        .next()
+        .map(|e| e.id))
+}
+
+/// Every group of `stream` (none if the stream does not exist).
+pub(crate) async fn groups(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+) -> Result<Vec<wire::GroupRow>, Error> {
+    let reply: Result<redis::Value, _> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok(reply) => Ok(wire::parse_groups(&reply)?),
+        Err(e) if e.to_string().contains("no such key") => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}

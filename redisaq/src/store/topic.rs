@@ -238,3 +238,25 @@ pub(crate) async fn spread_groups(
     }
     Ok(())
 }
+
+/// A topic's stored partition count, if the topic exists.
+pub(crate) async fn partitions(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+) -> Result<Option<u32>, Error> {
+    Ok(redis::cmd("HGET")
+        .arg(keys::meta(topic))
+        .arg("partitions")
+        .query_async(conn)
+        .await?)
+}
+
+/// The names of all topics, sorted.
+pub(crate) async fn names(conn: &mut impl ConnectionLike) -> Result<Vec<String>, Error> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::topics())
+        .query_async(conn)
+        .await?;
+    names.sort();
+    Ok(names)
+}
