@@ -156,7 +156,10 @@ async fn dead_letters_keep_the_newest_dlq_maxlen_and_the_jobs_key() {
     assert!(all_failed, "{:?}", KEYED_CALLS.lock().unwrap());
     let mut conn = redis().connection();
     let letters = dead_letters(&mut conn, keyed::TOPIC);
-    let kept: Vec<u64> = letters.iter().map(|l| l["payload"].parse().unwrap()).collect();
+    let kept: Vec<u64> = letters
+        .iter()
+        .map(|l| l["payload"].parse().unwrap())
+        .collect();
     // The newest five written: one call's dead letter may be written just after the next
     // call's, so they are five of the last six jobs.
     assert_eq!(kept.len(), 5, "{kept:?}");

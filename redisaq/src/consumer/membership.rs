@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::store::members;
 
 /// The heartbeat as one command, for the keeper's pipeline.
-pub(super) fn heartbeat_cmd(shared: &Shared) -> redis::Cmd {
+pub(super) fn heartbeat_cmd(shared: &Shared) -> (redis::Cmd, &'static redis::Script) {
     members::heartbeat_cmd(
         &shared.topic,
         shared.group,

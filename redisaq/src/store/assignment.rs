@@ -32,6 +32,9 @@ redis.call('HSET', KEYS[1], 'generation', generation + 1, 'members', ARGV[2], 'o
 return {1, generation + 1}
 ";
 
+static COMPARE_AND_SET_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
+    std::sync::LazyLock::new(|| super::scripts::Lua::new(COMPARE_AND_SET));
+
 /// Reads the stored assignment (generation 0 and nothing else when there is none).
 pub(crate) async fn load(
     conn: &mut impl ConnectionLike,
@@ -70,8 +73,8 @@ pub(crate) async fn compare_and_set(
     owners: &[String],
     script_flags: bool,
 ) -> Result<bool, Error> {
-    let script = crate::store::conn::allow_oom(COMPARE_AND_SET, script_flags);
-    let (written, _generation): (i64, u64) = redis::Script::new(&script)
+    let (written, _generation): (i64, u64) = COMPARE_AND_SET_SCRIPT
+        .script(script_flags)
         .key(keys::assignment(topic, group))
         .arg(expected)
         .arg(serde_json::to_string(members)?)

@@ -170,16 +170,6 @@ pub(crate) async fn takes_script_flags(
     Ok(major >= 7)
 }
 
-/// `script` allowed to run, and write a little, while Redis is out of memory, where the
-/// server takes script flags (on 6.2 it runs until its first refused write).
-pub(crate) fn allow_oom(script: &'static str, flags: bool) -> std::borrow::Cow<'static, str> {
-    if flags {
-        format!("#!lua flags=allow-oom\n{script}").into()
-    } else {
-        script.into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -27,6 +27,9 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 return 1
 ";
 
+static DEFER_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
+    std::sync::LazyLock::new(|| super::scripts::Lua::new(DEFER));
+
 /// While lease `KEYS[1]` holds `ARGV[1]`: claims for consumer `ARGV[3]` of group `ARGV[2]`
 /// up to `ARGV[4]` entries of stream `KEYS[3]` that are due by `KEYS[2]`, counting the
 /// attempt, and forgets their records. Answers `{{id, fields, attempt}...}`, the ids that
@@ -71,7 +74,8 @@ pub(crate) async fn defer(
     delay: Duration,
     script_flags: bool,
 ) -> Result<(), Error> {
-    let _: i64 = redis::Script::new(&crate::store::conn::allow_oom(DEFER, script_flags))
+    let _: i64 = DEFER_SCRIPT
+        .script(script_flags)
         .key(&holding.lease)
         .key(&holding.due)
         .arg(&holding.token)

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::Holding;
+use std::sync::LazyLock;
+
+use super::{scripts, Holding};
 use crate::error::Error;
 
 /// Takes the lease if it is free, or held by this consumer in an earlier holding (then
@@ -38,6 +40,9 @@ redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
 return epoch
 ";
 
+static ACQUIRE_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
+    std::sync::LazyLock::new(|| super::scripts::Lua::new(ACQUIRE));
+
 /// Extends the lease if this holding still has it.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -64,17 +69,20 @@ end
 return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
 ";
 
+static FENCED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FENCED));
+static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
+
+/// The script behind [`fenced`], to load when Redis forgot it.
+pub(crate) fn fenced_script() -> &'static redis::Script {
+    &FENCED_SCRIPT
+}
+
 /// A stream command that runs only while the holding with `token` has `lease`; add the
-/// command's arguments after the stream key. Sent as `EVAL` (the server caches the script), so it
-/// works in pipelines and after a Redis restart alike.
+/// command's arguments after the stream key. Send it with [`scripts::query`] or
+/// [`scripts::query_pipeline`] and [`fenced_script`].
 pub(crate) fn fenced(lease: &str, stream: &str, token: &str, command: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(FENCED)
-        .arg(2)
-        .arg(lease)
-        .arg(stream)
-        .arg(token)
-        .arg(command);
+    let mut cmd = scripts::evalsha(&FENCED_SCRIPT, &[lease, stream]);
+    cmd.arg(token).arg(command);
     cmd
 }
 
@@ -94,7 +102,8 @@ pub(crate) async fn acquire(
     script_flags: bool,
 ) -> Result<Option<u64>, Error> {
     // Allowed on a full Redis: a worker must be able to take its partitions to drain it.
-    let epoch: u64 = redis::Script::new(&crate::store::conn::allow_oom(ACQUIRE, script_flags))
+    let epoch: u64 = ACQUIRE_SCRIPT
+        .script(script_flags)
         .key(lease)
         .key(epoch_counter)
         .arg(consumer)
@@ -130,23 +139,22 @@ pub(crate) struct Renewal {
 /// refused heartbeat must not cost the leases.
 pub(crate) async fn renew(
     conn: &mut ConnectionManager,
-    heartbeat: redis::Cmd,
+    heartbeat: (redis::Cmd, &redis::Script),
     holdings: &[Holding],
     ttl: Duration,
 ) -> Result<Renewal, Error> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    pipe.add_command(heartbeat);
+    pipe.add_command(heartbeat.0);
     for holding in holdings {
-        pipe.cmd("EVAL")
-            .arg(RENEW)
-            .arg(1)
-            .arg(&holding.lease)
-            .arg(&holding.token)
-            .arg(ttl.as_millis() as u64);
+        pipe.add_command(
+            scripts::evalsha(&RENEW_SCRIPT, &[&holding.lease])
+                .arg(&holding.token)
+                .arg(ttl.as_millis() as u64)
+                .to_owned(),
+        );
     }
-    let mut replies = pipe
-        .query_async::<Vec<redis::RedisResult<redis::Value>>>(conn)
+    let mut replies = scripts::query_pipeline(conn, &pipe, &[heartbeat.1, &RENEW_SCRIPT])
         .await?
         .into_iter();
     let heartbeat = replies.next().map_or(Ok(()), |r| r.map(drop));

@@ -2,10 +2,12 @@
 //! (`redisaq:{topic}:members:{group}`, scored by expiry in Redis server time). A consumer
 //! whose entry expired is dead.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
+use super::scripts::{self, Lua};
 use crate::error::Error;
 use crate::{keys, wire};
 
@@ -27,22 +29,22 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 ";
 
-/// The heartbeat script as one command, for a pipeline: renews `renew` (unless empty)
-/// and answers the live members. Allowed on a full Redis (`script_flags`: Redis 7).
+static HEARTBEAT_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(HEARTBEAT));
+
+/// The heartbeat script as one command for a pipeline, and the script to load if Redis
+/// forgot it: renews `renew` (unless empty) and answers the live members. Allowed on a
+/// full Redis (`script_flags`: Redis 7).
 pub(crate) fn heartbeat_cmd(
     topic: &str,
     group: &str,
     renew: &str,
     ttl: Duration,
     script_flags: bool,
-) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(crate::store::conn::allow_oom(HEARTBEAT, script_flags).as_ref())
-        .arg(1)
-        .arg(keys::members(topic, group))
-        .arg(renew)
-        .arg(ttl.as_millis() as u64);
-    cmd
+) -> (redis::Cmd, &'static redis::Script) {
+    let script = HEARTBEAT_SCRIPT.script(script_flags);
+    let mut cmd = scripts::evalsha(script, &[&keys::members(topic, group)]);
+    cmd.arg(renew).arg(ttl.as_millis() as u64);
+    (cmd, script)
 }
 
 /// The live members, sorted, from a heartbeat's answer.
@@ -61,9 +63,8 @@ pub(crate) async fn heartbeat(
     ttl: Duration,
     script_flags: bool,
 ) -> Result<Vec<String>, Error> {
-    let live: redis::Value = heartbeat_cmd(topic, group, renew, ttl, script_flags)
-        .query_async(conn)
-        .await?;
+    let (cmd, script) = heartbeat_cmd(topic, group, renew, ttl, script_flags);
+    let live: redis::Value = scripts::query(conn, &cmd, script).await?;
     parse_live(&live)
 }
 

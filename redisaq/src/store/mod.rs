@@ -7,6 +7,7 @@ pub(crate) mod dlq;
 pub(crate) mod due;
 pub(crate) mod group;
 pub(crate) mod members;
+pub(crate) mod scripts;
 pub(crate) mod stream;
 pub(crate) mod topic;
 pub(crate) mod trim;

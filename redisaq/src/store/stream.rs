@@ -4,7 +4,7 @@
 
 use redis::aio::ConnectionLike;
 
-use super::{lease, Holding};
+use super::{lease, scripts, Holding};
 use crate::error::Error;
 use crate::wire::{self, StreamEntry};
 
@@ -100,7 +100,7 @@ pub(crate) async fn claim(
     if let Some(count) = keep_count {
         claim.arg("RETRYCOUNT").arg(count);
     }
-    let claimed: redis::Value = claim.query_async(conn).await?;
+    let claimed: redis::Value = scripts::query(conn, &claim, lease::fenced_script()).await?;
     Ok(wire::parse_claimed(&claimed)?)
 }
 
@@ -131,7 +131,8 @@ pub(crate) async fn ack(
     holding: &Holding,
     ids: &[impl AsRef<str>],
 ) -> Result<(), Error> {
-    ack_cmd(holding, ids).exec_async(conn).await?;
+    let _: redis::Value =
+        scripts::query(conn, &ack_cmd(holding, ids), lease::fenced_script()).await?;
     Ok(())
 }
 
@@ -155,7 +156,7 @@ pub(crate) async fn ack_many(
     for (holding, ids) in batches {
         pipe.add_command(ack_cmd(holding, ids));
     }
-    let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    let results = scripts::query_pipeline(conn, &pipe, &[lease::fenced_script()]).await?;
     Ok(results.into_iter().map(|r| r.map(drop)).collect())
 }
 

@@ -1,0 +1,81 @@
+//! Scripts are sent by their hash (`EVALSHA`). Redis keeps the scripts it was sent, but
+//! forgets them on a restart or a failover: then it answers `NOSCRIPT`, and the script
+//! is loaded and the command sent once more. (`redis::Script::invoke_async` does this for
+//! single calls; commands that go into pipelines come from here.)
+
+use redis::aio::ConnectionLike;
+use redis::{RedisError, RedisResult, Value};
+
+/// A script, plain and with `#!lua flags=allow-oom` (for Redis 7, where a script must say
+/// so to run on a full Redis).
+pub(crate) struct Lua {
+    plain: redis::Script,
+    allow_oom: redis::Script,
+}
+
+impl Lua {
+    pub(crate) fn new(text: &'static str) -> Self {
+        Lua {
+            plain: redis::Script::new(text),
+            allow_oom: redis::Script::new(&format!("#!lua flags=allow-oom\n{text}")),
+        }
+    }
+
+    /// The script to send: allowed on a full Redis when `allow_oom` (and the server takes
+    /// script flags).
+    pub(crate) fn script(&self, allow_oom: bool) -> &redis::Script {
+        if allow_oom {
+            &self.allow_oom
+        } else {
+            &self.plain
+        }
+    }
+}
+
+/// `EVALSHA` of `script` with `keys`, as a command its arguments can be added to.
+pub(crate) fn evalsha(script: &redis::Script, keys: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// Whether Redis did not know the script.
+pub(crate) fn is_noscript(error: &RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// Sends `cmd` (an [`evalsha`] of `script`), loading the script first if Redis forgot it.
+pub(crate) async fn query<T: redis::FromRedisValue>(
+    conn: &mut impl ConnectionLike,
+    cmd: &redis::Cmd,
+    script: &redis::Script,
+) -> RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if is_noscript(&e) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        answer => answer,
+    }
+}
+
+/// Sends `pipe` (with `ignore_errors`, so one answer per command); if Redis forgot one of
+/// `scripts`, loads them and sends it once more, so every command in it must be safe to
+/// repeat.
+pub(crate) async fn query_pipeline(
+    conn: &mut impl ConnectionLike,
+    pipe: &redis::Pipeline,
+    scripts: &[&redis::Script],
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let answers: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+    if !answers
+        .iter()
+        .any(|a| matches!(a, Err(e) if is_noscript(e)))
+    {
+        return Ok(answers);
+    }
+    for script in scripts {
+        script.load_async(conn).await?;
+    }
+    pipe.query_async(conn).await
+}
