@@ -374,7 +374,7 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
 /// seconds; workers rebalance onto them. Lowering is refused: jobs in the removed
 /// partitions would be stranded.
 ///
-/// Uses the same Redis as `enqueue` (see [`set_redis_url`](crate::set_redis_url)).
+/// Uses the same Redis as `enqueue` (see [`set_redis_url`]).
 pub async fn set_partitions(topic: &str, partitions: u32) -> Result<u32, Error> {
     let mut conn = connection().await?;
     let previous = crate::store::topic::raise(&mut conn, topic, partitions).await?;

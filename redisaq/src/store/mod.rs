@@ -1,5 +1,11 @@
-//! The beginning of the storage layer: Redis operations that both the consumer and the
-//! admin need, in one place, so that neither reaches into the other.
+//! The storage layer: the only code that speaks to Redis. One function per operation the
+//! runtime and the tools need, with typed results; the consumer, the producer and the
+//! admin call these and speak in types. Nothing here knows the consumer or the admin.
+//!
+//! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
+//! (heartbeats), [`assignment`], [`group`] (consumer groups), [`due`] (entries waiting to
+//! run again), [`dlq`] (dead letters), [`trim`], [`topic`] (settings and layout),
+//! [`scripts`] (sent by hash) and [`conn`] (connections).
 
 pub(crate) mod assignment;
 pub(crate) mod conn;
