@@ -1,8 +1,9 @@
 //! Every Redis key redisaq uses is built here, and nowhere else.
 //!
-//! All keys start with `redisaq:`. A topic's keys share the hash tag `{topic}`, and each
-//! partition's keys share `{topic:N}`, so in Redis Cluster partitions spread over shards
-//! while no command or script touches two slots.
+//! All keys start with the prefix (`REDISAQ_PREFIX`, default `redisaq`, as below) and a
+//! colon. A topic's keys share the hash tag `{topic}`, and each partition's keys share
+//! `{topic:N}`, so in Redis Cluster partitions spread over shards while no command or
+//! script touches two slots.
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -18,64 +19,91 @@
 //! | `redisaq:{topic:N}:due:{group}` | sorted set | entries of partition `N` pending in the group that wait to run again (a retry's backoff), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
 
-/// Prefix of every key.
-pub const PREFIX: &str = "redisaq";
+use std::sync::OnceLock;
+
+/// The first part of every key unless `REDISAQ_PREFIX` says otherwise.
+pub const DEFAULT_PREFIX: &str = "redisaq";
+
+/// The first part of every key: `REDISAQ_PREFIX` (read once per process), or
+/// [`DEFAULT_PREFIX`]. Several apps or environments can share a Redis under different
+/// prefixes, and ACL key patterns (`~myapp:*`) can scope them.
+pub fn prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        std::env::var("REDISAQ_PREFIX")
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string())
+    })
+}
+
+/// Refuses a prefix that would break the key layout; every connection checks it first.
+pub(crate) fn check_prefix() -> Result<(), String> {
+    let prefix = prefix();
+    if prefix.contains(['{', '}']) || prefix.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "REDISAQ_PREFIX={prefix:?} is not valid: it may not contain braces (they make \
+             Redis Cluster hash tags) or spaces; e.g. REDISAQ_PREFIX=myapp"
+        ));
+    }
+    Ok(())
+}
 
 /// The set of all topic names.
 pub fn topics() -> String {
-    format!("{PREFIX}:topics")
+    format!("{}:topics", prefix())
 }
 
 /// The hash with a topic's settings (`partitions`, `maxlen`).
 pub fn meta(topic: &str) -> String {
-    format!("{PREFIX}:{{{topic}}}:meta")
+    format!("{}:{{{topic}}}:meta", prefix())
 }
 
 /// The stream of one partition of a topic.
 pub fn partition(topic: &str, partition: u32) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}")
+    format!("{}:{{{topic}:{partition}}}", prefix())
 }
 
 /// The dead-letter stream of one partition of a topic.
 pub fn dead_letters(topic: &str, partition: u32) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}:dlq")
+    format!("{}:{{{topic}:{partition}}}:dlq", prefix())
 }
 
 /// Where layout 1 kept a topic's dead letters (one stream per topic).
 pub fn legacy_dead_letters(topic: &str) -> String {
-    format!("{PREFIX}:{{{topic}}}:dlq")
+    format!("{}:{{{topic}}}:dlq", prefix())
 }
 
 /// Layout-1 dead-letter ids already moved into partition `N`'s stream, so a migration
 /// that is run again moves each once (expires after 7 days).
 pub fn migrated(topic: &str, partition: u32) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}:migrated")
+    format!("{}:{{{topic}:{partition}}}:migrated", prefix())
 }
 
 /// The sorted set of a group's live consumers, scored by heartbeat expiry.
 pub fn members(topic: &str, group: &str) -> String {
-    format!("{PREFIX}:{{{topic}}}:members:{group}")
+    format!("{}:{{{topic}}}:members:{group}", prefix())
 }
 
 /// The hash with a group's current partition assignment.
 pub fn assignment(topic: &str, group: &str) -> String {
-    format!("{PREFIX}:{{{topic}}}:assignment:{group}")
+    format!("{}:{{{topic}}}:assignment:{group}", prefix())
 }
 
 /// Set while a consumer cannot hand partitions over because calls there ignore
 /// cancellation: what `redisaq monitor` shows as `STUCK`.
 pub fn stuck(topic: &str, group: &str, consumer: &str) -> String {
-    format!("{PREFIX}:{{{topic}}}:stuck:{group}:{consumer}")
+    format!("{}:{{{topic}}}:stuck:{group}:{consumer}", prefix())
 }
 
 /// The lease that fences a group's ownership of one partition.
 pub fn lease(topic: &str, partition: u32, group: &str) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}:lease:{group}")
+    format!("{}:{{{topic}:{partition}}}:lease:{group}", prefix())
 }
 
 /// The counter of a group's lease acquisitions on one partition: each holding's epoch.
 pub fn epoch(topic: &str, partition: u32, group: &str) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}:epoch:{group}")
+    format!("{}:{{{topic}:{partition}}}:epoch:{group}", prefix())
 }
 
 /// A lease's value while `consumer` holds it with `epoch`: what every fenced script
@@ -95,17 +123,17 @@ pub(crate) fn lease_holder(value: &str) -> &str {
 /// Entries of one partition pending in a group that wait to run again, scored by when
 /// they are due.
 pub fn due(topic: &str, partition: u32, group: &str) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}:due:{group}")
+    format!("{}:{{{topic}:{partition}}}:due:{group}", prefix())
 }
 
 /// Dead-letter ids already replayed into one partition, so a replay runs once.
 pub fn replayed(topic: &str, partition: u32) -> String {
-    format!("{PREFIX}:{{{topic}:{partition}}}:replayed")
+    format!("{}:{{{topic}:{partition}}}:replayed", prefix())
 }
 
 /// The partition number of a partition stream key, if it is one of `topic`'s.
 pub fn partition_of(topic: &str, key: &str) -> Option<u32> {
-    key.strip_prefix(PREFIX)?
+    key.strip_prefix(prefix())?
         .strip_prefix(":{")?
         .strip_prefix(topic)?
         .strip_prefix(':')?

@@ -16,6 +16,7 @@ pub(crate) const TLS_CA_FILE: &str = "REDISAQ_TLS_CA_FILE";
 /// `redis` crate accepts them). For `rediss://`, the server's certificate is checked
 /// against the system's roots and, if `REDISAQ_TLS_CA_FILE` names one, that CA.
 pub(crate) fn client(url: &str) -> Result<Client, Error> {
+    crate::keys::check_prefix().map_err(Error::config)?;
     let invalid = |e: redis::RedisError| {
         Error::config(format!(
             "REDIS_URL {:?} is not a valid Redis URL ({e}); expected e.g. \
