@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use comfy_table::Table;
-use redisaq::admin::{Admin, DeadLetterEntry};
+use redisaq::admin::{Admin, ConsumerState, DeadLetterEntry};
 
 #[derive(Parser)]
 #[command(
@@ -73,11 +73,11 @@ enum Command {
         /// The group.
         group: String,
         /// Advise OUT above this utilisation (%).
-        #[arg(long, default_value_t = 60.0)]
-        scale_out_rate: f64,
+        #[arg(long, default_value_t = 60.0, alias = "scale-out-rate")]
+        scale_out_pct: f64,
         /// Advise IN below this utilisation (%).
-        #[arg(long, default_value_t = 20.0)]
-        scale_in_rate: f64,
+        #[arg(long, default_value_t = 20.0, alias = "scale-in-rate")]
+        scale_in_pct: f64,
     },
     /// Dead-lettered jobs.
     Dlq {
@@ -306,25 +306,25 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                         c.pending.to_string(),
                         if c.alive { "alive" } else { "expired" }.into(),
                         partitions.join(" "),
-                        c.status.clone(),
+                        c.status.to_string(),
                     ]);
                 }
                 table
             });
             match watch {
                 Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
-                None if consumers.iter().all(|c| c.status == "OK") => break,
+                None if consumers.iter().all(|c| c.status == ConsumerState::Ok) => break,
                 None => return Ok(ExitCode::from(3)),
             }
         },
         Command::Scale {
             topic,
             group,
-            scale_out_rate,
-            scale_in_rate,
+            scale_out_pct,
+            scale_in_pct,
         } => {
             let advice = admin
-                .scale(&topic, &group, scale_out_rate, scale_in_rate)
+                .scale(&topic, &group, scale_out_pct, scale_in_pct)
                 .await?;
             print(cli.json, &advice, || {
                 let mut table = Table::new();
@@ -339,7 +339,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                     "partitions",
                 ]);
                 table.add_row([
-                    advice.decision.clone(),
+                    advice.decision.to_string(),
                     format!("{:.1}%", advice.utilisation_pct),
                     advice.backlog.to_string(),
                     advice.lag.to_string(),

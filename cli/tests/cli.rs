@@ -883,7 +883,7 @@ async fn scale_advises_in_when_several_consumers_have_little_to_do() {
     assert_eq!(advice["utilisation_pct"], 0.0, "{advice}");
     assert_eq!(advice["decision"], "IN", "{advice}");
     assert_eq!(
-        json(&["scale", "cli_pair", "pair_group", "--scale-in-rate", "0"])["decision"],
+        json(&["scale", "cli_pair", "pair_group", "--scale-in-pct", "0"])["decision"],
         "NO_SCALE",
         "0% is not below 0%"
     );

@@ -30,6 +30,7 @@ pub struct Admin {
 
 /// What [`Admin::migrate`] did to one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Migration {
     /// The topic.
     pub topic: String,
@@ -41,6 +42,7 @@ pub struct Migration {
 
 /// A topic and its partition streams.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct TopicStatus {
     /// The topic name.
     pub topic: String,
@@ -54,6 +56,7 @@ pub struct TopicStatus {
 
 /// One partition stream.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct StreamStatus {
     /// The partition number.
     pub partition: u32,
@@ -67,6 +70,7 @@ pub struct StreamStatus {
 
 /// A consumer group of a topic.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct GroupStatus {
     /// The group name.
     pub group: String,
@@ -84,6 +88,7 @@ pub struct GroupStatus {
 
 /// A consumer of a group, as the monitor sees it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ConsumerStatus {
     /// The consumer's name.
     pub consumer: String,
@@ -95,14 +100,43 @@ pub struct ConsumerStatus {
     pub alive: bool,
     /// Partitions whose lease it holds.
     pub partitions: Vec<u32>,
-    /// `OK`, `IDLE` (idle longer than the threshold), `TOO_MANY_PENDING`, `STUCK` (a
-    /// hand-over waits for calls that ignore cancellation, e.g. a handler blocking its
-    /// thread) or `DEAD` (no heartbeat: its partitions and entries go to live consumers).
-    pub status: String,
+    /// How it is doing.
+    pub status: ConsumerState,
+}
+
+/// How a consumer is doing, as `redisaq monitor` shows it (`OK`, `IDLE`, ... in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ConsumerState {
+    /// Alive and working.
+    Ok,
+    /// Alive, but has not read anything for longer than the threshold.
+    Idle,
+    /// Alive, holding more unacknowledged entries than the threshold.
+    TooManyPending,
+    /// Alive, but a hand-over waits for calls that ignore cancellation (a handler
+    /// blocking its thread).
+    Stuck,
+    /// No heartbeat: its partitions and entries go to live consumers.
+    Dead,
+}
+
+impl std::fmt::Display for ConsumerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConsumerState::Ok => "OK",
+            ConsumerState::Idle => "IDLE",
+            ConsumerState::TooManyPending => "TOO_MANY_PENDING",
+            ConsumerState::Stuck => "STUCK",
+            ConsumerState::Dead => "DEAD",
+        })
+    }
 }
 
 /// What a cleanup did.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Cleanup {
     /// Dead consumers removed from the group.
     pub removed: Vec<String>,
@@ -113,9 +147,10 @@ pub struct Cleanup {
 
 /// The seed Scaler's advice for a group.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ScaleAdvice {
-    /// `OUT`, `IN` or `NO_SCALE`.
-    pub decision: String,
+    /// What to do.
+    pub decision: ScaleDecision,
     /// `100 × backlog / retained entries`: how much of what the streams hold the group
     /// has still to finish.
     pub utilisation_pct: f64,
@@ -133,6 +168,29 @@ pub struct ScaleAdvice {
     pub partitions: u32,
     /// Why, in words.
     pub reason: String,
+}
+
+/// What [`Admin::scale`] advises (`OUT`, `IN`, `NO_SCALE` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ScaleDecision {
+    /// Add consumers.
+    Out,
+    /// Remove consumers.
+    In,
+    /// Leave it as it is.
+    NoScale,
+}
+
+impl std::fmt::Display for ScaleDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScaleDecision::Out => "OUT",
+            ScaleDecision::In => "IN",
+            ScaleDecision::NoScale => "NO_SCALE",
+        })
+    }
 }
 
 /// Most entries counted one by one when a server reports no `lag` (before Redis 7).
@@ -153,11 +211,7 @@ impl Admin {
     /// A topic's partition count.
     pub async fn partitions(&self, topic: &str) -> Result<u32, Error> {
         let partitions = topic::partitions(&mut self.conn.clone(), topic).await?;
-        partitions.ok_or_else(|| {
-            Error::config(format!(
-                "there is no topic `{topic}`; `redisaq topics` lists the topics"
-            ))
-        })
+        partitions.ok_or_else(|| Error::UnknownTopic(topic.into()))
     }
 
     /// How old the oldest (or newest) entry of `stream` is.
@@ -358,7 +412,7 @@ impl Admin {
                         pending: 0,
                         alive: false,
                         partitions: Vec::new(),
-                        status: String::new(),
+                        status: ConsumerState::Ok,
                     });
                 status.idle_ms = status.idle_ms.min(row.idle_ms);
                 status.pending += row.pending;
@@ -375,17 +429,16 @@ impl Admin {
         for (status, stuck) in consumers.values_mut().zip(stuck) {
             status.alive = live.contains(&status.consumer);
             status.status = if !status.alive {
-                "DEAD"
+                ConsumerState::Dead
             } else if stuck {
-                "STUCK"
+                ConsumerState::Stuck
             } else if status.pending > pending_threshold {
-                "TOO_MANY_PENDING"
+                ConsumerState::TooManyPending
             } else if status.idle_ms > idle_threshold_ms {
-                "IDLE"
+                ConsumerState::Idle
             } else {
-                "OK"
-            }
-            .into();
+                ConsumerState::Ok
+            };
         }
         Ok(consumers.into_values().collect())
     }
@@ -449,10 +502,9 @@ impl Admin {
             .await?
             .into_iter()
             .find(|g| g.group == group)
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "topic `{topic}` has no group `{group}`; `redisaq groups {topic}` lists them"
-                ))
+            .ok_or_else(|| Error::UnknownGroup {
+                topic: topic.into(),
+                group: group.into(),
             })?;
         let mut retained = 0;
         for partition in 0..partitions {
@@ -464,33 +516,33 @@ impl Admin {
         let consumers = status.consumers.len();
         let (decision, reason) = if consumers == 0 && backlog > 0 {
             (
-                "OUT",
+                ScaleDecision::Out,
                 "jobs are waiting and no consumer is alive".to_string(),
             )
         } else if utilisation_pct > scale_out_pct && consumers >= partitions as usize {
-            ("NO_SCALE", format!(
+            (ScaleDecision::NoScale, format!(
                 "utilisation {utilisation_pct:.1}% is above {scale_out_pct}%, but each of the {partitions} partitions already has a consumer: raise the partition count first"
             ))
         } else if utilisation_pct > scale_out_pct {
             (
-                "OUT",
+                ScaleDecision::Out,
                 format!("utilisation {utilisation_pct:.1}% is above {scale_out_pct}%"),
             )
         } else if utilisation_pct < scale_in_pct && consumers > 1 {
             (
-                "IN",
+                ScaleDecision::In,
                 format!("utilisation {utilisation_pct:.1}% is below {scale_in_pct}%"),
             )
         } else {
             (
-                "NO_SCALE",
+                ScaleDecision::NoScale,
                 format!(
                     "utilisation {utilisation_pct:.1}% is within {scale_in_pct}%..{scale_out_pct}%"
                 ),
             )
         };
         Ok(ScaleAdvice {
-            decision: decision.into(),
+            decision,
             utilisation_pct,
             backlog,
             lag: status.lag,

@@ -54,6 +54,17 @@ pub enum Error {
         /// The newest layout this version knows.
         known: u32,
     },
+    /// No such topic in Redis.
+    #[error("there is no topic `{0}`; `redisaq topics` lists the topics")]
+    UnknownTopic(String),
+    /// The topic has no such consumer group.
+    #[error("topic `{topic}` has no group `{group}`; `redisaq groups {topic}` lists them")]
+    UnknownGroup {
+        /// The topic.
+        topic: String,
+        /// The group asked for.
+        group: String,
+    },
     /// An operation on a topic's partitions was refused.
     #[error("{0}")]
     Partitions(String),

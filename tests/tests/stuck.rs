@@ -56,7 +56,7 @@ async fn statuses(admin: &Admin) -> Vec<(String, String)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|c| (c.consumer, c.status))
+        .map(|c| (c.consumer, c.status.to_string()))
         .collect()
 }
 

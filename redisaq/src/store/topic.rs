@@ -120,9 +120,7 @@ pub(crate) async fn migrate(
         .await?;
     check_layout(topic, layout)?;
     let Some(partitions) = partitions else {
-        return Err(Error::config(format!(
-            "topic `{topic}` does not exist; `redisaq topics` lists them"
-        )));
+        return Err(Error::UnknownTopic(topic.into()));
     };
     let moved = crate::store::dlq::migrate(conn, topic, partitions).await?;
     redis::cmd("HSET")
