@@ -1,4 +1,6 @@
-//! When a failed job runs again: exponential backoff with jitter, capped.
+//! Waiting before trying again: a failed job's exponential backoff with jitter
+//! ([`Backoff`]), and the doubling delays between tries of a Redis operation that did not
+//! land ([`doubling`]).
 
 use std::time::Duration;
 
@@ -21,9 +23,31 @@ impl Backoff {
     }
 }
 
+/// Delays between tries of something that failed for a passing reason (a dropped
+/// connection, a stall): `first`, doubling up to `max`, for ever (take as many as
+/// wanted).
+pub(crate) fn doubling(first: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(first), move |d| Some((*d * 2).min(max)))
+}
+
+/// The delays of the short retry loops around single Redis writes: 50 ms doubling up to
+/// 2 s.
+pub(crate) fn quick() -> impl Iterator<Item = Duration> {
+    doubling(Duration::from_millis(50), Duration::from_secs(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubling_delays_stay_capped() {
+        let delays: Vec<u64> = doubling(Duration::from_millis(100), Duration::from_millis(500))
+            .take(5)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+    }
 
     #[test]
     fn delays_grow_and_stay_capped() {

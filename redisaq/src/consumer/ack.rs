@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
@@ -78,8 +77,7 @@ impl Acker {
         let shared = self.shared.clone();
         let mut left: Vec<(Tenure, &Vec<String>)> =
             by_partition.iter().map(|(t, ids)| (*t, ids)).collect();
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=10 {
+        for (attempt, delay) in (1..=10).zip(crate::retry::quick()) {
             let batches: Vec<_> = left
                 .iter()
                 .map(|(tenure, ids)| (shared.holding(*tenure), ids.as_slice()))
@@ -117,7 +115,6 @@ impl Acker {
                 return;
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
         for (tenure, ids) in left {
             shared.ran_unacked(tenure.partition, ids);

@@ -290,8 +290,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
         failed_at_ms: now_ms(),
     };
     let holding = shared.holding(delivery.tenure);
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..8 {
+    for delay in crate::retry::quick().take(8) {
         match dlq::write(
             &mut shared.conn.clone(),
             &holding,
@@ -315,7 +314,6 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "writing the dead letter failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }

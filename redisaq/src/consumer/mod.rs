@@ -213,8 +213,7 @@ async fn join(
     conn: &ConnectionManager,
     shutdown: &CancellationToken,
 ) -> Result<Option<(topic::TopicInfo, bool)>, Error> {
-    let mut delay = Duration::from_millis(100);
-    loop {
+    for delay in crate::retry::doubling(Duration::from_millis(100), Duration::from_secs(5)) {
         let mut conn = conn.clone();
         let joined = async {
             let info = topic::ensure(&mut conn, def.spec).await?;
@@ -234,11 +233,11 @@ async fn join(
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Ok(None),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
     }
+    unreachable!("the delays never end")
 }
 
 /// Removes this consumer from the Redis consumer group on every partition where it

@@ -15,8 +15,7 @@ use crate::store::lease;
 /// never.
 pub(crate) async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration) {
     let holding = shared.holding(delivery.tenure);
-    let mut wait = Duration::from_millis(50);
-    for _ in 0..8 {
+    for wait in crate::retry::quick().take(8) {
         let deferred = due::defer(
             &mut shared.conn.clone(),
             &holding,
@@ -37,7 +36,6 @@ pub(crate) async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration)
             Err(e) => {
                 tracing::warn!(entry = %delivery.entry_id, error = %e, "recording the retry failed; trying again");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
             }
         }
     }
