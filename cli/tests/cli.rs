@@ -101,15 +101,10 @@ fn worker(topic: &str) -> redisaq::Worker {
 }
 
 async fn run_worker_until(worker: redisaq::Worker, done: impl FnMut() -> bool + Send) {
-    worker
-        .run_until(async move {
-            assert!(
-                eventually(Duration::from_secs(30), done).await,
-                "the worker got there"
-            );
-        })
-        .await
-        .unwrap();
+    assert!(
+        redisaq_tests::run_worker_until(worker, done).await,
+        "the worker got there"
+    );
 }
 
 /// A worker running beside the test until [`Background::stop`].

@@ -541,3 +541,37 @@ impl LoggedWorker {
         log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 }
+
+/// An in-process worker on the test server for `topics`: heartbeats every 200 ms (TTL
+/// 10 s, so nothing expires unless a test means it to) and quick retries (20–100 ms).
+/// Also points `enqueue` at the test server.
+pub fn test_worker(topics: &[&str]) -> redisaq::Worker {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+    redisaq::Worker::new()
+        .redis_url(redis().url())
+        .topics(topics.iter().copied())
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_ttl(Duration::from_secs(10))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+}
+
+/// Runs `worker` until `done` holds (or a minute passed), then stops it cleanly; returns
+/// whether `done` held. Panics if the worker fails.
+pub async fn run_worker_until(
+    worker: redisaq::Worker,
+    mut done: impl FnMut() -> bool + Send,
+) -> bool {
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = held.clone();
+    worker
+        .run_until(async move {
+            flag.store(
+                eventually(Duration::from_secs(60), &mut done).await,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        })
+        .await
+        .expect("worker ran");
+    held.load(std::sync::atomic::Ordering::SeqCst)
+}

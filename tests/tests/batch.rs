@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use redisaq_tests::{dead_letters, eventually, pending, redis, run_worker_until, test_worker};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,32 +49,6 @@ fn processed(tag: &'static str) -> Vec<u64> {
     calls(tag).into_iter().flatten().map(|(n, _)| n).collect()
 }
 
-fn worker(topic: &str) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
-        .topics([topic])
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10))
-        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
-}
-
-async fn run_until(worker: redisaq::Worker, mut done: impl FnMut() -> bool + Send) -> bool {
-    let held = std::sync::Arc::new(AtomicBool::new(false));
-    let flag = held.clone();
-    worker
-        .run_until(async move {
-            flag.store(
-                eventually(Duration::from_secs(60), &mut done).await,
-                Ordering::SeqCst,
-            );
-        })
-        .await
-        .expect("worker ran");
-    held.load(Ordering::SeqCst)
-}
-
 #[job(
     topic = "batch_sizes",
     group = "sizes",
@@ -89,9 +63,12 @@ async fn sizes(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_never_exceed_their_size_and_every_job_runs_once() {
-    let _ = worker(sizes::TOPIC);
+    let _ = test_worker(&[sizes::TOPIC]);
     sizes::enqueue_batch((0..250).map(item)).await.unwrap();
-    let done = run_until(worker(sizes::TOPIC), || processed("sizes").len() >= 250).await;
+    let done = run_worker_until(test_worker(&[sizes::TOPIC]), || {
+        processed("sizes").len() >= 250
+    })
+    .await;
     assert!(done, "processed {}", processed("sizes").len());
     let mut all = processed("sizes");
     all.sort_unstable();
@@ -119,10 +96,10 @@ async fn half_full(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_full_batch_waits_for_more_then_goes_after_the_max_wait() {
-    let _ = worker(half_full::TOPIC);
+    let _ = test_worker(&[half_full::TOPIC]);
     half_full::enqueue(item(0)).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker(half_full::TOPIC).run_until(async {
+    let running = tokio::spawn(test_worker(&[half_full::TOPIC]).run_until(async {
         let _ = stopped.await;
     }));
     // Once the first job is read (pending), the batch waits for more: these two join it.
@@ -168,11 +145,11 @@ async fn partial_failure(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_failed_jobs_of_a_batch_are_retried_and_dead_lettered() {
-    let _ = worker(partial_failure::TOPIC);
+    let _ = test_worker(&[partial_failure::TOPIC]);
     partial_failure::enqueue_batch((1..=8).map(item))
         .await
         .unwrap();
-    let done = run_until(worker(partial_failure::TOPIC), || {
+    let done = run_worker_until(test_worker(&[partial_failure::TOPIC]), || {
         dead_letters(&mut redis().connection(), partial_failure::TOPIC).len() == 2
     })
     .await;
@@ -226,9 +203,9 @@ async fn panics_once(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_loses_nothing() {
-    let _ = worker(panics_once::TOPIC);
+    let _ = test_worker(&[panics_once::TOPIC]);
     panics_once::enqueue_batch((0..20).map(item)).await.unwrap();
-    let done = run_until(worker(panics_once::TOPIC), || {
+    let done = run_worker_until(test_worker(&[panics_once::TOPIC]), || {
         processed("panic").iter().collect::<HashSet<_>>().len() == 20
     })
     .await;
@@ -285,9 +262,9 @@ async fn wrong_length(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_vector_of_the_wrong_length_retries_the_whole_batch() {
-    let _ = worker(wrong_length::TOPIC);
+    let _ = test_worker(&[wrong_length::TOPIC]);
     wrong_length::enqueue_batch((0..4).map(item)).await.unwrap();
-    let done = run_until(worker(wrong_length::TOPIC), || {
+    let done = run_worker_until(test_worker(&[wrong_length::TOPIC]), || {
         calls("length")
             .iter()
             .flatten()
@@ -322,7 +299,7 @@ async fn ordered(job: Job<Item>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_of_one_key_run_in_order_with_concurrency_one() {
-    let _ = worker(ordered::TOPIC);
+    let _ = test_worker(&[ordered::TOPIC]);
     for n in 0..200u64 {
         let key = format!("user-{}", n % 7);
         ordered::enqueue_with(
@@ -337,7 +314,7 @@ async fn jobs_of_one_key_run_in_order_with_concurrency_one() {
     }
     // Concurrency 1 is what keeps one partition's jobs in order: set it here, whatever
     // REDISAQ_CONCURRENCY says.
-    let done = run_until(worker(ordered::TOPIC).concurrency(1), || {
+    let done = run_worker_until(test_worker(&[ordered::TOPIC]).concurrency(1), || {
         ORDER.lock().unwrap().len() == 200
     })
     .await;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use redisaq_tests::{dead_letters, pending, redis, run_worker_until, test_worker};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,30 +39,7 @@ fn seen_ids(tag: &str) -> HashSet<String> {
     seen(tag).into_iter().map(|(id, _, _)| id).collect()
 }
 
-fn worker(topics: &[&str]) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
-        .topics(topics.iter().copied())
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10))
-        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
-}
-
 /// Runs the worker until `done` holds (or a generous guard expires), then stops it.
-async fn run_until(worker: redisaq::Worker, done: impl FnMut() -> bool + Send) -> bool {
-    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
-    let watcher = async move {
-        let held = eventually(Duration::from_secs(60), done).await;
-        let _ = tx.send(held);
-    };
-    let stop = async move {
-        watcher.await;
-    };
-    worker.run_until(stop).await.expect("worker ran");
-    rx.await.unwrap()
-}
 
 #[job(topic = "core_bulk", group = "bulk_group", partitions = 4)]
 async fn bulk(job: Job<Task>) -> Result<(), JobError> {
@@ -72,7 +49,7 @@ async fn bulk(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_jobs_over_four_partitions_are_all_processed() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     let mut ids = HashSet::new();
     for chunk in 0..10u64 {
         let batch: Vec<Task> = (0..100).map(|i| Task { n: chunk * 100 + i }).collect();
@@ -82,7 +59,10 @@ async fn a_thousand_jobs_over_four_partitions_are_all_processed() {
     }
     assert_eq!(ids.len(), 1000);
     let expected = ids.clone();
-    let done = run_until(worker(&[bulk::TOPIC]), move || seen_ids("bulk") == expected).await;
+    let done = run_worker_until(test_worker(&[bulk::TOPIC]), move || {
+        seen_ids("bulk") == expected
+    })
+    .await;
     assert!(
         done,
         "only {} of 1000 jobs were processed",
@@ -120,10 +100,10 @@ async fn always_failing(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_is_retried_then_dead_lettered_with_its_error() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     let id = always_failing::enqueue(Task { n: 42 }).await.unwrap();
     let mut conn = redis().connection();
-    let done = run_until(worker(&[always_failing::TOPIC]), move || {
+    let done = run_worker_until(test_worker(&[always_failing::TOPIC]), move || {
         !dead_letters(&mut redis().connection(), always_failing::TOPIC).is_empty()
     })
     .await;
@@ -159,9 +139,9 @@ async fn fatal(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_error_dead_letters_at_once() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     let id = fatal::enqueue(Task { n: 1 }).await.unwrap();
-    let done = run_until(worker(&[fatal::TOPIC]), move || {
+    let done = run_worker_until(test_worker(&[fatal::TOPIC]), move || {
         !dead_letters(&mut redis().connection(), fatal::TOPIC).is_empty()
     })
     .await;
@@ -186,7 +166,7 @@ async fn poison(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_are_dead_lettered_and_the_worker_goes_on() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     let before = poison::enqueue(Task { n: 1 }).await.unwrap();
     let mut conn = redis().connection();
     let stream = redisaq::keys::partition(poison::TOPIC, 0);
@@ -212,7 +192,7 @@ async fn malformed_entries_are_dead_lettered_and_the_worker_goes_on() {
         .unwrap();
     let after = poison::enqueue(Task { n: 2 }).await.unwrap();
     let expected: HashSet<String> = [before.to_string(), after.to_string()].into();
-    let done = run_until(worker(&[poison::TOPIC]), move || {
+    let done = run_worker_until(test_worker(&[poison::TOPIC]), move || {
         seen_ids("poison") == expected
             && dead_letters(&mut redis().connection(), poison::TOPIC).len() == 2
     })
@@ -261,7 +241,7 @@ async fn fanout_b(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_group_gets_every_job_even_when_it_starts_later() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     // Enqueued before either group exists: both read from the oldest entry.
     let ids: HashSet<String> = fanout_a::enqueue_batch((0..50).map(|n| Task { n }))
         .await
@@ -270,7 +250,7 @@ async fn every_group_gets_every_job_even_when_it_starts_later() {
         .map(|id| id.to_string())
         .collect();
     let expected = ids.clone();
-    let done = run_until(worker(&[fanout_a::TOPIC]), move || {
+    let done = run_worker_until(test_worker(&[fanout_a::TOPIC]), move || {
         seen_ids("fanout_a") == expected && seen_ids("fanout_b") == expected
     })
     .await;
@@ -290,7 +270,7 @@ async fn keyed(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_with_one_key_share_a_partition() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     let mut key_of = HashMap::new();
     for n in 0..80 {
         let key = format!("user-{}", n % 8);
@@ -299,7 +279,7 @@ async fn jobs_with_one_key_share_a_partition() {
             .unwrap();
         key_of.insert(id.to_string(), key);
     }
-    let done = run_until(worker(&[keyed::TOPIC]), || seen("keyed").len() == 80).await;
+    let done = run_worker_until(test_worker(&[keyed::TOPIC]), || seen("keyed").len() == 80).await;
     assert!(done);
     let mut partitions_of: HashMap<&str, HashSet<u32>> = HashMap::new();
     for (id, _, partition) in seen("keyed") {
@@ -319,7 +299,7 @@ async fn jobs_with_one_key_share_a_partition() {
 
 #[tokio::test]
 async fn running_with_an_unknown_topic_fails_with_a_clear_error() {
-    let error = worker(&["no_such_topic"])
+    let error = test_worker(&["no_such_topic"])
         .run_until(async {})
         .await
         .unwrap_err();
@@ -332,7 +312,7 @@ async fn running_with_an_unknown_topic_fails_with_a_clear_error() {
 
 #[tokio::test]
 async fn a_bad_heartbeat_setting_names_the_variable() {
-    let error = worker(&[bulk::TOPIC])
+    let error = test_worker(&[bulk::TOPIC])
         .heartbeat_ttl(Duration::from_millis(100))
         .run_until(async {})
         .await
@@ -366,7 +346,7 @@ async fn trim_slow(job: Job<Task>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_what_a_group_still_has_pending() {
-    let _ = worker(&[]);
+    let _ = test_worker(&[]);
     let ids: HashSet<String> = trim_fast::enqueue_batch((0..1_000).map(|n| Task { n }))
         .await
         .unwrap()
@@ -384,8 +364,9 @@ async fn trimming_keeps_what_a_group_still_has_pending() {
             .collect();
         retried == expected
     };
-    let done = run_until(
-        worker(&[trim_fast::TOPIC]).retry_backoff(Duration::from_secs(2), Duration::from_secs(2)),
+    let done = run_worker_until(
+        test_worker(&[trim_fast::TOPIC])
+            .retry_backoff(Duration::from_secs(2), Duration::from_secs(2)),
         slow_done,
     )
     .await;
@@ -396,7 +377,7 @@ async fn trimming_keeps_what_a_group_still_has_pending() {
     // Now both groups are done: a run of the worker trims down to about maxlen (whole
     // stream nodes of 100 entries at a time).
     let stream = redisaq::keys::partition(trim_fast::TOPIC, 0);
-    let trimmed = run_until(worker(&[trim_fast::TOPIC]), || {
+    let trimmed = run_worker_until(test_worker(&[trim_fast::TOPIC]), || {
         let len: u64 = redis::cmd("XLEN")
             .arg(&stream)
             .query(&mut redis().connection())
