@@ -77,8 +77,8 @@
 //! All mistakes in the attribute and the signature are reported together, each at the
 //! tokens to change.
 
+mod internals;
 mod output;
-mod parser;
 
 use proc_macro::TokenStream;
 
@@ -94,7 +94,7 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
-    match parser::parse(args.into(), item.clone()) {
+    match internals::parse(args.into(), item.clone()) {
         Ok(def) => output::expand(&def, item),
         Err(error) => output::with_errors(item, error),
     }

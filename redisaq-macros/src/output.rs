@@ -5,7 +5,7 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 
-use crate::parser::{first_span, JobDef, Kind};
+use crate::internals::{first_span, JobDef, Kind};
 
 /// The function, untouched, followed by its payload alias, its module of enqueue
 /// functions and the handler registration (which also checks the payload type).
