@@ -11,9 +11,9 @@
 //! # Ok(()) }
 //! ```
 
+use crate::store::conn::Conn;
 use std::collections::BTreeMap;
 
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::error::Error;
@@ -25,7 +25,7 @@ use crate::{keys, wire};
 /// A connection for administration.
 #[derive(Clone)]
 pub struct Admin {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 /// What [`Admin::migrate`] did to one topic.

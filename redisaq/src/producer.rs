@@ -1,13 +1,12 @@
 //! Enqueueing: JSON payloads into the right partition stream, one `XADD` per job and one
 //! pipelined round trip per batch.
 
+use crate::store::conn::Conn;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-use redis::aio::ConnectionManager;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -158,7 +157,7 @@ struct Producer {
     url: RwLock<Option<String>>,
     /// Connections belong to the runtime that made them (their driver task runs there),
     /// so each runtime gets its own.
-    connections: tokio::sync::Mutex<HashMap<tokio::runtime::Id, ConnectionManager>>,
+    connections: tokio::sync::Mutex<HashMap<tokio::runtime::Id, Conn>>,
     topics: Mutex<HashMap<&'static str, Arc<TopicState>>>,
 }
 
@@ -192,7 +191,7 @@ pub fn set_redis_url(url: &str) -> Result<(), Error> {
 }
 
 /// The producer's connection for the current runtime.
-pub(crate) async fn connection() -> Result<ConnectionManager, Error> {
+pub(crate) async fn connection() -> Result<Conn, Error> {
     let state = producer();
     let runtime = tokio::runtime::Handle::current().id();
     let mut connections = state.connections.lock().await;
@@ -222,10 +221,7 @@ pub(crate) fn forget_topic(topic: &str) {
         .remove(topic);
 }
 
-async fn topic_state(
-    conn: &mut ConnectionManager,
-    spec: &'static TopicSpec,
-) -> Result<Arc<TopicState>, Error> {
+async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<TopicState>, Error> {
     let cached = producer()
         .topics
         .lock()
@@ -302,18 +298,14 @@ pub fn enqueue<T: JobPayload>(
 }
 
 /// The connection and what is known of the topic.
-async fn prepare(spec: &'static TopicSpec) -> Result<(ConnectionManager, Arc<TopicState>), Error> {
+async fn prepare(spec: &'static TopicSpec) -> Result<(Conn, Arc<TopicState>), Error> {
     let mut conn = connection().await?;
     let state = topic_state(&mut conn, spec).await?;
     Ok((conn, state))
 }
 
 /// Sends the jobs, one answer per job.
-async fn send(
-    conn: &mut ConnectionManager,
-    jobs: &[NewJob<'_>],
-    sending: &AtomicBool,
-) -> Result<(), Failure> {
+async fn send(conn: &mut Conn, jobs: &[NewJob<'_>], sending: &AtomicBool) -> Result<(), Failure> {
     sending.store(true, Ordering::Relaxed);
     let refusals = stream::add(conn, jobs).await.map_err(|e| {
         if e.is_connection_refusal() {

@@ -4,10 +4,10 @@
 //! on that partition at once, and whoever owns it next runs those jobs again as a new
 //! attempt (at-least-once).
 
+use crate::store::conn::Conn;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::partitions::Tenure;
@@ -31,7 +31,7 @@ pub(crate) enum Ack {
 
 /// Who acknowledges: the consumer, for fencing.
 pub(crate) struct Acker {
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     pub shared: Arc<Shared>,
 }
 

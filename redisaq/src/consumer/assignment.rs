@@ -6,9 +6,8 @@
 //! partition count computes the next one and writes it with a compare-and-set on the
 //! generation; all consumers then follow the stored record.
 
+use crate::store::conn::Conn;
 use std::collections::{BTreeMap, HashMap};
-
-use redis::aio::ConnectionManager;
 
 use crate::error::Error;
 pub(crate) use crate::store::assignment::{load, Assignment};
@@ -86,7 +85,7 @@ pub(crate) fn assign(previous: &[String], members: &[String], partitions: u32) -
 /// Stores the successor of `current` for these members and partitions, unless another
 /// consumer was faster. Returns whether this call wrote it.
 pub(crate) async fn advance(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     topic: &str,
     group: &str,
     current: &Assignment,

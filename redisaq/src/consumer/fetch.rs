@@ -2,10 +2,10 @@
 //! (with a lease surely still valid), on a connection of its own, sized to the room the
 //! executor has, so nothing is fetched that cannot start soon.
 
+use crate::store::conn::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Client;
 
 use super::partitions::Tenure;
@@ -164,7 +164,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
 /// anything does it block on all of them, for one entry each.
 async fn read_for_room(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     partitions: &[Tenure],
     room: usize,
     block_ms: u64,
@@ -188,7 +188,7 @@ async fn read_for_room(
 /// One read of new entries, up to `count` per partition.
 async fn read(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     partitions: &[Tenure],
     count: usize,
     block_ms: Option<u64>,

@@ -7,10 +7,10 @@
 //! a lost reply, a dropped connection) is tried again within the interval, so a fault
 //! shorter than the TTL costs no partition.
 
+use crate::store::conn::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
 }
 
 /// Renews membership and leases; false if Redis could not be asked.
-async fn renew(shared: &Shared, conn: &mut ConnectionManager, ttl: Duration) -> bool {
+async fn renew(shared: &Shared, conn: &mut Conn, ttl: Duration) -> bool {
     let held = shared.held.tenures();
     let holdings: Vec<_> = held.iter().map(|&t| shared.holding(t)).collect();
     let asked_at = clock::now();

@@ -25,12 +25,12 @@ mod partitions;
 mod retries;
 mod takeover;
 
+use crate::store::conn::Conn;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -124,7 +124,7 @@ pub(crate) struct Shared {
     pub backoff: Backoff,
     pub config: Config,
     /// For commands other than the blocking read: claims, dead letters, heartbeats.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     pub acks: mpsc::UnboundedSender<ack::Ack>,
     pub deliveries: mpsc::Sender<Delivery>,
     pub concurrency: Arc<Semaphore>,
@@ -197,7 +197,7 @@ impl Shared {
 
 /// Creates the group on every partition (see [`crate::store::group::create_on_partitions`]).
 pub(crate) async fn create_groups(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     topic: &str,
     group: &str,
     partitions: u32,
@@ -210,7 +210,7 @@ pub(crate) async fn create_groups(
 /// Redis, or while connections are being cut, waits for it like a running worker does.
 async fn join(
     def: &'static HandlerDef,
-    conn: &ConnectionManager,
+    conn: &Conn,
     shutdown: &CancellationToken,
 ) -> Result<Option<(topic::TopicInfo, bool)>, Error> {
     for delay in crate::retry::doubling(Duration::from_millis(100), Duration::from_secs(5)) {

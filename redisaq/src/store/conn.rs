@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+/// The connection everything but the blocking reads shares. Today one Redis node's
+/// reconnecting connection; the seam where a Redis Cluster connection goes.
+pub(crate) type Conn = ConnectionManager;
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo};
 

@@ -5,9 +5,8 @@
 //! (paused, cut off), or an earlier holding of the same consumer, cannot act on the
 //! partition any more.
 
+use super::conn::Conn;
 use std::time::Duration;
-
-use redis::aio::ConnectionManager;
 
 use std::sync::LazyLock;
 
@@ -94,7 +93,7 @@ pub(crate) fn is_fenced(error: &redis::RedisError) -> bool {
 /// Takes the lease of a partition (see [`ACQUIRE`]); the new holding's epoch, or `None`
 /// while someone else holds it.
 pub(crate) async fn acquire(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     lease: &str,
     epoch_counter: &str,
     consumer: &str,
@@ -114,11 +113,7 @@ pub(crate) async fn acquire(
 }
 
 /// Gives the lease up so the next owner can start at once.
-pub(crate) async fn release(
-    conn: &mut ConnectionManager,
-    lease: &str,
-    token: &str,
-) -> Result<(), Error> {
+pub(crate) async fn release(conn: &mut Conn, lease: &str, token: &str) -> Result<(), Error> {
     let _: i64 = redis::Script::new(RELEASE)
         .key(lease)
         .arg(token)
@@ -138,7 +133,7 @@ pub(crate) struct Renewal {
 /// every holding's lease by `ttl`, in one round trip. Each renewal counts alone: a
 /// refused heartbeat must not cost the leases.
 pub(crate) async fn renew(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     heartbeat: (redis::Cmd, &redis::Script),
     holdings: &[Holding],
     ttl: Duration,

@@ -3,8 +3,7 @@
 //! already delivered to every group. A lagging group therefore makes the stream grow
 //! instead of losing jobs. The owner of a partition trims it on every heartbeat.
 
-use redis::aio::ConnectionManager;
-
+use super::conn::Conn;
 use crate::error::Error;
 use crate::wire;
 
@@ -19,11 +18,7 @@ fn min_id(a: Option<String>, b: String) -> String {
 }
 
 /// Trims one stream; returns how many entries went.
-pub(crate) async fn trim(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    maxlen: u64,
-) -> Result<u64, Error> {
+pub(crate) async fn trim(conn: &mut Conn, stream: &str, maxlen: u64) -> Result<u64, Error> {
     let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
     if len <= maxlen {
         return Ok(0);
