@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-/// The connection everything but the blocking reads shares. Today one Redis node's
-/// reconnecting connection; the seam where a Redis Cluster connection goes.
-pub(crate) type Conn = ConnectionManager;
-
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo};
 
 use crate::error::Error;
+
+/// The connection everything but the blocking reads shares. Today one Redis node's
+/// reconnecting connection; the seam where a Redis Cluster connection goes.
+pub(crate) type Conn = ConnectionManager;
 
 /// Where the CA to trust for `rediss://` is named, beside the system's roots.
 pub(crate) const TLS_CA_FILE: &str = "REDISAQ_TLS_CA_FILE";
