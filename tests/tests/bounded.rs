@@ -1,6 +1,6 @@
 //! What a worker holds is bounded by its concurrency, whatever the number of partitions
-//! and failures: running calls plus a read-ahead of one call's worth per slot
-//! (concurrency × batch) are pending under it; retries waiting for their backoff wait
+//! and failures: running calls plus its delivery queue (concurrency × batch, plus a
+//! read-ahead of 256) are pending under it; retries waiting for their backoff wait
 //! in Redis, where the partition's next owner finds them when they are due.
 
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ struct Work {
 
 const PARTITIONS: u32 = 8;
 const CONCURRENCY: usize = 2;
+/// The read-ahead README documents.
+const READ_AHEAD: usize = 256;
 
 static SLOW_DONE: AtomicU64 = AtomicU64::new(0);
 /// The payloads whose handler call returned.
@@ -32,7 +34,7 @@ static SLOW_FINISHED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     concurrency = 2
 )]
 async fn slow(job: Job<Work>) -> Result<(), JobError> {
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
     SLOW_FINISHED.lock().unwrap().push(job.payload().n);
     SLOW_DONE.fetch_add(1, Ordering::SeqCst);
     Ok(())
@@ -75,14 +77,14 @@ fn held(conn: &mut redis::Connection) -> usize {
     payloads.iter().filter(|n| !finished.contains(n)).count()
 }
 
-/// Before: one read asked every owned partition for the room in the queue, so with
-/// 8 partitions and room for 1 it took up to 8 entries at once (pending ~11 here).
+/// Before: one read asked every owned partition for the room in the queue, so with 8
+/// partitions it took up to 8 × the queue at once (about all 1,200 jobs here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_holds_no_more_than_its_concurrency_and_read_ahead_however_many_partitions() {
     init_tracing();
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
-    let jobs = 400;
+    let jobs = 1200;
     slow::enqueue_batch((0..jobs).map(|n| Work { n }))
         .await
         .unwrap();
@@ -112,9 +114,9 @@ async fn a_worker_holds_no_more_than_its_concurrency_and_read_ahead_however_many
     running.await.unwrap().unwrap();
     assert!(done, "all jobs ran: {}", SLOW_DONE.load(Ordering::SeqCst));
     assert!(most > 0, "the sampling saw the worker hold jobs");
-    // Running calls (concurrency × batch) plus the read-ahead (the delivery queue, as
-    // large again).
-    let bound = 2 * CONCURRENCY;
+    // Running calls (concurrency × batch) plus the delivery queue (as much again plus
+    // the read-ahead).
+    let bound = 2 * CONCURRENCY + READ_AHEAD;
     assert!(
         most <= bound,
         "at most {bound} entries (running + read-ahead) were held at once, saw {most}"

@@ -64,9 +64,11 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             .min(due_in)
             .as_millis()
             .max(1) as u64;
-        // Wait for room: a slot in the delivery queue.
+        // Wait for room: half the delivery queue free, so that reads stay large while
+        // what is queued keeps the executor busy.
+        let refill = (shared.deliveries.max_capacity() / 2).max(1);
         let mut room = tokio::select! {
-            permit = shared.deliveries.reserve() => match permit {
+            permit = shared.deliveries.reserve_many(refill) => match permit {
                 Ok(permit) => { drop(permit); shared.deliveries.capacity().clamp(1, MAX_READ) }
                 Err(_) => return Ok(()),
             },

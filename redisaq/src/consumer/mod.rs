@@ -45,6 +45,11 @@ use crate::store;
 use crate::store::topic;
 use crate::wire::{self, StreamEntry, Undecodable};
 
+/// Entries a handler's delivery queue holds beyond one full round of calls
+/// (`concurrency × batch`): enough that reads stay large and cheap, and a bound on what a
+/// worker holds whatever the number of partitions.
+pub(crate) const READ_AHEAD: usize = 256;
+
 /// One delivery of an entry to this consumer.
 #[derive(Debug)]
 pub(crate) struct Delivery {
@@ -280,7 +285,8 @@ pub(crate) async fn run(
     });
     let batch = def.batch_size();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let (delivery_tx, delivery_rx) = mpsc::channel(concurrency * batch);
+    // The read-ahead: what a worker holds beyond its running calls.
+    let (delivery_tx, delivery_rx) = mpsc::channel(concurrency * batch + READ_AHEAD);
     let shared = Arc::new(Shared {
         def,
         topic: def.spec.topic.into(),
