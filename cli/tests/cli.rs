@@ -683,15 +683,14 @@ async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
     .map(|id| id.to_string())
     .collect();
     let worker = Background::start(worker("cli_busy").consumer_name("busy").concurrency(1));
-    // With one slot, the first job runs (and holds it) and the second waits in the
-    // consumer's queue: two entries pending on it, the third not delivered, and the
-    // consumer reads nothing more, so its idle time grows.
+    // With one slot, the first job runs (and holds it) and the other two wait in the
+    // consumer's queue: three entries pending on it.
     let mut seen = Value::Null;
     assert!(
         eventually(Duration::from_secs(30), || {
             seen = json_and_code(&["monitor", "cli_busy", "busy_group"]).1;
             seen.as_array().unwrap().len() == 1
-                && seen[0]["pending"] == 2
+                && seen[0]["pending"] == 3
                 && BUSY_RUNS.lock().unwrap().len() == 1
         })
         .await,
@@ -706,18 +705,18 @@ async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
     );
     assert_eq!(consumer["alive"], true);
     assert_eq!(consumer["partitions"], serde_json::json!([0]));
-    assert_eq!(consumer["pending"], 2);
+    assert_eq!(consumer["pending"], 3);
     assert!(consumer["consumer"].as_str().unwrap().starts_with("busy"));
 
     // Too many pending: more than the threshold, not as many.
     let quiet = ["--idle-threshold", "3600000"];
-    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "2"]].concat());
+    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "3"]].concat());
     assert_eq!(
         (code, &consumer["status"]),
         (0, &Value::from("OK")),
         "{consumer}"
     );
-    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "1"]].concat());
+    let (code, consumer) = busy_monitor(&[&quiet[..], &["--pending-threshold", "2"]].concat());
     assert_eq!(
         (code, &consumer["status"]),
         (3, &Value::from("TOO_MANY_PENDING")),
@@ -730,7 +729,7 @@ async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
         "--idle-threshold",
         "3600000",
         "--pending-threshold",
-        "1",
+        "2",
     ]);
     assert_eq!(table.code, 3, "{}", table.stderr);
     assert!(
