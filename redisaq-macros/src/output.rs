@@ -14,6 +14,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
         vis, name, payload, ..
     } = def;
     let options = &def.options;
+    let krate = krate(def);
     let name_str = name.unraw().to_string();
     let topic = options
         .topic
@@ -40,7 +41,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     // `call_single::<T, ..>` below, so a payload without serde is reported only once
     // there (the enqueue functions, being items of their own, add theirs).
     let assert_payload = quote_spanned! {payload_span=>
-        let () = ::redisaq::__private::assert_payload::<#payload>();
+        let () = #krate::__private::assert_payload::<#payload>();
     };
 
     let module_doc = format!(
@@ -76,7 +77,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
             // A static, not a const: the runtime keys per-topic state by this one
             // `&'static` and the registration below points at it.
             #[doc(hidden)]
-            pub static SPEC: ::redisaq::__private::TopicSpec = ::redisaq::__private::TopicSpec {
+            pub static SPEC: #krate::__private::TopicSpec = #krate::__private::TopicSpec {
                 topic: TOPIC,
                 partitions: #partitions,
                 maxlen: #maxlen,
@@ -86,38 +87,38 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
             pub fn enqueue(
                 payload: Payload,
             ) -> impl ::core::future::Future<
-                Output = ::core::result::Result<::redisaq::JobId, ::redisaq::Error>,
+                Output = ::core::result::Result<#krate::JobId, #krate::Error>,
             > + ::core::marker::Send
                    + 'static {
-                ::redisaq::__private::enqueue(&SPEC, payload, ::redisaq::EnqueueOptions::new())
+                #krate::__private::enqueue(&SPEC, payload, #krate::EnqueueOptions::new())
             }
 
             /// Enqueues one job with options (e.g. a key: same key, same partition, in order).
             pub fn enqueue_with(
                 payload: Payload,
-                options: ::redisaq::EnqueueOptions,
+                options: #krate::EnqueueOptions,
             ) -> impl ::core::future::Future<
-                Output = ::core::result::Result<::redisaq::JobId, ::redisaq::Error>,
+                Output = ::core::result::Result<#krate::JobId, #krate::Error>,
             > + ::core::marker::Send
                    + 'static {
-                ::redisaq::__private::enqueue(&SPEC, payload, options)
+                #krate::__private::enqueue(&SPEC, payload, options)
             }
 
             /// Enqueues many jobs in one pipelined round trip; ids in input order.
             pub fn enqueue_batch<I: ::core::iter::IntoIterator<Item = Payload>>(
                 payloads: I,
             ) -> impl ::core::future::Future<
-                Output = ::core::result::Result<::std::vec::Vec<::redisaq::JobId>, ::redisaq::Error>,
+                Output = ::core::result::Result<::std::vec::Vec<#krate::JobId>, #krate::Error>,
             > + ::core::marker::Send
                    + 'static {
-                ::redisaq::__private::enqueue_batch(&SPEC, payloads)
+                #krate::__private::enqueue_batch(&SPEC, payloads)
             }
         }
 
-        ::redisaq::__private::submit_handler! {
+        #krate::__private::submit_handler! {
             {
                 #assert_payload
-                ::redisaq::__private::HandlerDef {
+                #krate::__private::HandlerDef {
                     spec: &#name::SPEC,
                     group: #name::GROUP,
                     name: ::core::concat!(::core::module_path!(), "::", #name_str),
@@ -158,8 +159,17 @@ fn call_expression(def: &JobDef) -> TokenStream {
     };
     let name = &def.name;
     let payload = &def.payload;
+    let krate = krate(def);
     quote_spanned! {def.output_span=>
-        ::redisaq::__private::#adapter::<#payload, _, _>(jobs, #name)
+        #krate::__private::#adapter::<#payload, _, _>(jobs, #name)
+    }
+}
+
+/// Where redisaq is: `::redisaq`, or the `crate = "..."` option's path.
+fn krate(def: &JobDef) -> TokenStream {
+    match &def.options.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::redisaq),
     }
 }
 
@@ -167,5 +177,27 @@ fn option_literal(value: Option<Literal>) -> TokenStream {
     match value {
         Some(value) => quote!(::core::option::Option::Some(#value)),
         None => quote!(::core::option::Option::None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn expanded(args: proc_macro2::TokenStream) -> String {
+        let item = quote! {
+            async fn send(job: Job<u64>) -> Result<(), JobError> { Ok(()) }
+        };
+        let def = crate::internals::parse(args, item.clone()).expect("valid");
+        super::expand(&def, item).to_string()
+    }
+
+    #[test]
+    fn the_glue_goes_through_the_crate_path() {
+        let default = expanded(quote!(topic = "t"));
+        assert!(default.contains(":: redisaq :: __private"), "{default}");
+        let renamed = expanded(quote!(topic = "t", crate = "my_app::rq"));
+        assert!(renamed.contains("my_app :: rq :: __private"), "{renamed}");
+        assert!(!renamed.contains(":: redisaq ::"), "{renamed}");
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct Options {
     pub(crate) timeout_ms: Option<u64>,
     /// Dead letters kept per partition.
     pub(crate) dlq_maxlen: Option<u64>,
+    /// Where the generated code finds redisaq, when not at `::redisaq` (re-exported).
+    pub(crate) krate: Option<syn::Path>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,10 +47,11 @@ pub(crate) enum Opt {
     Maxlen,
     TimeoutMs,
     DlqMaxlen,
+    Crate,
 }
 
 impl Opt {
-    const ALL: [Opt; 10] = [
+    const ALL: [Opt; 11] = [
         Opt::Topic,
         Opt::Group,
         Opt::Partitions,
@@ -59,6 +62,7 @@ impl Opt {
         Opt::Maxlen,
         Opt::TimeoutMs,
         Opt::DlqMaxlen,
+        Opt::Crate,
     ];
 
     fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Opt {
             Opt::Maxlen => "maxlen",
             Opt::TimeoutMs => "timeout_ms",
             Opt::DlqMaxlen => "dlq_maxlen",
+            Opt::Crate => "crate",
         }
     }
 
@@ -89,6 +94,7 @@ impl Opt {
             Opt::Maxlen => "maxlen = 100_000",
             Opt::TimeoutMs => "timeout_ms = 30_000",
             Opt::DlqMaxlen => "dlq_maxlen = 10_000",
+            Opt::Crate => "crate = \"::my_app::redisaq\"",
         }
     }
 
@@ -97,7 +103,7 @@ impl Opt {
         let u32_max = u128::from(u32::MAX);
         let u64_max = u128::from(u64::MAX);
         match self {
-            Opt::Topic | Opt::Group => None,
+            Opt::Topic | Opt::Group | Opt::Crate => None,
             Opt::Retries => Some((0, u32_max)),
             Opt::MaxWaitMs => Some((0, u64_max)),
             Opt::Partitions | Opt::Batch | Opt::Concurrency => Some((1, u32_max)),
@@ -249,6 +255,7 @@ pub(crate) fn parse_option(
         Opt::Maxlen => options.maxlen = int_value(opt, &value, errors),
         Opt::TimeoutMs => options.timeout_ms = int_value(opt, &value, errors),
         Opt::DlqMaxlen => options.dlq_maxlen = int_value(opt, &value, errors),
+        Opt::Crate => options.krate = path_value(&value, errors),
     }
 }
 
@@ -319,6 +326,31 @@ fn parse_literal(opt: Opt, value: TokenStream, errors: &mut Errors) -> Option<Li
         return None;
     }
     Some(lit)
+}
+
+/// The path of `crate = "..."`: where the generated code finds redisaq.
+fn path_value(value: &Value, errors: &mut Errors) -> Option<syn::Path> {
+    let Lit::Str(text) = &value.lit else {
+        errors.over(
+            &value.tokens,
+            "`crate` is a path in a string: `crate = \"::my_app::redisaq\"`",
+        );
+        return None;
+    };
+    match text.parse::<syn::Path>() {
+        Ok(path) => Some(path),
+        Err(_) => {
+            errors.over(
+                &value.tokens,
+                format!(
+                    "`crate` must be the path redisaq is reachable at, e.g. \
+                     `crate = \"::my_app::redisaq\"`, not {:?}",
+                    text.value()
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Topic and group names end up inside Redis keys and `{hash tags}`, so braces and
