@@ -535,6 +535,25 @@ impl LoggedWorker {
         LoggedWorker { child, log }
     }
 
+    /// A `test_worker` process (see [`worker_command`]; `binary` is the calling test's
+    /// `env!("CARGO_BIN_EXE_test_worker")`) with the given heartbeats, logging its
+    /// consumers' info lines for the test to read.
+    pub fn test_worker(
+        binary: &str,
+        name: &str,
+        topic: &str,
+        job_ms: u64,
+        interval_ms: u64,
+        ttl_ms: u64,
+    ) -> Self {
+        Self::start(
+            worker_command(binary, name, topic, job_ms)
+                .env("REDISAQ_HEARTBEAT_INTERVAL_MS", interval_ms.to_string())
+                .env("REDISAQ_HEARTBEAT_TTL_MS", ttl_ms.to_string())
+                .env("RUST_LOG", "warn,redisaq::consumer=info"),
+        )
+    }
+
     /// The log lines so far that contain `needle`.
     pub fn lines(&self, needle: &str) -> Vec<String> {
         let log = self.log.lock().unwrap();

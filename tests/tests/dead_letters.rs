@@ -9,28 +9,10 @@ use std::time::Duration;
 
 use redisaq::admin::Admin;
 use redisaq::{job, EnqueueOptions, Job, JobError};
-use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use redisaq_tests::{
+    dead_letters, eventually, init_tracing, pending, redis, run_worker_until, test_worker,
+};
 use tokio::sync::oneshot;
-
-/// Runs a worker on `topics` until `done` holds (or a minute passed); returns whether it
-/// held.
-async fn run_until(topics: &[&'static str], mut done: impl FnMut() -> bool) -> bool {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(
-        redisaq::Worker::new()
-            .redis_url(redis().url())
-            .topics(topics.iter().copied())
-            .heartbeat_interval(Duration::from_millis(500))
-            .heartbeat_ttl(Duration::from_secs(5))
-            .run_until(async move {
-                let _ = stopped.await;
-            }),
-    );
-    let held = eventually(Duration::from_secs(60), &mut done).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
-    held
-}
 
 static HOLD_STARTED: AtomicBool = AtomicBool::new(false);
 static HOLD_RELEASED: AtomicBool = AtomicBool::new(false);
@@ -148,7 +130,7 @@ async fn dead_letters_keep_the_newest_dlq_maxlen_and_the_jobs_key() {
             .await
             .unwrap();
     }
-    let all_failed = run_until(&[keyed::TOPIC], || {
+    let all_failed = run_worker_until(test_worker(&[keyed::TOPIC]), || {
         KEYED_CALLS.lock().unwrap().len() == 12
             && pending(&mut redis().connection(), keyed::TOPIC, keyed::GROUP, 1) == 0
     })
@@ -191,7 +173,7 @@ async fn dead_letters_keep_the_newest_dlq_maxlen_and_the_jobs_key() {
         .unwrap();
     let key: String = newest.ids[0].get("key").unwrap();
     assert_eq!(key, "customer-11");
-    let rerun = run_until(&[keyed::TOPIC], || {
+    let rerun = run_worker_until(test_worker(&[keyed::TOPIC]), || {
         KEYED_CALLS.lock().unwrap().contains(&(11, 1)) && KEYED_CALLS.lock().unwrap().len() == 13
     })
     .await;
@@ -251,7 +233,7 @@ async fn a_replay_runs_the_job_again_only_in_the_group_that_gave_up() {
     let admin = Admin::connect(&redis().url()).await.unwrap();
     replay_a::enqueue_batch(0..4).await.unwrap();
     let handle = tokio::runtime::Handle::current();
-    let first = run_until(&[replay_a::TOPIC], || {
+    let first = run_worker_until(test_worker(&[replay_a::TOPIC]), || {
         let calls = replay_calls();
         (0..4).all(|n| calls.contains_key(&("a", n)) && calls.contains_key(&("b", n)))
             && tokio::task::block_in_place(|| handle.block_on(both_groups_done(&admin)))
@@ -265,7 +247,7 @@ async fn a_replay_runs_the_job_again_only_in_the_group_that_gave_up() {
     A_FAILS.store(false, Ordering::SeqCst);
     let replayed = admin.replay(replay_a::TOPIC, None, &[]).await.unwrap();
     assert_eq!(replayed.len(), 1);
-    let again = run_until(&[replay_a::TOPIC], || {
+    let again = run_worker_until(test_worker(&[replay_a::TOPIC]), || {
         replay_calls().get(&("a", 1)) == Some(&2)
             && tokio::task::block_in_place(|| handle.block_on(both_groups_done(&admin)))
     })
@@ -384,7 +366,7 @@ async fn a_layout_1_topic_with_jobs_and_dead_letters_is_migrated() {
     // The jobs run, and the moved dead letters replay into their group.
     let replayed = admin.replay(legacy::TOPIC, None, &[]).await.unwrap();
     assert_eq!(replayed.len(), 2);
-    let ran = run_until(&[legacy::TOPIC], || {
+    let ran = run_worker_until(test_worker(&[legacy::TOPIC]), || {
         LEGACY_CALLS.lock().unwrap().len() == 6
             && pending(&mut redis().connection(), legacy::TOPIC, legacy::GROUP, 2) == 0
     })
@@ -482,7 +464,7 @@ async fn an_entry_of_a_newer_format_is_neither_run_nor_dead_lettered() {
         .query(&mut conn)
         .unwrap();
     format::enqueue(3).await.unwrap();
-    let ran = run_until(&[format::TOPIC], || {
+    let ran = run_worker_until(test_worker(&[format::TOPIC]), || {
         FORMAT_CALLS.lock().unwrap().len() == 2
             && pending(&mut redis().connection(), format::TOPIC, format::GROUP, 1) == 1
     })

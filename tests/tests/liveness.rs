@@ -5,22 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use redisaq_tests::{calls, eventually, pending, redis, starts, worker_command, LoggedWorker};
+use redisaq_tests::{calls, eventually, pending, redis, starts, LoggedWorker};
+
+const TEST_WORKER: &str = env!("CARGO_BIN_EXE_test_worker");
 
 // Producer-side declarations of the test worker's topics.
 #[redisaq::job(topic = "crash", group = "crash_group", partitions = 4)]
 async fn crash(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
     Ok(())
-}
-
-/// A test worker with short heartbeats whose log the test reads.
-fn start(name: &str, topic: &str, job_ms: u64, interval_ms: u64, ttl_ms: u64) -> LoggedWorker {
-    LoggedWorker::start(
-        worker_command(env!("CARGO_BIN_EXE_test_worker"), name, topic, job_ms)
-            .env("REDISAQ_HEARTBEAT_INTERVAL_MS", interval_ms.to_string())
-            .env("REDISAQ_HEARTBEAT_TTL_MS", ttl_ms.to_string())
-            .env("RUST_LOG", "warn,redisaq::consumer=info"),
-    )
 }
 
 fn lease_owners(conn: &mut redis::Connection, topic: &str, group: &str, n: u32) -> Vec<String> {
@@ -63,7 +55,7 @@ async fn long_jobs_never_cost_a_worker_its_partitions() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
     // 3 s jobs, 8 slots, 4 partitions, heartbeats far shorter than a job.
-    let a = start("a", "crash", 3_000, 200, 1_500);
+    let a = LoggedWorker::test_worker(TEST_WORKER, "a", "crash", 3_000, 200, 1_500);
     let ids: HashSet<String> = crash::enqueue_batch((0..60).map(|n| serde_json::json!({ "n": n })))
         .await
         .unwrap()
@@ -77,7 +69,7 @@ async fn long_jobs_never_cost_a_worker_its_partitions() {
         "the first worker started its jobs"
     );
     // A second worker joins, takes its share, reads jobs, and is killed.
-    let mut b = start("b", "crash", 3_000, 200, 1_500);
+    let mut b = LoggedWorker::test_worker(TEST_WORKER, "b", "crash", 3_000, 200, 1_500);
     let b_holds = eventually(Duration::from_secs(60), || {
         pending_by_consumer(&mut conn, "crash", "crash_group", 4)
             .iter()

@@ -4,17 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use redisaq_tests::{calls, eventually, pending, redis, starts, worker_command, LoggedWorker};
+use redisaq_tests::{calls, eventually, pending, redis, starts, LoggedWorker};
 
-/// A test worker whose log the test reads.
-fn start(name: &str, topic: &str, job_ms: u64, interval_ms: u64, ttl_ms: u64) -> LoggedWorker {
-    LoggedWorker::start(
-        worker_command(env!("CARGO_BIN_EXE_test_worker"), name, topic, job_ms)
-            .env("REDISAQ_HEARTBEAT_INTERVAL_MS", interval_ms.to_string())
-            .env("REDISAQ_HEARTBEAT_TTL_MS", ttl_ms.to_string())
-            .env("RUST_LOG", "warn,redisaq::consumer=info"),
-    )
-}
+const TEST_WORKER: &str = env!("CARGO_BIN_EXE_test_worker");
 
 #[redisaq::job(topic = "graceful", group = "graceful_group", partitions = 2)]
 async fn graceful(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
@@ -25,7 +17,7 @@ async fn graceful(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::
 async fn a_redis_stall_shorter_than_the_ttl_costs_no_partition() {
     redisaq::set_redis_url(&redis().url()).unwrap();
     let mut conn = redis().connection();
-    let worker = start("s", "graceful", 20, 500, 3_000);
+    let worker = LoggedWorker::test_worker(TEST_WORKER, "s", "graceful", 20, 500, 3_000);
     let ids: HashSet<String> =
         graceful::enqueue_batch((0..300).map(|n| serde_json::json!({ "n": n })))
             .await
