@@ -204,10 +204,6 @@ impl Admin {
         Ok(Admin { conn })
     }
 
-    async fn server_ms(&self) -> Result<u64, Error> {
-        store::server_ms(&mut self.conn.clone()).await
-    }
-
     /// A topic's partition count.
     pub async fn partitions(&self, topic: &str) -> Result<u32, Error> {
         let partitions = topic::partitions(&mut self.conn.clone(), topic).await?;
@@ -258,7 +254,7 @@ impl Admin {
     pub async fn topics(&self) -> Result<Vec<TopicStatus>, Error> {
         let mut conn = self.conn.clone();
         let names = self.topic_names().await?;
-        let now_ms = self.server_ms().await?;
+        let now_ms = store::server_ms(&mut conn).await?;
         let mut topics = Vec::with_capacity(names.len());
         for name in names {
             let partitions = self.partitions(&name).await.unwrap_or(0);

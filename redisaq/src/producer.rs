@@ -17,6 +17,7 @@ use crate::registry::TopicSpec;
 use crate::store;
 use crate::store::stream::{self, NewJob};
 use crate::store::topic;
+use crate::wire::JobFields;
 
 /// How long a producer trusts its cached partition count; a raised count reaches
 /// producers within this time.
@@ -285,10 +286,13 @@ pub fn enqueue<T: JobPayload>(
             let stream = keys::partition(spec.topic, route(&state, key));
             let job = NewJob {
                 stream: &stream,
-                id: id.as_str(),
-                payload: &json,
-                enqueued_at_ms: now_ms(),
-                key,
+                fields: JobFields {
+                    id: id.as_str(),
+                    payload: &json,
+                    enqueued_at_ms: now_ms(),
+                    key,
+                    for_group: None,
+                },
             };
             send(&mut conn, &[job], &sending).await
         })
@@ -348,10 +352,13 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
                 .zip(&jsons)
                 .map(|(id, json)| NewJob {
                     stream: &streams[route(&state, None) as usize],
-                    id: id.as_str(),
-                    payload: json,
-                    enqueued_at_ms,
-                    key: None,
+                    fields: JobFields {
+                        id: id.as_str(),
+                        payload: json,
+                        enqueued_at_ms,
+                        key: None,
+                        for_group: None,
+                    },
                 })
                 .collect();
             send(&mut conn, &jobs, &sending).await

@@ -64,35 +64,41 @@ pub(crate) enum Undecodable {
     Newer(u32),
 }
 
-/// The `XADD` field arguments of a job entry.
-pub(crate) fn job_args(
-    id: &str,
-    payload: &str,
-    enqueued_at_ms: u64,
-    key: Option<&str>,
-) -> Vec<String> {
-    let mut args = vec![
-        field::ID.into(),
-        id.into(),
-        field::PAYLOAD.into(),
-        payload.into(),
-        field::ENQUEUED_AT.into(),
-        enqueued_at_ms.to_string(),
-    ];
-    if let Some(key) = key {
-        args.extend([field::KEY.into(), key.into()]);
-    }
-    args
+/// The fields of a job entry, written straight into an `XADD` (or a script's
+/// arguments) without copying the payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobFields<'a> {
+    pub id: &'a str,
+    pub payload: &'a str,
+    pub enqueued_at_ms: u64,
+    pub key: Option<&'a str>,
+    /// The one group that runs it (format 2, a replay); `None` for every group.
+    pub for_group: Option<&'a str>,
 }
 
-/// The fields that make an entry run in `group` only (format 2).
-pub(crate) fn for_group_args(group: &str) -> [String; 4] {
-    [
-        field::FORMAT.into(),
-        "2".into(),
-        field::GROUP.into(),
-        group.into(),
-    ]
+impl redis::ToRedisArgs for JobFields<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(field::ID.as_bytes());
+        out.write_arg(self.id.as_bytes());
+        out.write_arg(field::PAYLOAD.as_bytes());
+        out.write_arg(self.payload.as_bytes());
+        out.write_arg(field::ENQUEUED_AT.as_bytes());
+        out.write_arg_fmt(self.enqueued_at_ms);
+        if let Some(key) = self.key {
+            out.write_arg(field::KEY.as_bytes());
+            out.write_arg(key.as_bytes());
+        }
+        if let Some(group) = self.for_group {
+            out.write_arg(field::FORMAT.as_bytes());
+            out.write_arg(b"2");
+            out.write_arg(field::GROUP.as_bytes());
+            out.write_arg(group.as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        6 + 2 * usize::from(self.key.is_some()) + 4 * usize::from(self.for_group.is_some())
+    }
 }
 
 /// Decodes a job entry, or says why it is not one.
@@ -467,6 +473,39 @@ mod tests {
             Err(Undecodable::Malformed(reason)) if reason.contains("`payload`")
         ));
         assert_eq!(fields_as_json(&entry), r#"{"id":"x"}"#);
+    }
+
+    #[test]
+    fn job_fields_decode_back_for_every_group_or_one() {
+        use redis::ToRedisArgs;
+        for for_group in [None, Some("g")] {
+            let fields = JobFields {
+                id: "j",
+                payload: "{}",
+                enqueued_at_ms: 7,
+                key: Some("k"),
+                for_group,
+            };
+            let args: Vec<String> = fields
+                .to_redis_args()
+                .into_iter()
+                .map(|a| String::from_utf8(a).unwrap())
+                .collect();
+            assert_eq!(args.len(), fields.num_of_args());
+            let entry = StreamEntry {
+                id: "1-0".into(),
+                fields: Some(
+                    args.chunks(2)
+                        .map(|kv| (kv[0].clone(), kv[1].clone()))
+                        .collect(),
+                ),
+            };
+            let envelope = decode_job(&entry).unwrap();
+            assert_eq!(envelope.id.as_str(), "j");
+            assert_eq!(envelope.enqueued_at_ms, 7);
+            assert_eq!(envelope.key.as_deref(), Some("k"));
+            assert_eq!(envelope.for_group.as_deref(), for_group);
+        }
     }
 
     #[test]

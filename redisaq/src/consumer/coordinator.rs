@@ -20,7 +20,7 @@ use super::assignment::{self, Assignment};
 use super::clock;
 use super::partitions::{self, Phase};
 use super::takeover::{self, Orphans};
-use super::{create_groups, membership, Shared};
+use super::{membership, Shared};
 use crate::error::Error;
 use crate::keys;
 use crate::metrics::METRICS;
@@ -248,7 +248,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
                 partitions,
             )
             .await?;
-            create_groups(
+            crate::store::group::create_on_partitions(
                 &mut shared.conn.clone(),
                 &shared.topic,
                 shared.group,
@@ -342,7 +342,7 @@ async fn delivered_up_to(shared: &Shared, partition: u32) -> Result<String, Erro
 async fn claim_leftovers(shared: &Shared, partition: u32) -> Result<(), Error> {
     match takeover::claim_orphans(shared, partition, Orphans::All).await {
         Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
-            create_groups(
+            crate::store::group::create_on_partitions(
                 &mut shared.conn.clone(),
                 &shared.topic,
                 shared.group,

@@ -11,7 +11,7 @@ use redis::Client;
 use super::partitions::Tenure;
 use super::retries;
 use super::takeover::{self, Orphans};
-use super::{create_groups, Delivery, Shared};
+use super::{Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
 use crate::store;
@@ -108,7 +108,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                     shared.lease_lost(tenure, "Redis lost the consumer group");
                 }
                 let mut conn = shared.conn.clone();
-                if let Err(e) = create_groups(
+                if let Err(e) = crate::store::group::create_on_partitions(
                     &mut conn,
                     &shared.topic,
                     shared.group,

@@ -200,16 +200,6 @@ impl Shared {
     }
 }
 
-/// Creates the group on every partition (see [`crate::store::group::create_on_partitions`]).
-pub(crate) async fn create_groups(
-    conn: &mut Conn,
-    topic: &str,
-    group: &str,
-    partitions: u32,
-) -> Result<(), Error> {
-    crate::store::group::create_on_partitions(conn, topic, group, partitions).await
-}
-
 /// Registers the topic and the group, trying again (with backoff, until `shutdown`)
 /// while Redis cannot be reached or the connection drops: a worker started before its
 /// Redis, or while connections are being cut, waits for it like a running worker does.
@@ -222,7 +212,13 @@ async fn join(
         let mut conn = conn.clone();
         let joined = async {
             let info = topic::ensure(&mut conn, def.spec).await?;
-            create_groups(&mut conn, def.spec.topic, def.group, info.partitions).await?;
+            store::group::create_on_partitions(
+                &mut conn,
+                def.spec.topic,
+                def.group,
+                info.partitions,
+            )
+            .await?;
             let flags = store::conn::takes_script_flags(&mut conn).await?;
             Ok::<_, Error>((info, flags))
         };

@@ -5,6 +5,7 @@
 //! can do neither, and a retried write after a lost reply adds nothing twice. The tools
 //! read a topic's partitions (and the one stream per topic of layout 1) as one queue.
 
+use crate::store::scripts::lua_fence;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
@@ -76,17 +77,16 @@ impl DeadLetterEntry {
 /// `ARGV[2]` of stream `KEYS[2]`: adds the dead letter (fields `ARGV[5..]`) to `KEYS[3]`,
 /// keeping the newest `ARGV[4]`, and acknowledges the entry. Answers 1, or 0 when the entry
 /// was no longer pending (an earlier try landed and its reply was lost).
-const WRITE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
-end
-if #redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[3], ARGV[3], 1) == 0 then
+const WRITE: &str = concat!(
+    lua_fence!(),
+    r"if #redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[3], ARGV[3], 1) == 0 then
   return 0
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(ARGV, 5))
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 return 1
-";
+"
+);
 
 /// Writes the dead letter and acknowledges its entry in one fenced step (see [`WRITE`]).
 pub(crate) async fn write(
@@ -255,13 +255,13 @@ pub(crate) async fn replay(
 ) -> Result<bool, Error> {
     let letter = &stored.letter;
     let partition = letter.partition % partitions.max(1);
-    let mut fields = wire::job_args(
-        &letter.id,
-        &letter.payload,
-        crate::job::now_ms(),
-        letter.key.as_deref(),
-    );
-    fields.extend(wire::for_group_args(&letter.group));
+    let fields = wire::JobFields {
+        id: &letter.id,
+        payload: &letter.payload,
+        enqueued_at_ms: crate::job::now_ms(),
+        key: letter.key.as_deref(),
+        for_group: Some(&letter.group),
+    };
     let script = redis::Script::new(REPLAY);
     let mut script = script.prepare_invoke();
     script

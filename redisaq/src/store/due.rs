@@ -4,6 +4,7 @@
 //! when it is due claims it then: nothing waits in a worker's memory, and a worker that
 //! goes away takes no backoff with it.
 
+use crate::store::scripts::{lua_fence, lua_now};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -16,16 +17,14 @@ use crate::wire::{self, StreamEntry};
 /// While lease `KEYS[1]` holds `ARGV[1]`: entry `ARGV[2]` is due in `ARGV[3]` ms
 /// (recorded in `KEYS[2]`). The `ZREM` first lets it run on a full Redis without script
 /// flags (6.2), which refuses a script only if its first write is one it refuses.
-const DEFER: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREM', KEYS[2], ARGV[2])
+const DEFER: &str = concat!(
+    lua_fence!(),
+    lua_now!(),
+    r"redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 return 1
-";
+"
+);
 
 static DEFER_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
     std::sync::LazyLock::new(|| super::scripts::Lua::new(DEFER));
@@ -35,13 +34,10 @@ static DEFER_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
 /// attempt, and forgets their records. Answers `{{id, fields, attempt}...}`, the ids that
 /// were deleted from the stream while they waited (acknowledged here, so they leave the
 /// pending list), and the ms until the next one is due (-1: none).
-const TAKE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+const TAKE: &str = concat!(
+    lua_fence!(),
+    lua_now!(),
+    r"local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 local taken, gone = {}, {}
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
@@ -63,7 +59,8 @@ if next[2] then
   wait = math.max(0, tonumber(next[2]) - now)
 end
 return {taken, gone, wait}
-";
+"
+);
 
 /// Records that `entry` is due again in `delay`, while the holding has its lease.
 /// Allowed on a full Redis: it is one small record, and the retry must not be lost.

@@ -6,6 +6,7 @@
 //! partition any more.
 
 use super::conn::Conn;
+use crate::store::scripts::{lua_fence, lua_now};
 use std::time::Duration;
 
 use std::sync::LazyLock;
@@ -22,22 +23,23 @@ use crate::error::Error;
 /// `PERSIST` (a no-op: the counter has no TTL) is its first write so that a full Redis
 /// without script flags (6.2) runs it: there a script is refused only if its first
 /// write is one a full Redis refuses, like `INCR`.
-const ACQUIRE: &str = r"
-local owner = redis.call('GET', KEYS[1])
+const ACQUIRE: &str = concat!(
+    r"local owner = redis.call('GET', KEYS[1])
 if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
   return 0
 end
 redis.call('PERSIST', KEYS[2])
 local epoch = redis.call('INCR', KEYS[2])
-local t = redis.call('TIME')
-local floor = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if epoch < floor then
-  epoch = floor
+",
+    lua_now!(),
+    r"if epoch < now then
+  epoch = now
   redis.call('SET', KEYS[2], epoch)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
 return epoch
-";
+"
+);
 
 static ACQUIRE_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
     std::sync::LazyLock::new(|| super::scripts::Lua::new(ACQUIRE));
@@ -61,12 +63,11 @@ return 0
 
 /// Runs `ARGV[2]` on the stream `KEYS[2]` with the remaining arguments, only while the
 /// lease `KEYS[1]` holds the token `ARGV[1]`.
-const FENCED: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
-end
-return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
-";
+const FENCED: &str = concat!(
+    lua_fence!(),
+    r"return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
+"
+);
 
 static FENCED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FENCED));
 static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));

@@ -2,6 +2,7 @@
 //! (`redisaq:{topic}:members:{group}`, scored by expiry in Redis server time). A consumer
 //! whose entry expired is dead.
 
+use crate::store::scripts::lua_now;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -18,16 +19,16 @@ use crate::{keys, wire};
 /// The `ZREM` first is for a full Redis without script flags (6.2): there a script is
 /// refused only if its first write is one a full Redis refuses (`ZADD`), and `ZREM`,
 /// which frees memory, is not.
-const HEARTBEAT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[1] ~= '' then
+const HEARTBEAT: &str = concat!(
+    lua_now!(),
+    r"if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-";
+"
+);
 
 static HEARTBEAT_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(HEARTBEAT));
 
@@ -74,8 +75,7 @@ pub(crate) async fn live(
     topic: &str,
     group: &str,
 ) -> Result<Vec<String>, Error> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    let now_ms = secs * 1000 + micros / 1000;
+    let now_ms = super::server_ms(conn).await?;
     let mut live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys::members(topic, group))
         .arg(format!("({now_ms}"))

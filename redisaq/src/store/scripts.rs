@@ -4,7 +4,30 @@
 //! single calls; commands that go into pipelines come from here.)
 
 use redis::aio::ConnectionLike;
+
+/// Lua that ends a script with a `FENCED` error unless lease `KEYS[1]` holds the token
+/// `ARGV[1]`: the fence every write into a partition passes first.
+macro_rules! lua_fence {
+    () => {
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED partition lease is not held by ' .. ARGV[1])
+end
+"
+    };
+}
+
+/// Lua that sets `now` to the Redis server's clock in ms, the clock leases, heartbeats
+/// and due times are kept by.
+macro_rules! lua_now {
+    () => {
+        "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
 use redis::{RedisError, RedisResult, Value};
+pub(crate) use {lua_fence, lua_now};
 
 /// A script, plain and with `#!lua flags=allow-oom` (for Redis 7, where a script must say
 /// so to run on a full Redis).

@@ -221,10 +221,7 @@ pub(crate) async fn consumers(
 /// A job to add to a partition stream.
 pub(crate) struct NewJob<'a> {
     pub stream: &'a str,
-    pub id: &'a str,
-    pub payload: &'a str,
-    pub enqueued_at_ms: u64,
-    pub key: Option<&'a str>,
+    pub fields: wire::JobFields<'a>,
 }
 
 /// Adds the jobs in one round trip. Per job, Redis's refusal if it refused it; `Err`
@@ -236,18 +233,7 @@ pub(crate) async fn add(
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for job in jobs {
-        pipe.cmd("XADD")
-            .arg(job.stream)
-            .arg("*")
-            .arg(wire::field::ID)
-            .arg(job.id)
-            .arg(wire::field::PAYLOAD)
-            .arg(job.payload)
-            .arg(wire::field::ENQUEUED_AT)
-            .arg(job.enqueued_at_ms);
-        if let Some(key) = job.key {
-            pipe.arg(wire::field::KEY).arg(key);
-        }
+        pipe.cmd("XADD").arg(job.stream).arg("*").arg(job.fields);
     }
     let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
     Ok(results.into_iter().map(Result::err).collect())
