@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release -p redisaq-bench -- [--jobs N] [--only a,b] [--json PATH]`
 
+mod cluster;
+
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,10 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Also run the cluster scenarios on a local Redis Cluster (3 masters, 3 replicas):
+    /// consume-single there, and commands per second on each master, busy and idle.
+    #[arg(long)]
+    cluster: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -123,6 +129,8 @@ struct Bench {
     conn: MultiplexedConnection,
     outcomes: Vec<Outcome>,
     memory_per_1000: Option<f64>,
+    /// What the cluster scenarios measured per master.
+    cluster_shards: Option<serde_json::Value>,
 }
 
 impl Bench {
@@ -347,6 +355,7 @@ async fn main() {
         conn,
         outcomes: Vec::new(),
         memory_per_1000: None,
+        cluster_shards: None,
     };
     let jobs = bench.args.jobs;
     eprintln!(
@@ -526,6 +535,10 @@ async fn main() {
         });
     }
 
+    if bench.args.cluster {
+        cluster::run(&mut bench).await;
+    }
+
     let mut table = comfy_table::Table::new();
     table.set_header([
         "scenario",
@@ -567,6 +580,7 @@ async fn main() {
             "scenarios": bench.outcomes,
             "peak_rss_kib": rss,
             "redis_bytes_per_1000_jobs": bench.memory_per_1000,
+            "cluster_shards": bench.cluster_shards,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap())
             .expect("write --json file");

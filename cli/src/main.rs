@@ -75,7 +75,7 @@ enum Command {
         /// Advise OUT above this utilisation (%).
         #[arg(long, default_value_t = 60.0, alias = "scale-out-rate")]
         scale_out_pct: f64,
-        /// Advise IN below this utilisation (%).
+        /// Advise IN below this utilisation (%) while the backlog is not growing.
         #[arg(long, default_value_t = 20.0, alias = "scale-in-rate")]
         scale_in_pct: f64,
     },
@@ -187,7 +187,7 @@ fn letters_table(letters: &[DeadLetterEntry]) -> Table {
         .map_or(0, |d| d.as_millis() as u64);
     for l in letters {
         table.add_row([
-            l.id.clone(),
+            l.id.to_string(),
             l.group.clone(),
             l.partition.to_string(),
             l.attempts.to_string(),
@@ -332,9 +332,9 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                     "decision",
                     "utilisation",
                     "backlog",
-                    "lag",
-                    "pending",
-                    "retained",
+                    "per consumer",
+                    "growth",
+                    "finished",
                     "consumers",
                     "partitions",
                 ]);
@@ -342,9 +342,9 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                     advice.decision.to_string(),
                     format!("{:.1}%", advice.utilisation_pct),
                     advice.backlog.to_string(),
-                    advice.lag.to_string(),
-                    advice.pending.to_string(),
-                    advice.retained.to_string(),
+                    format!("{:.1}", advice.backlog_per_consumer),
+                    format!("{:+}", advice.growth),
+                    format!("{} in {} ms", advice.finished, advice.window_ms),
                     advice.consumers.to_string(),
                     advice.partitions.to_string(),
                 ]);
@@ -367,7 +367,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 let letters = admin.dead_letters(&topic, None, usize::MAX).await?;
                 let Some(letter) = letters
                     .iter()
-                    .find(|l| l.id == id || l.dead_letter_id == id)
+                    .find(|l| l.id == *id.as_str() || l.dead_letter_id == id)
                 else {
                     eprintln!("no dead letter `{id}` on topic `{topic}`; `redisaq dlq list {topic}` lists them");
                     return Ok(ExitCode::from(1));
@@ -375,7 +375,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 print(cli.json, letter, || {
                     let mut table = Table::new();
                     let rows = [
-                        ("job id", letter.id.clone()),
+                        ("job id", letter.id.to_string()),
                         ("dead-letter id", letter.dead_letter_id.clone()),
                         ("topic", letter.topic.clone()),
                         ("group", letter.group.clone()),

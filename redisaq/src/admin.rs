@@ -13,6 +13,7 @@
 
 use crate::store::conn::Conn;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -145,23 +146,31 @@ pub struct Cleanup {
     pub kept: Vec<ConsumerStatus>,
 }
 
-/// The seed Scaler's advice for a group.
+/// The seed Scaler's advice for a group, from two readings of the group
+/// [`SCALE_WINDOW`] apart.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct ScaleAdvice {
     /// What to do.
     pub decision: ScaleDecision,
-    /// `100 × backlog / retained entries`: how much of what the streams hold the group
-    /// has still to finish.
+    /// `100 × backlog / (backlog + finished)`: how much of the work in view (what waits
+    /// now, and what was finished during the window) is still waiting. 0 when the
+    /// consumers keep up, 100 when nothing gets finished.
     pub utilisation_pct: f64,
-    /// Entries not yet finished by the group: `lag + pending`.
+    /// Entries not yet finished by the group: `lag + pending`, at the second reading.
     pub backlog: u64,
+    /// `backlog / consumers` (the whole backlog when no consumer is alive).
+    pub backlog_per_consumer: f64,
+    /// How the backlog changed between the two readings (negative: it shrank).
+    pub growth: i64,
+    /// Jobs the group finished (acknowledged) between the two readings.
+    pub finished: u64,
+    /// Time between the two readings.
+    pub window_ms: u64,
     /// Entries not yet delivered to the group.
     pub lag: u64,
     /// Entries delivered but not acknowledged.
     pub pending: u64,
-    /// Entries the partition streams hold (processed ones are kept up to `maxlen`).
-    pub retained: u64,
     /// Live consumers of the group.
     pub consumers: usize,
     /// The topic's partitions: more consumers than this would idle.
@@ -196,11 +205,20 @@ impl std::fmt::Display for ScaleDecision {
 /// Most entries counted one by one when a server reports no `lag` (before Redis 7).
 const MAX_LAG_COUNT: usize = 100_000;
 
+/// Time between the two readings of a group that [`Admin::scale`] compares.
+pub const SCALE_WINDOW: Duration = Duration::from_secs(1);
+
+/// One partition's figures for a group at one moment.
+struct Reading {
+    last_delivered: String,
+    pending: u64,
+    lag: u64,
+}
+
 impl Admin {
     /// Connects to the Redis at `url`.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let client = store::conn::client(url)?;
-        let conn = store::conn::quick_manager(&client).await?;
+        let conn = store::conn::client(url)?.connect_now().await?;
         Ok(Admin { conn })
     }
 
@@ -365,7 +383,7 @@ impl Admin {
             if !ids.is_empty()
                 && !ids
                     .iter()
-                    .any(|id| *id == letter.id || *id == letter.dead_letter_id)
+                    .any(|id| letter.id == **id || *id == letter.dead_letter_id)
             {
                 continue;
             }
@@ -481,10 +499,20 @@ impl Admin {
         Ok(report)
     }
 
-    /// Whether the group needs more or fewer consumers: OUT above `scale_out_pct`
-    /// utilisation (or with a backlog and no consumer), IN below `scale_in_pct` with more
-    /// than one consumer, else NO_SCALE. OUT is held back when every partition already
-    /// has its own consumer (raise the partition count first).
+    /// Whether the group needs more or fewer consumers, from two readings of its
+    /// backlog (`lag + pending`) [`SCALE_WINDOW`] apart:
+    ///
+    /// - `finished` = entries handed to the group between the readings − the growth of
+    ///   its pending entries: what it acknowledged in the window;
+    /// - utilisation = `100 × backlog / (backlog + finished)`; it does not depend on how
+    ///   many processed entries the streams keep (`maxlen`).
+    ///
+    /// OUT when jobs wait and no consumer is alive, or when utilisation is above
+    /// `scale_out_pct` (more waits than the group finishes in `out / (100 − out)`
+    /// windows); held back (NO_SCALE) when every
+    /// partition already has its own consumer (raise the partition count first). IN when
+    /// utilisation is below `scale_in_pct`, the backlog did not grow and more than one
+    /// consumer is alive. Else NO_SCALE.
     pub async fn scale(
         &self,
         topic: &str,
@@ -493,61 +521,129 @@ impl Admin {
         scale_in_pct: f64,
     ) -> Result<ScaleAdvice, Error> {
         let partitions = self.partitions(topic).await?;
-        let status = self
-            .groups(topic)
+        let before = self.readings(topic, group, partitions).await?;
+        tokio::time::sleep(SCALE_WINDOW).await;
+        let after = self.readings(topic, group, partitions).await?;
+        let consumers = store::members::live(&mut self.conn.clone(), topic, group)
             .await?
-            .into_iter()
-            .find(|g| g.group == group)
-            .ok_or_else(|| Error::UnknownGroup {
-                topic: topic.into(),
-                group: group.into(),
-            })?;
-        let mut retained = 0;
-        for partition in 0..partitions {
-            retained +=
-                stream::length(&mut self.conn.clone(), &keys::partition(topic, partition)).await?;
+            .len();
+        let (mut handed, mut pending_before) = (0, 0);
+        for (partition, (then, now)) in before.iter().zip(&after).enumerate() {
+            let stream = keys::partition(topic, partition as u32);
+            handed += stream::entries_between(
+                &mut self.conn.clone(),
+                &stream,
+                &then.last_delivered,
+                &now.last_delivered,
+                MAX_LAG_COUNT,
+            )
+            .await?;
+            pending_before += then.pending;
         }
-        let backlog = status.lag + status.pending;
-        let utilisation_pct = 100.0 * backlog as f64 / retained.max(1) as f64;
-        let consumers = status.consumers.len();
+        let total = |readings: &[Reading]| readings.iter().map(|r| r.lag + r.pending).sum::<u64>();
+        let lag = after.iter().map(|r| r.lag).sum::<u64>();
+        let pending = after.iter().map(|r| r.pending).sum::<u64>();
+        let backlog = total(&after);
+        let growth = backlog as i64 - total(&before) as i64;
+        let finished = (handed + pending_before).saturating_sub(pending);
+        let utilisation_pct = if backlog == 0 {
+            0.0
+        } else {
+            100.0 * backlog as f64 / (backlog + finished) as f64
+        };
+        let backlog_per_consumer = backlog as f64 / consumers.max(1) as f64;
+        let figures = format!(
+            "utilisation {utilisation_pct:.1}% ({backlog} waiting, {backlog_per_consumer:.1} per \
+             consumer; {finished} finished and the backlog {} by {} in {} ms)",
+            if growth < 0 { "shrank" } else { "grew" },
+            growth.unsigned_abs(),
+            SCALE_WINDOW.as_millis()
+        );
         let (decision, reason) = if consumers == 0 && backlog > 0 {
             (
                 ScaleDecision::Out,
-                "jobs are waiting and no consumer is alive".to_string(),
+                format!("jobs are waiting and no consumer is alive: {figures}"),
             )
         } else if utilisation_pct > scale_out_pct && consumers >= partitions as usize {
             (ScaleDecision::NoScale, format!(
-                "utilisation {utilisation_pct:.1}% is above {scale_out_pct}%, but each of the {partitions} partitions already has a consumer: raise the partition count first"
+                "{figures} is above {scale_out_pct}%, but each of the {partitions} partitions already has a consumer: raise the partition count first"
             ))
         } else if utilisation_pct > scale_out_pct {
             (
                 ScaleDecision::Out,
-                format!("utilisation {utilisation_pct:.1}% is above {scale_out_pct}%"),
+                format!("{figures} is above {scale_out_pct}%"),
             )
-        } else if utilisation_pct < scale_in_pct && consumers > 1 {
+        } else if utilisation_pct < scale_in_pct && growth <= 0 && consumers > 1 {
             (
                 ScaleDecision::In,
-                format!("utilisation {utilisation_pct:.1}% is below {scale_in_pct}%"),
+                format!("{figures} is below {scale_in_pct}% and not growing"),
             )
         } else {
             (
                 ScaleDecision::NoScale,
-                format!(
-                    "utilisation {utilisation_pct:.1}% is within {scale_in_pct}%..{scale_out_pct}%"
-                ),
+                format!("{figures}; thresholds {scale_in_pct}%..{scale_out_pct}%"),
             )
         };
         Ok(ScaleAdvice {
             decision,
             utilisation_pct,
             backlog,
-            lag: status.lag,
-            pending: status.pending,
-            retained,
+            backlog_per_consumer,
+            growth,
+            finished,
+            window_ms: SCALE_WINDOW.as_millis() as u64,
+            lag,
+            pending,
             consumers,
             partitions,
             reason,
         })
+    }
+
+    /// The group's figures on every partition (an unknown group is an error).
+    async fn readings(
+        &self,
+        topic: &str,
+        group: &str,
+        partitions: u32,
+    ) -> Result<Vec<Reading>, Error> {
+        let mut conn = self.conn.clone();
+        let mut readings = Vec::with_capacity(partitions as usize);
+        let mut known = false;
+        for partition in 0..partitions {
+            let stream = keys::partition(topic, partition);
+            let reading = match stream::group_info(&mut conn, &stream, group).await? {
+                Some(row) => {
+                    known = true;
+                    let lag = stream::lag(
+                        &mut conn,
+                        &stream,
+                        &row.last_delivered,
+                        row.lag,
+                        MAX_LAG_COUNT,
+                    )
+                    .await?;
+                    Reading {
+                        last_delivered: row.last_delivered,
+                        pending: row.pending,
+                        lag,
+                    }
+                }
+                None => Reading {
+                    last_delivered: "0-0".into(),
+                    pending: 0,
+                    lag: 0,
+                },
+            };
+            readings.push(reading);
+        }
+        if !known {
+            return Err(Error::UnknownGroup {
+                topic: topic.into(),
+                group: group.into(),
+            });
+        }
+        Ok(readings)
     }
 
     /// Deletes every dead letter of a topic; returns how many there were.

@@ -32,6 +32,7 @@ const PARTITIONS_REFRESH: Duration = Duration::from_secs(2);
 pub struct EnqueueOptions {
     key: Option<String>,
     timeout: Option<Duration>,
+    wait_replicas: Option<u32>,
 }
 
 impl EnqueueOptions {
@@ -51,6 +52,18 @@ impl EnqueueOptions {
     /// [`Error::Enqueue`] (default `REDISAQ_ENQUEUE_TIMEOUT_MS`, else 5 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Enqueue returns only once `replicas` replicas of the partition's Redis have the
+    /// job (`WAIT`), so a failover right after cannot lose it; if they do not confirm
+    /// it within the enqueue deadline, enqueue fails with [`Error::Enqueue`] and the job
+    /// among the `unknown` ones (the master has it; a failover now may lose it).
+    ///
+    /// `WAIT` holds the producer's connection until the replicas answer: other enqueues
+    /// of this process wait behind it.
+    pub fn wait_replicas(mut self, replicas: u32) -> Self {
+        self.wait_replicas = Some(replicas).filter(|&n| n > 0);
         self
     }
 }
@@ -97,6 +110,8 @@ enum Failure {
     PerJob(Vec<Option<redis::RedisError>>),
     /// The deadline passed while the jobs were on their way: any may be stored.
     TimedOut,
+    /// Stored on the master, but fewer replicas than asked confirmed them in time.
+    Unconfirmed { wanted: u32, confirmed: u64 },
 }
 
 impl Failure {
@@ -113,6 +128,17 @@ impl Failure {
                     "no answer within {} ms (REDISAQ_ENQUEUE_TIMEOUT_MS or \
                      EnqueueOptions::timeout): Redis is unreachable or too slow",
                     timeout.as_millis()
+                ),
+            ),
+            Failure::Unconfirmed { wanted, confirmed } => Error::enqueue(
+                Vec::new(),
+                Vec::new(),
+                all(),
+                format!(
+                    "the job reached the master, but only {confirmed} of the {wanted} \
+                     replica(s) asked for (EnqueueOptions::wait_replicas) confirmed it within \
+                     the enqueue deadline; a failover now may lose it. Check the replicas \
+                     (INFO replication) or ask for fewer"
                 ),
             ),
             Failure::PerJob(results) => {
@@ -205,10 +231,10 @@ pub(crate) async fn connection() -> Result<Conn, Error> {
         .expect("producer url lock")
         .clone()
         .unwrap_or_else(Config::producer_url);
-    let client = store::conn::client(&url)?;
+    let target = store::conn::client(&url)?;
     // One reconnect attempt per command: an unreachable Redis fails the enqueue at once
     // instead of holding it for a series of retries.
-    let conn = store::conn::manager_with_retries(&client, Duration::from_secs(5), 1)?;
+    let conn = target.connect(Duration::from_secs(5), 1).await?;
     connections.insert(runtime, conn.clone());
     Ok(conn)
 }
@@ -294,7 +320,9 @@ pub fn enqueue<T: JobPayload>(
                     for_group: None,
                 },
             };
-            send(&mut conn, &[job], &sending).await
+            // Leave the WAIT a little of the deadline to answer in.
+            let wait = options.wait_replicas.map(|n| (n, timeout.mul_f64(0.8)));
+            send(&mut conn, &[job], wait, &sending).await
         })
         .await?;
         Ok(id)
@@ -308,20 +336,31 @@ async fn prepare(spec: &'static TopicSpec) -> Result<(Conn, Arc<TopicState>), Er
     Ok((conn, state))
 }
 
-/// Sends the jobs, one answer per job.
-async fn send(conn: &mut Conn, jobs: &[NewJob<'_>], sending: &AtomicBool) -> Result<(), Failure> {
+/// Sends the jobs, one answer per job; with `wait = (n, timeout)`, waits for `n`
+/// replicas to have them.
+async fn send(
+    conn: &mut Conn,
+    jobs: &[NewJob<'_>],
+    wait: Option<(u32, Duration)>,
+    sending: &AtomicBool,
+) -> Result<(), Failure> {
     sending.store(true, Ordering::Relaxed);
-    let refusals = stream::add(conn, jobs).await.map_err(|e| {
+    let added = stream::add(conn, jobs, wait).await.map_err(|e| {
         if e.is_connection_refusal() {
             Failure::NotSent(e.into())
         } else {
             Failure::Sent(e.into())
         }
     })?;
-    if refusals.iter().all(Option::is_none) {
-        return Ok(());
+    if added.refusals.iter().any(Option::is_some) {
+        return Err(Failure::PerJob(added.refusals));
     }
-    Err(Failure::PerJob(refusals))
+    match (wait, added.replicas) {
+        (Some((wanted, _)), Some(confirmed)) if confirmed < wanted as u64 => {
+            Err(Failure::Unconfirmed { wanted, confirmed })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Enqueues many jobs in one pipelined round trip (what `my_job::enqueue_batch` calls).
@@ -361,7 +400,7 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
                     },
                 })
                 .collect();
-            send(&mut conn, &jobs, &sending).await
+            send(&mut conn, &jobs, None, &sending).await
         })
         .await?;
         Ok(ids)

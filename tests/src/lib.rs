@@ -5,6 +5,7 @@
 //! process that started it (even on SIGKILL), so tests never touch a server someone else
 //! runs and never leave one behind.
 
+pub mod cluster;
 pub mod proxy;
 pub mod tls;
 
@@ -79,9 +80,12 @@ fn spawn_server(port: u16, extra: &[String]) -> Result<Child, String> {
         // know the option.
         command.args(["--enable-debug-command", "local"]);
     }
+    // Never the shared default dump.rdb: a file some other server wrote there (a
+    // replica keeps what it is sent) would be loaded at start.
     command
         .arg("--dir")
         .arg(std::env::temp_dir())
+        .args(["--dbfilename", &format!("redisaq-test-{port}.rdb")])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -190,6 +194,10 @@ impl RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             server.port = free_port();
+            // Whatever an earlier server on this port left is not ours to load.
+            let _ = std::fs::remove_file(
+                std::env::temp_dir().join(format!("redisaq-test-{}.rdb", server.port)),
+            );
             match server.start_process() {
                 Ok(()) => return Ok(server),
                 Err(StartError::Exited(e)) => last = e, // the port was taken: another one
@@ -224,6 +232,19 @@ impl RedisServer {
         self.start_process().map_err(|e| match e {
             StartError::Exited(e) | StartError::Other(e) => e,
         })
+    }
+
+    /// Stops the server process (SIGKILL); [`RedisServer::restart`] starts it again.
+    pub fn stop(&self) {
+        let (reply, answer) = mpsc::channel();
+        if self
+            .keeper
+            .lock()
+            .map(|k| k.send(Request::Stop(reply)).is_ok())
+            .unwrap_or(false)
+        {
+            let _ = answer.recv_timeout(Duration::from_secs(5));
+        }
     }
 
     /// The port it listens on.
@@ -277,7 +298,12 @@ pub fn redis_or_private(url: &str) -> Result<(String, Option<RedisServer>), Stri
 }
 
 /// What a group has pending on a topic, summed over its partitions.
-pub fn pending(conn: &mut redis::Connection, topic: &str, group: &str, partitions: u32) -> u64 {
+pub fn pending(
+    conn: &mut impl redis::ConnectionLike,
+    topic: &str,
+    group: &str,
+    partitions: u32,
+) -> u64 {
     (0..partitions)
         .map(|p| {
             let summary: redis::Value = redis::cmd("XPENDING")
@@ -356,9 +382,20 @@ pub fn init_tracing() {
 /// heartbeats (200 ms, TTL 600 ms), jobs taking `job_ms`, running only `topics`.
 /// `binary` is `env!("CARGO_BIN_EXE_test_worker")` of the calling test.
 pub fn worker_command(binary: &str, name: &str, topics: &str, job_ms: u64) -> Command {
+    worker_command_at(binary, &redis().url(), name, topics, job_ms)
+}
+
+/// [`worker_command`] with the worker pointed at `url`.
+pub fn worker_command_at(
+    binary: &str,
+    url: &str,
+    name: &str,
+    topics: &str,
+    job_ms: u64,
+) -> Command {
     let mut command = Command::new(binary);
     command
-        .env("REDIS_URL", redis().url())
+        .env("REDIS_URL", url)
         .env("REDISAQ_CONSUMER_NAME", name)
         .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "200")
         .env("REDISAQ_HEARTBEAT_TTL_MS", "600")

@@ -118,4 +118,21 @@ async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
     faulty::enqueue_batch(20..30)
         .await
         .expect("enqueue works again once memory is free");
+
+    // Asked to wait for a replica this Redis does not have: the job reaches the master,
+    // but enqueue says it was not confirmed.
+    let error = faulty::enqueue_with(
+        30,
+        EnqueueOptions::new()
+            .wait_replicas(1)
+            .timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    let message = error.to_string();
+    let (ok, not_stored, unknown, reason) = parts(error);
+    assert!(ok.is_empty() && not_stored.is_empty(), "{message}");
+    assert_eq!(unknown.len(), 1, "{message}");
+    assert!(reason.contains("only 0 of the 1 replica"), "{message}");
+    assert!(stored(&server).contains(&unknown[0].to_string()));
 }

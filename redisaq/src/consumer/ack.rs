@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::partitions::Tenure;
 use super::Shared;
@@ -25,8 +26,6 @@ pub(crate) enum Ack {
     Entry { tenure: Tenure, id: String },
     /// Answer once everything sent before is flushed.
     Flush(oneshot::Sender<()>),
-    /// Flush what came before and stop.
-    Close,
 }
 
 /// Who acknowledges: the consumer, for fencing.
@@ -36,11 +35,21 @@ pub(crate) struct Acker {
 }
 
 impl Acker {
-    pub(crate) async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Ack>) {
-        let mut closing = false;
-        while !closing {
-            let Some(first) = requests.recv().await else {
-                break;
+    /// Acknowledges until `stop` is cancelled and everything sent before is flushed.
+    pub(crate) async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Ack>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            // Requests already sent go out before the stop is noticed.
+            let first = tokio::select! {
+                biased;
+                request = requests.recv() => match request {
+                    Some(request) => request,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
             };
             let mut by_partition: BTreeMap<Tenure, Vec<String>> = BTreeMap::new();
             let mut waiting = Vec::new();
@@ -53,9 +62,8 @@ impl Acker {
                         count += 1;
                     }
                     Ack::Flush(reply) => waiting.push(reply),
-                    Ack::Close => closing = true,
                 }
-                if count < MAX_PER_FLUSH && !closing {
+                if count < MAX_PER_FLUSH {
                     next = requests.try_recv().ok();
                 }
             }
@@ -90,7 +98,7 @@ impl Acker {
                             Ok(_) => {}
                             Err(e) if lease::is_fenced(&e) => {
                                 // These jobs ran: the next owner's run is a new attempt.
-                                shared.ran_unacked(tenure.partition, ids);
+                                shared.held.ran_unacked(tenure.partition, ids);
                                 shared.lease_lost(
                                     tenure,
                                     "its acknowledgements were refused (the lease is not ours)",
@@ -117,7 +125,7 @@ impl Acker {
             tokio::time::sleep(delay).await;
         }
         for (tenure, ids) in left {
-            shared.ran_unacked(tenure.partition, ids);
+            shared.held.ran_unacked(tenure.partition, ids);
             shared.lease_lost(
                 tenure,
                 &format!(

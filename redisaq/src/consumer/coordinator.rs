@@ -7,7 +7,6 @@
 //! expired, when A died) B claims what is still pending there and starts ("resuming
 //! consumption"). Partitions that keep their owner are never paused.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,8 @@ struct View {
     live: Vec<String>,
     assignment: Assignment,
     maxlen: u64,
+    /// Whether the tools were told about partitions this consumer cannot hand over.
+    stuck_reported: bool,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
@@ -165,11 +166,22 @@ async fn follow(shared: &Shared, view: &mut View, refresh_live: bool) -> Result<
         );
     }
     view.assignment = current;
-    apply(shared, &view.assignment, info.partitions).await
+    apply(
+        shared,
+        &view.assignment,
+        &mut view.stuck_reported,
+        info.partitions,
+    )
+    .await
 }
 
 /// Moves towards owning exactly the assigned partitions.
-async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Result<(), Error> {
+async fn apply(
+    shared: &Shared,
+    assignment: &Assignment,
+    stuck_reported: &mut bool,
+    partitions: u32,
+) -> Result<(), Error> {
     let target = assignment.owned_by(&shared.consumer);
     let held = shared.held.held();
     let pausing: Vec<u32> = held
@@ -230,7 +242,7 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
             }
         }
     }
-    report_stuck(shared, &stuck).await;
+    report_stuck(shared, &stuck, stuck_reported).await;
     let mut resumed = Vec::new();
     let ttl = shared.config.heartbeat_ttl;
     for partition in target {
@@ -303,15 +315,15 @@ async fn apply(shared: &Shared, assignment: &Assignment, partitions: u32) -> Res
 
 /// Tells the tools which partitions this consumer cannot hand over (calls there ignore
 /// cancellation), for as long as that lasts: `redisaq monitor` shows it `STUCK`.
-async fn report_stuck(shared: &Shared, stuck: &[u32]) {
+async fn report_stuck(shared: &Shared, stuck: &[u32], reported: &mut bool) {
     let key = keys::stuck(&shared.topic, shared.group, &shared.consumer);
     let marked = if stuck.is_empty() {
-        if !shared.stuck_reported.swap(false, Ordering::Relaxed) {
+        if !std::mem::take(reported) {
             return;
         }
         crate::store::group::mark_stuck(&mut shared.conn.clone(), &key, None).await
     } else {
-        shared.stuck_reported.store(true, Ordering::Relaxed);
+        *reported = true;
         // Outlives a missed pass, not a crashed consumer.
         let ttl = shared.config.heartbeat_ttl + 2 * shared.config.heartbeat_interval;
         crate::store::group::mark_stuck(&mut shared.conn.clone(), &key, Some((stuck, ttl))).await

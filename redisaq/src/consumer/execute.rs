@@ -9,8 +9,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::ack::Ack;
@@ -20,19 +21,33 @@ use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
 use crate::registry::DEFAULT_MAX_WAIT_MS;
+use crate::retry::Backoff;
 use crate::store::dlq::{self, DeadLetterEntry};
 use crate::store::lease;
 use crate::wire::{self, Undecodable};
 
+/// What only the executor and its calls use: how many calls may run, the running calls,
+/// and when a failed job runs again.
+pub(crate) struct Calls {
+    pub concurrency: Arc<Semaphore>,
+    pub running: TaskTracker,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
 /// Gathers deliveries into calls and starts them while the concurrency limit allows;
 /// returns when the consumer shuts down. Deliveries still queued then stay pending in
 /// Redis and are delivered again.
-pub(crate) async fn run(shared: Arc<Shared>, mut deliveries: mpsc::Receiver<Delivery>) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    calls: Arc<Calls>,
+    mut deliveries: mpsc::Receiver<Delivery>,
+) {
     let batch_size = shared.def.batch_size();
     let max_wait = Duration::from_millis(shared.def.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS));
     loop {
         let permit = tokio::select! {
-            permit = shared.concurrency.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            permit = calls.concurrency.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             () = shared.shutdown.cancelled() => return,
         };
         let first = tokio::select! {
@@ -53,12 +68,19 @@ pub(crate) async fn run(shared: Arc<Shared>, mut deliveries: mpsc::Receiver<Deli
                 }
             }
         }
-        shared.tasks.spawn(call(shared.clone(), batch, permit));
+        calls
+            .running
+            .spawn(call(shared.clone(), calls.clone(), batch, permit));
     }
 }
 
 /// One handler call and the outcome of each of its jobs.
-async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+async fn call(
+    shared: Arc<Shared>,
+    calls: Arc<Calls>,
+    batch: Vec<Delivery>,
+    permit: OwnedSemaphorePermit,
+) {
     let mut runnable = Vec::with_capacity(batch.len());
     for delivery in batch {
         if !shared.held.is_current(delivery.tenure) {
@@ -84,7 +106,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
         {
             // A replay for another group: this one ran the job already.
             ack(&shared, &delivery);
-        } else if delivery.attempt > shared.max_attempts {
+        } else if delivery.attempt > calls.max_attempts {
             let reason = format!(
                 "gave up after {} deliveries: the worker stopped (crashed or was killed) \
                  while running the last ones",
@@ -171,7 +193,7 @@ async fn call(shared: Arc<Shared>, batch: Vec<Delivery>, permit: OwnedSemaphoreP
     };
     drop(permit);
     for (delivery, result) in runnable.into_iter().zip(results) {
-        settle(&shared, delivery, result).await;
+        settle(&shared, &calls, delivery, result).await;
     }
     shared.held.end(&partitions);
 }
@@ -228,7 +250,12 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-string panic payload".into())
 }
 
-async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), JobError>) {
+async fn settle(
+    shared: &Arc<Shared>,
+    calls: &Calls,
+    delivery: Delivery,
+    result: Result<(), JobError>,
+) {
     let error = match result {
         Ok(()) => {
             shared.metrics.processed.inc();
@@ -242,7 +269,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
         .as_ref()
         .map(|j| j.meta.id.to_string())
         .unwrap_or_default();
-    if error.disposition() == Disposition::Fatal || delivery.attempt >= shared.max_attempts {
+    if error.disposition() == Disposition::Fatal || delivery.attempt >= calls.max_attempts {
         tracing::warn!(
             topic = %shared.topic, job_id, attempt = delivery.attempt, error = %error,
             "job failed for good; moving it to the dead-letter queue"
@@ -250,7 +277,7 @@ async fn settle(shared: &Arc<Shared>, delivery: Delivery, result: Result<(), Job
         return dead_letter(shared, &delivery, &error.to_string()).await;
     }
     shared.metrics.retried.inc();
-    let delay = shared.backoff.delay(delivery.attempt + 1);
+    let delay = calls.backoff.delay(delivery.attempt + 1);
     tracing::warn!(
         topic = %shared.topic, job_id, attempt = delivery.attempt, error = %error,
         retry_in_ms = delay.as_millis() as u64,
@@ -270,9 +297,9 @@ fn ack(shared: &Shared, delivery: &Delivery) {
 /// failing, the partition is taken anew, which runs the job again (nothing is lost).
 async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
     let (job_id, payload) = match &delivery.job {
-        Ok(job) => (job.meta.id.to_string(), job.payload.to_string()),
+        Ok(job) => (job.meta.id.clone(), job.payload.to_string()),
         Err(_) => (
-            delivery.entry_id.clone(),
+            crate::job::JobId::from_stored(&delivery.entry_id),
             delivery.raw_fields.clone().unwrap_or_default(),
         ),
     };
@@ -301,7 +328,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
         {
             Ok(()) => {
                 shared.metrics.dead_lettered.inc();
-                tracing::warn!(topic = %shared.topic, job_id, error, "Job {job_id} moved to the dead-letter queue");
+                tracing::warn!(topic = %shared.topic, job_id = %job_id, error, "Job {job_id} moved to the dead-letter queue");
                 return;
             }
             Err(crate::Error::Redis(e)) if lease::is_fenced(&e) => {
@@ -312,7 +339,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, error: &str) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(job_id, error = %e, "writing the dead letter failed; retrying");
+                tracing::warn!(job_id = %job_id, error = %e, "writing the dead letter failed; retrying");
                 tokio::time::sleep(delay).await;
             }
         }

@@ -1,12 +1,11 @@
 //! Reading new entries: one blocking `XREADGROUP` over the partitions this consumer owns
 //! (with a lease surely still valid), on a connection of its own, sized to the room the
-//! executor has, so nothing is fetched that cannot start soon.
+//! executor has, so nothing is fetched that cannot start soon. On a Redis Cluster, where
+//! one command reads one slot, [`super::readers`] reads each partition on its own.
 
 use crate::store::conn::Conn;
 use std::sync::Arc;
 use std::time::Duration;
-
-use redis::Client;
 
 use super::partitions::Tenure;
 use super::retries;
@@ -21,8 +20,13 @@ use crate::wire;
 /// Most entries asked for in one read.
 const MAX_READ: usize = 1000;
 
-pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Error> {
-    let mut conn = store::conn::manager(client, shared.config.block + Duration::from_secs(5))?;
+pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Result<(), Error> {
+    if target.server().await?.cluster {
+        return super::readers::run(shared, target).await;
+    }
+    let mut conn = target
+        .connect(shared.config.block + Duration::from_secs(5), 6)
+        .await?;
     let mut failures = 0u32;
     // Holdings with entries delivered here but not queued: a read whose reply was lost
     // in transit, or one that brought more than there was room for. They would stay
@@ -76,16 +80,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
         };
         // Retries that are due come first.
         if due_in.is_zero() {
-            for &tenure in &partitions {
-                if room > 0
-                    && shared
-                        .held
-                        .next_due(&[tenure])
-                        .is_some_and(|due| due <= super::clock::now())
-                {
-                    room -= retries::claim_due(&shared, tenure, room).await;
-                }
-            }
+            room = claim_due_retries(&shared, &partitions, room).await;
             if room == 0 {
                 continue;
             }
@@ -100,25 +95,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
                 entries
             }
             Err(Error::Redis(e)) if e.code() == Some("NOGROUP") => {
-                // Redis lost the group (restarted without persistence, or someone deleted
-                // it), and with it surely our leases: stop until they are taken anew,
-                // make the group again and go on.
-                tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
-                for tenure in partitions {
-                    shared.lease_lost(tenure, "Redis lost the consumer group");
-                }
-                let mut conn = shared.conn.clone();
-                if let Err(e) = crate::store::group::create_on_partitions(
-                    &mut conn,
-                    &shared.topic,
-                    shared.group,
-                    shared.known_partitions(),
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "could not create the consumer group");
-                    pause(&shared, &mut failures).await;
-                }
+                group_lost(&shared, &partitions, &mut failures).await;
                 continue;
             }
             Err(e) => {
@@ -142,21 +119,79 @@ pub(crate) async fn run(shared: Arc<Shared>, client: &Client) -> Result<(), Erro
             else {
                 continue;
             };
+            if !shared.held.is_current(tenure) {
+                // The partition moved, or was taken anew, while the read was on its way:
+                // what it delivered is pending here. If it is ours again, those entries
+                // are claimed back; if not, its holder claims them.
+                if let Some(now) = shared.held.tenure(tenure.partition) {
+                    lost_read.push(now);
+                }
+                continue;
+            }
             let take = entries.len().min(left);
             left -= take;
             if take < entries.len() {
                 lost_read.push(tenure);
             }
-            if let Some(last) = entries[..take].last() {
-                shared.held.advance_floor(tenure, &last.id);
-            }
-            for entry in &entries[..take] {
-                let delivery = Delivery::new(&shared, tenure, entry, 1);
-                if shared.deliveries.send(delivery).await.is_err() {
-                    return Ok(());
-                }
+            if !queue(&shared, tenure, &entries[..take]).await {
+                return Ok(());
             }
         }
+    }
+}
+
+/// Claims the retries of `partitions` that are due, up to `room`; returns the room left.
+pub(super) async fn claim_due_retries(
+    shared: &Shared,
+    partitions: &[Tenure],
+    mut room: usize,
+) -> usize {
+    for &tenure in partitions {
+        if room > 0
+            && shared
+                .held
+                .next_due(&[tenure])
+                .is_some_and(|due| due <= super::clock::now())
+        {
+            room -= retries::claim_due(shared, tenure, room).await;
+        }
+    }
+    room
+}
+
+/// Queues entries read from a holding, noting how far it has read; false once the
+/// executor is gone (shutting down).
+pub(super) async fn queue(shared: &Shared, tenure: Tenure, entries: &[wire::StreamEntry]) -> bool {
+    if let Some(last) = entries.last() {
+        shared.held.advance_floor(tenure, &last.id);
+    }
+    for entry in entries {
+        let delivery = Delivery::new(shared, tenure, entry, 1);
+        if shared.deliveries.send(delivery).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Redis lost the group (restarted without persistence, or someone deleted it), and with
+/// it surely our leases: stop until they are taken anew, make the group again and go on.
+pub(super) async fn group_lost(shared: &Shared, partitions: &[Tenure], failures: &mut u32) {
+    tracing::warn!(topic = %shared.topic, group = shared.group, "consumer group is gone; creating it again");
+    for &tenure in partitions {
+        shared.lease_lost(tenure, "Redis lost the consumer group");
+    }
+    let mut conn = shared.conn.clone();
+    if let Err(e) = crate::store::group::create_on_partitions(
+        &mut conn,
+        &shared.topic,
+        shared.group,
+        shared.known_partitions(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "could not create the consumer group");
+        pause(shared, failures).await;
     }
 }
 
@@ -213,7 +248,7 @@ async fn read(
 /// Claims (to this consumer, keeping their delivery count) and queues what a read whose
 /// reply was lost delivered: the holding's pending entries after the last one it saw.
 /// If that fails too, the partition is taken anew, which claims everything left there.
-async fn recover_lost_read(shared: &Shared, tenure: Tenure) {
+pub(super) async fn recover_lost_read(shared: &Shared, tenure: Tenure) {
     let Some(floor) = shared.held.read_floor(tenure) else {
         return; // not held any more: its next holder claims what is there
     };
@@ -233,7 +268,7 @@ async fn recover_lost_read(shared: &Shared, tenure: Tenure) {
 }
 
 /// Backs off after a failed read, longer the more reads failed in a row.
-async fn pause(shared: &Shared, failures: &mut u32) {
+pub(super) async fn pause(shared: &Shared, failures: &mut u32) {
     *failures += 1;
     let delay = Duration::from_millis(100 * 2u64.pow((*failures).min(5)));
     tokio::select! {

@@ -11,7 +11,6 @@ use crate::store::conn::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +21,7 @@ use crate::store::lease;
 /// Starts the keeper; it renews until `stop` is cancelled.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
-    client: Client,
+    target: store::conn::Target,
     stop: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -32,17 +31,18 @@ pub(crate) fn spawn(
                 .enable_all()
                 .build()
                 .expect("a runtime for the lease keeper");
-            runtime.block_on(keep(shared, client, stop));
+            runtime.block_on(keep(shared, target, stop));
         })
 }
 
-async fn keep(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
+async fn keep(shared: Arc<Shared>, target: store::conn::Target, stop: CancellationToken) {
     let interval = shared.config.heartbeat_interval;
     let ttl = shared.config.heartbeat_ttl;
     // A renewal that takes longer than a quarter of the TTL is given up and tried again.
     let timeout = (ttl / 4).max(Duration::from_millis(50));
     let retry = (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
-    let mut conn = match store::conn::manager(&client, timeout) {
+    // The consumer joined before the keeper starts: what the server is, is known.
+    let mut conn = match target.connect(timeout, 6).await {
         Ok(conn) => conn,
         Err(e) => {
             tracing::error!(error = %e, "the lease keeper could not be started");

@@ -1,7 +1,8 @@
 //! Running one handler: a consumer in the handler's group on every partition of its topic.
 //!
 //! A job's way through a consumer, one file each:
-//! [`fetch`] reads new entries from the partitions this consumer owns → [`execute`]
+//! [`fetch`] reads new entries from the partitions this consumer owns (on a Redis Cluster,
+//! [`readers`]: one per partition) → [`execute`]
 //! gathers them into calls (one job, or a batch) within the concurrency limit and applies
 //! each result → [`ack`] acknowledges in coalesced, fenced pipelines, or [`retries`]
 //! records when the job runs again (it waits in Redis; the fetch loop of whoever owns the
@@ -22,13 +23,13 @@ mod fetch;
 mod keeper;
 mod membership;
 mod partitions;
+mod readers;
 mod retries;
 mod takeover;
 
 use crate::store::conn::Conn;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -116,24 +117,15 @@ pub(crate) struct Shared {
     pub script_flags: bool,
     /// The partitions this consumer holds.
     pub held: partitions::Partitions,
-    /// Entries (partition, id) that ran here but whose ack was refused: taken again,
-    /// they start a new attempt.
-    ran_unacked: Mutex<HashSet<(u32, String)>>,
-    /// Whether the tools were told about partitions this consumer cannot hand over.
-    stuck_reported: AtomicBool,
     /// Wakes the fetch loop when it may read from other partitions.
     pub ownership_changed: Notify,
-    pub max_attempts: u32,
     /// This handler's metric series.
     pub metrics: crate::metrics::HandlerMetrics,
-    pub backoff: Backoff,
     pub config: Config,
     /// For commands other than the blocking read: claims, dead letters, heartbeats.
     pub conn: Conn,
     pub acks: mpsc::UnboundedSender<ack::Ack>,
     pub deliveries: mpsc::Sender<Delivery>,
-    pub concurrency: Arc<Semaphore>,
-    pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
@@ -182,22 +174,6 @@ impl Shared {
             partition,
         }
     }
-
-    fn ran_unacked(&self, partition: u32, ids: &[String]) {
-        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
-        ran.extend(ids.iter().map(|id| (partition, id.clone())));
-    }
-
-    fn forget_ran_unacked(&self, partition: u32) {
-        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
-        ran.retain(|(p, _)| *p != partition);
-    }
-
-    /// Whether the entry ran here before its ack was refused (forgets it).
-    fn take_ran_unacked(&self, partition: u32, id: &str) -> bool {
-        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
-        ran.remove(&(partition, id.to_string()))
-    }
 }
 
 /// Registers the topic and the group, trying again (with backoff, until `shutdown`)
@@ -205,12 +181,13 @@ impl Shared {
 /// Redis, or while connections are being cut, waits for it like a running worker does.
 async fn join(
     def: &'static HandlerDef,
-    conn: &Conn,
+    target: &store::conn::Target,
     shutdown: &CancellationToken,
-) -> Result<Option<(topic::TopicInfo, bool)>, Error> {
+) -> Result<Option<(Conn, topic::TopicInfo, bool)>, Error> {
     for delay in crate::retry::doubling(Duration::from_millis(100), Duration::from_secs(5)) {
-        let mut conn = conn.clone();
         let joined = async {
+            let server = target.server().await?;
+            let mut conn = target.connect(Duration::from_secs(10), 6).await?;
             let info = topic::ensure(&mut conn, def.spec).await?;
             store::group::create_on_partitions(
                 &mut conn,
@@ -219,8 +196,7 @@ async fn join(
                 info.partitions,
             )
             .await?;
-            let flags = store::conn::takes_script_flags(&mut conn).await?;
-            Ok::<_, Error>((info, flags))
+            Ok::<_, Error>((conn, info, server.takes_script_flags()))
         };
         match joined.await {
             Ok(info) => return Ok(Some(info)),
@@ -268,9 +244,8 @@ pub(crate) async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let client = store::conn::client(&config.redis_url)?;
-    let conn = store::conn::manager(&client, Duration::from_secs(10))?;
-    let Some((info, script_flags)) = join(def, &conn, &shutdown).await? else {
+    let target = store::conn::client(&config.redis_url)?;
+    let Some((conn, info, script_flags)) = join(def, &target, &shutdown).await? else {
         return Ok(()); // stopped before Redis could be reached
     };
 
@@ -291,20 +266,11 @@ pub(crate) async fn run(
         known_partitions: AtomicU32::new(info.partitions),
         held: partitions::Partitions::default(),
         script_flags,
-        ran_unacked: Mutex::default(),
-        stuck_reported: AtomicBool::new(false),
         ownership_changed: Notify::new(),
-        max_attempts: def.retries().saturating_add(1),
         metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
-        backoff: Backoff {
-            first: config.retry_backoff_min,
-            max: config.retry_backoff_max,
-        },
         conn: conn.clone(),
         acks: ack_tx,
         deliveries: delivery_tx,
-        concurrency: Arc::new(Semaphore::new(concurrency)),
-        tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
         config,
     });
@@ -322,23 +288,39 @@ pub(crate) async fn run(
     // If this future is dropped (the embedding app dropped `run_until`), everything it
     // started stops with it, the keeper thread included: nothing may go on renewing the
     // leases of a consumer that no longer runs jobs.
-    let acker = AbortOnDropHandle::new(tokio::spawn(acker.run(ack_rx)));
-    let background = CancellationToken::new();
-    let _stop_background = background.clone().drop_guard();
-    let keeper = keeper::spawn(shared.clone(), client.clone(), background.clone())
+    // One tree of stops: `stopped` ends the acknowledger, last; its child `background`
+    // ends the coordinator and the keeper before the partitions are handed back.
+    let stopped = CancellationToken::new();
+    let _stop_all = stopped.clone().drop_guard();
+    let background = stopped.child_token();
+    let acker = AbortOnDropHandle::new(tokio::spawn(acker.run(ack_rx, stopped.clone())));
+    let keeper = keeper::spawn(shared.clone(), target.clone(), background.clone())
         .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
     let coordinator = AbortOnDropHandle::new(tokio::spawn(coordinator::run(
         shared.clone(),
         background.clone(),
     )));
-    let executor = AbortOnDropHandle::new(tokio::spawn(execute::run(shared.clone(), delivery_rx)));
-    let fetched = fetch::run(shared.clone(), &client).await;
+    let calls = Arc::new(execute::Calls {
+        concurrency: Arc::new(Semaphore::new(concurrency)),
+        running: TaskTracker::new(),
+        max_attempts: def.retries().saturating_add(1),
+        backoff: Backoff {
+            first: shared.config.retry_backoff_min,
+            max: shared.config.retry_backoff_max,
+        },
+    });
+    let executor = AbortOnDropHandle::new(tokio::spawn(execute::run(
+        shared.clone(),
+        calls.clone(),
+        delivery_rx,
+    )));
+    let fetched = fetch::run(shared.clone(), &target).await;
 
     // Stop: no more fetching (done), no new calls; running calls get the deadline.
     let _ = executor.await;
-    shared.tasks.close();
-    let finished = tokio::time::timeout(shared.config.shutdown_timeout, shared.tasks.wait()).await;
-    let running = concurrency - shared.concurrency.available_permits();
+    calls.running.close();
+    let finished = tokio::time::timeout(shared.config.shutdown_timeout, calls.running.wait()).await;
+    let running = concurrency - calls.concurrency.available_permits();
     background.cancel();
     let _ = coordinator.await;
     let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
@@ -358,7 +340,7 @@ pub(crate) async fn run(
     let (topic, consumer) = (shared.topic.clone(), shared.consumer.clone());
     // Calls still running past the deadline may ack later into a closed channel; their
     // jobs stay pending and are delivered again.
-    let _ = shared.acks.send(ack::Ack::Close);
+    stopped.cancel();
     drop(shared);
     let _ = acker.await;
     tracing::info!(%topic, %consumer, "Consumer {consumer} stopped");

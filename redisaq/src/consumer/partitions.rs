@@ -3,7 +3,7 @@
 //! coordinator and the keeper share it; locally a consumer stops fetching a partition and
 //! abandons its running jobs once its lease may have expired.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ pub(crate) struct Tenure {
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
     slots: Mutex<HashMap<u32, Slot>>,
+    /// Entries (partition, id) that ran here but whose ack was refused: taken again,
+    /// they start a new attempt.
+    ran_unacked: Mutex<HashSet<(u32, String)>>,
 }
 
 /// What a running call needs to stop when one of its partitions is lost.
@@ -72,6 +75,23 @@ pub(crate) struct Guard {
 }
 
 impl Partitions {
+    /// Remembers entries that ran here but whose ack was refused.
+    pub(crate) fn ran_unacked(&self, partition: u32, ids: &[String]) {
+        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
+        ran.extend(ids.iter().map(|id| (partition, id.clone())));
+    }
+
+    pub(crate) fn forget_ran_unacked(&self, partition: u32) {
+        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
+        ran.retain(|(p, _)| *p != partition);
+    }
+
+    /// Whether the entry ran here before its ack was refused (forgets it).
+    pub(crate) fn take_ran_unacked(&self, partition: u32, id: &str) -> bool {
+        let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
+        ran.remove(&(partition, id.to_string()))
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<u32, Slot>) -> R) -> R {
         f(&mut self.slots.lock().expect("partition table lock"))
     }

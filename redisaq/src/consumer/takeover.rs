@@ -87,7 +87,8 @@ pub(crate) async fn claim_orphans(
                 }
             } else if pending.consumer != shared.consumer {
                 batches.entry(None).or_default().push(pending);
-            } else if whose == Orphans::All && shared.take_ran_unacked(partition, &pending.id) {
+            } else if whose == Orphans::All && shared.held.take_ran_unacked(partition, &pending.id)
+            {
                 // It ran here and its ack was refused: this is a new attempt.
                 batches.entry(None).or_default().push(pending);
             } else if whose == Orphans::All {
@@ -138,7 +139,7 @@ pub(crate) async fn claim_orphans(
         }
     }
     if whose == Orphans::All {
-        shared.forget_ran_unacked(partition); // what is not pending any more
+        shared.held.forget_ran_unacked(partition); // what is not pending any more
     }
     Ok(queued)
 }

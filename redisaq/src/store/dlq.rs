@@ -10,6 +10,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::job::JobId;
 use crate::keys;
 use crate::store::Holding;
 use crate::wire::{self, StreamEntry};
@@ -32,7 +33,7 @@ impl DeadLetterEntry {
     /// The stream fields of a dead letter about to be written.
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
-            (field::ID, self.id.clone()),
+            (field::ID, self.id.to_string()),
             (field::TOPIC, self.topic.clone()),
             (field::GROUP, self.group.clone()),
             (field::PARTITION, self.partition.to_string()),
@@ -59,7 +60,7 @@ impl DeadLetterEntry {
         };
         DeadLetterEntry {
             dead_letter_id: entry.id.clone(),
-            id: text(field::ID),
+            id: JobId::from_stored(&text(field::ID)),
             topic: text(field::TOPIC),
             group: text(field::GROUP),
             partition: number(field::PARTITION) as u32,
@@ -87,6 +88,8 @@ redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 return 1
 "
 );
+static WRITE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(WRITE));
 
 /// Writes the dead letter and acknowledges its entry in one fenced step (see [`WRITE`]).
 pub(crate) async fn write(
@@ -95,7 +98,7 @@ pub(crate) async fn write(
     letter: &DeadLetterEntry,
     maxlen: u64,
 ) -> Result<(), Error> {
-    let _: i64 = redis::Script::new(WRITE)
+    let _: i64 = WRITE_SCRIPT
         .key(&holding.lease)
         .key(&holding.stream)
         .key(keys::dead_letters(&letter.topic, letter.partition))
@@ -116,7 +119,7 @@ pub struct DeadLetterEntry {
     pub dead_letter_id: String,
     /// The job's id (what `enqueue` returned), or the stream entry id of an entry that was
     /// not a job at all.
-    pub id: String,
+    pub id: JobId,
     /// The topic.
     pub topic: String,
     /// The group whose handler gave up on it.
@@ -243,6 +246,8 @@ if KEYS[3] then
 end
 return added
 ";
+static REPLAY_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REPLAY));
 
 /// Puts a dead-lettered job back into its partition, for the group that gave up on it
 /// only (the other groups acknowledge it unread), attempts counted from 1, keeping its
@@ -256,13 +261,13 @@ pub(crate) async fn replay(
     let letter = &stored.letter;
     let partition = letter.partition % partitions.max(1);
     let fields = wire::JobFields {
-        id: &letter.id,
+        id: letter.id.as_str(),
         payload: &letter.payload,
         enqueued_at_ms: crate::job::now_ms(),
         key: letter.key.as_deref(),
         for_group: Some(&letter.group),
     };
-    let script = redis::Script::new(REPLAY);
+    let script = &*REPLAY_SCRIPT;
     let mut script = script.prepare_invoke();
     script
         .key(keys::replayed(&letter.topic, partition))
@@ -293,6 +298,8 @@ if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
 end
 return 1
 ";
+static MOVE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(MOVE));
 
 /// Moves a topic's dead letters from layout 1's stream into their partitions' streams;
 /// returns how many were moved. Safe to run again after an interruption, and while
@@ -326,7 +333,7 @@ pub(crate) async fn migrate(
                 .flatten()
                 .flat_map(|(k, v)| [k.as_str(), v.as_str()])
                 .collect();
-            let _: i64 = redis::Script::new(MOVE)
+            let _: i64 = MOVE_SCRIPT
                 .key(keys::migrated(topic, partition))
                 .key(keys::dead_letters(topic, partition))
                 .arg(&entry.id)

@@ -61,6 +61,8 @@ end
 return {taken, gone, wait}
 "
 );
+static TAKE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(TAKE));
 
 /// Records that `entry` is due again in `delay`, while the holding has its lease.
 /// Allowed on a full Redis: it is one small record, and the retry must not be lost.
@@ -102,7 +104,7 @@ pub(crate) async fn take(
     consumer: &str,
     limit: usize,
 ) -> Result<Taken, Error> {
-    let reply: Value = redis::Script::new(TAKE)
+    let reply: Value = TAKE_SCRIPT
         .key(&holding.lease)
         .key(&holding.due)
         .key(&holding.stream)

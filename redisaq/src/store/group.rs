@@ -22,6 +22,8 @@ redis.call('PERSIST', KEYS[1])
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
+static DELETE_IF_IDLE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(DELETE_IF_IDLE));
 
 /// Creates `group` on `stream` (and the stream), reading from its oldest entry; a group
 /// that exists is left as it is.
@@ -59,7 +61,7 @@ pub(crate) async fn remove_consumer_if_idle(
     group: &str,
     consumer: &str,
 ) -> Result<Removal, Error> {
-    let outcome: i64 = redis::Script::new(DELETE_IF_IDLE)
+    let outcome: i64 = DELETE_IF_IDLE_SCRIPT
         .key(stream)
         .arg(group)
         .arg(consumer)

@@ -60,6 +60,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+static RELEASE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RELEASE));
 
 /// Runs `ARGV[2]` on the stream `KEYS[2]` with the remaining arguments, only while the
 /// lease `KEYS[1]` holds the token `ARGV[1]`.
@@ -102,20 +104,56 @@ pub(crate) async fn acquire(
     script_flags: bool,
 ) -> Result<Option<u64>, Error> {
     // Allowed on a full Redis: a worker must be able to take its partitions to drain it.
-    let epoch: u64 = ACQUIRE_SCRIPT
-        .script(script_flags)
-        .key(lease)
-        .key(epoch_counter)
-        .arg(consumer)
-        .arg(ttl.as_millis() as u64)
-        .invoke_async(conn)
-        .await?;
+    let script = ACQUIRE_SCRIPT.script(script_flags);
+    if !conn.is_cluster() {
+        let epoch: u64 = script
+            .key(lease)
+            .key(epoch_counter)
+            .arg(consumer)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(conn)
+            .await?;
+        return Ok((epoch > 0).then_some(epoch));
+    }
+    // On a cluster, masters fail over to replicas that may lack the latest writes: a
+    // lease taken on a master that died before passing it on would be free again on
+    // its replica, for someone else to take. So the lease is taken only once a replica
+    // has it, or the master has none to wait for.
+    let mut take = scripts::evalsha(script, &[lease, epoch_counter]);
+    take.arg(consumer).arg(ttl.as_millis() as u64);
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors()
+        .add_command(take)
+        .cmd("WAIT")
+        .arg(1)
+        .arg(REPLICA_WAIT.as_millis() as u64);
+    let mut replies = scripts::query_pipeline(conn, &pipe, &[script])
+        .await?
+        .into_iter();
+    let mut next = || -> redis::RedisResult<i64> {
+        Ok(redis::from_redis_value(
+            replies.next().expect("one reply per command")?,
+        )?)
+    };
+    let epoch = next()? as u64;
+    let confirmed = next()?;
+    if epoch > 0 && confirmed == 0 {
+        tracing::debug!(
+            lease,
+            "no replica confirmed the lease within {} ms (the master may have none)",
+            REPLICA_WAIT.as_millis()
+        );
+    }
     Ok((epoch > 0).then_some(epoch))
 }
 
+/// How long taking a lease on a cluster waits for a replica to have it. Spent in full
+/// only on a master without replicas.
+const REPLICA_WAIT: Duration = Duration::from_millis(100);
+
 /// Gives the lease up so the next owner can start at once.
 pub(crate) async fn release(conn: &mut Conn, lease: &str, token: &str) -> Result<(), Error> {
-    let _: i64 = redis::Script::new(RELEASE)
+    let _: i64 = RELEASE_SCRIPT
         .key(lease)
         .arg(token)
         .invoke_async(conn)

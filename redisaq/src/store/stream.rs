@@ -4,6 +4,7 @@
 
 use redis::aio::ConnectionLike;
 
+use super::conn::Conn;
 use super::{lease, scripts, Holding};
 use crate::error::Error;
 use crate::wire::{self, StreamEntry};
@@ -21,6 +22,30 @@ pub(crate) async fn undelivered(
         .arg(stream)
         .arg(start)
         .arg("+")
+        .arg("COUNT")
+        .arg(cap)
+        .query_async(conn)
+        .await?;
+    Ok(wire::parse_entries(&reply)?.len() as u64)
+}
+
+/// How many entries lie after `from` up to and including `to` (two read positions of
+/// a group), counting at most `cap`: what the group was handed in between.
+pub(crate) async fn entries_between(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    from: &str,
+    to: &str,
+    cap: usize,
+) -> Result<u64, Error> {
+    if from == to {
+        return Ok(0);
+    }
+    let start = wire::next_stream_id(from).unwrap_or_else(|| "-".into());
+    let reply: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(start)
+        .arg(to)
         .arg("COUNT")
         .arg(cap)
         .query_async(conn)
@@ -161,9 +186,10 @@ pub(crate) async fn ack_many(
 }
 
 /// New entries for `consumer` of `group` from `streams`, up to `count` each, waiting up
-/// to `block_ms` for one if given; per stream key, its entries.
+/// to `block_ms` for one if given; per stream key, its entries. (On a cluster, one
+/// stream per read: a command reads one slot.)
 pub(crate) async fn read(
-    conn: &mut impl ConnectionLike,
+    conn: &mut Conn,
     group: &str,
     consumer: &str,
     streams: &[String],
@@ -224,19 +250,58 @@ pub(crate) struct NewJob<'a> {
     pub fields: wire::JobFields<'a>,
 }
 
-/// Adds the jobs in one round trip. Per job, Redis's refusal if it refused it; `Err`
-/// when the round trip itself failed (then any of them may or may not be stored).
+/// What became of an [`add`].
+pub(crate) struct Added {
+    /// Per job, Redis's refusal if it refused it.
+    pub refusals: Vec<Option<redis::RedisError>>,
+    /// With a wait for replicas: the fewest replicas that confirmed a partition's jobs.
+    pub replicas: Option<u64>,
+}
+
+/// Adds the jobs in one round trip; with `wait = (n, timeout)`, each partition's jobs are
+/// followed by a `WAIT` for `n` replicas of that partition's node. `Err` when the round
+/// trip itself failed (then any of them may or may not be stored).
 pub(crate) async fn add(
     conn: &mut impl ConnectionLike,
     jobs: &[NewJob<'_>],
-) -> Result<Vec<Option<redis::RedisError>>, redis::RedisError> {
+    wait: Option<(u32, std::time::Duration)>,
+) -> Result<Added, redis::RedisError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for job in jobs {
+    // Jobs grouped by partition, so a WAIT follows its partition's writes (on a cluster
+    // it goes to that partition's node).
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    if wait.is_some() {
+        order.sort_by_key(|&i| jobs[i].stream);
+    }
+    let mut slots = Vec::with_capacity(order.len()); // reply index → job index
+    for (n, &i) in order.iter().enumerate() {
+        let job = &jobs[i];
         pipe.cmd("XADD").arg(job.stream).arg("*").arg(job.fields);
+        slots.push(Some(i));
+        let last_of_partition = order
+            .get(n + 1)
+            .is_none_or(|&next| jobs[next].stream != job.stream);
+        if let (Some((replicas, timeout)), true) = (wait, last_of_partition) {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis().max(1) as u64);
+            slots.push(None);
+        }
     }
     let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
-    Ok(results.into_iter().map(Result::err).collect())
+    let mut refusals: Vec<Option<redis::RedisError>> = jobs.iter().map(|_| None).collect();
+    let mut replicas: Option<u64> = None;
+    for (slot, result) in slots.into_iter().zip(results) {
+        match (slot, result) {
+            (Some(i), result) => refusals[i] = result.err(),
+            (None, Ok(redis::Value::Int(confirmed))) => {
+                replicas = Some(replicas.map_or(confirmed as u64, |r| r.min(confirmed as u64)));
+            }
+            (None, _) => replicas = Some(0),
+        }
+    }
+    Ok(Added { refusals, replicas })
 }
 
 /// How many entries `stream` holds.

@@ -164,6 +164,8 @@ end
 redis.call('HSET', KEYS[1], 'partitions', wanted)
 return current
 ";
+static RAISE_PARTITIONS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RAISE_PARTITIONS));
 
 /// Raises a topic's partition count on a given connection; returns the previous count
 /// (see [`crate::set_partitions`]).
@@ -177,7 +179,7 @@ pub(crate) async fn raise(
             "topic `{topic}` needs at least 1 partition"
         )));
     }
-    let previous: Result<u32, redis::RedisError> = redis::Script::new(RAISE_PARTITIONS)
+    let previous: Result<u32, redis::RedisError> = RAISE_PARTITIONS_SCRIPT
         .key(keys::meta(topic))
         .arg(partitions)
         .invoke_async(conn)

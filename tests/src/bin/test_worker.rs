@@ -4,7 +4,9 @@
 //! `redisaq-test:calls:{topic}` (hash: job id -> number of calls finished) and
 //! `redisaq-test:intervals:{topic}` (list of "partition consumer start_us end_us").
 //!
-//! Environment: `REDIS_URL`, the `REDISAQ_*` settings, `TEST_JOB_MS` (how long each job
+//! Environment: `REDIS_URL`, `TEST_RECORD_URL` (where the records go, if not to
+//! `REDIS_URL`: the cluster tests keep them off the cluster whose faults they inject), the
+//! `REDISAQ_*` settings, `TEST_JOB_MS` (how long each job
 //! takes, default 0), `TEST_TOPICS` (comma-separated topics to run, default all),
 //! `TEST_SHUTDOWN_TIMEOUT_MS` (`Worker::shutdown_timeout`, default the library's) and
 //! `TEST_PRODUCE=claims_grow` (be a producer instead of a worker, see [`produce`]).
@@ -26,7 +28,9 @@ pub struct Work {
 async fn recorder() -> ConnectionManager {
     static CONN: OnceCell<ConnectionManager> = OnceCell::const_new();
     CONN.get_or_init(|| async {
-        let url = std::env::var("REDIS_URL").expect("REDIS_URL");
+        let url = std::env::var("TEST_RECORD_URL")
+            .or_else(|_| std::env::var("REDIS_URL"))
+            .expect("REDIS_URL");
         let client = redis::Client::open(url).expect("REDIS_URL");
         // Records must survive the Redis stalls the tests inject.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -47,12 +51,17 @@ fn now_us() -> u128 {
 }
 
 async fn record(job: &Job<Work>) -> Result<(), JobError> {
+    record_as(job, job.topic()).await
+}
+
+/// Records the call under `name` instead of the job's topic (to tell groups apart).
+async fn record_as(job: &Job<Work>, name: &str) -> Result<(), JobError> {
     let started = now_us();
     let mut conn = recorder().await;
     let mut start = redis::pipe();
     start
         .cmd("HINCRBY")
-        .arg(format!("redisaq-test:starts:{}", job.topic()))
+        .arg(format!("redisaq-test:starts:{name}"))
         .arg(job.id().as_str())
         .arg(1);
     save(&mut conn, &start).await?;
@@ -66,11 +75,11 @@ async fn record(job: &Job<Work>) -> Result<(), JobError> {
     let mut end = redis::pipe();
     end.atomic()
         .cmd("HINCRBY")
-        .arg(format!("redisaq-test:calls:{}", job.topic()))
+        .arg(format!("redisaq-test:calls:{name}"))
         .arg(job.id().as_str())
         .arg(1)
         .cmd("RPUSH")
-        .arg(format!("redisaq-test:intervals:{}", job.topic()))
+        .arg(format!("redisaq-test:intervals:{name}"))
         .arg(format!("{} {consumer} {started} {ended}", job.partition()));
     save(&mut conn, &end).await?;
     Ok(())
@@ -334,6 +343,18 @@ pub async fn crash_loop_bystanders(job: Job<Work>) -> Result<(), JobError> {
 
 /// Producer-side declaration of the topic the partition-raising producer test enqueues
 /// to (`TEST_PRODUCE=claims_grow`); no test runs its handler.
+/// The cluster tests' topic: 12 partitions, spread over the masters, and two groups
+/// (recorded as `spread_a` and `spread_b`).
+#[job(topic = "spread", group = "spread_a", partitions = 12)]
+pub async fn spread_a(job: Job<Work>) -> Result<(), JobError> {
+    record_as(&job, "spread_a").await
+}
+
+#[job(topic = "spread", group = "spread_b", partitions = 12)]
+pub async fn spread_b(job: Job<Work>) -> Result<(), JobError> {
+    record_as(&job, "spread_b").await
+}
+
 #[job(topic = "claims_grow", group = "claims_grow_group", partitions = 2)]
 pub async fn claims_grow(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
