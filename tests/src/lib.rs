@@ -267,15 +267,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let (reply, answer) = mpsc::channel();
-        if self
-            .keeper
-            .lock()
-            .map(|k| k.send(Request::Stop(reply)).is_ok())
-            .unwrap_or(false)
-        {
-            let _ = answer.recv_timeout(Duration::from_secs(5));
-        }
+        self.stop();
     }
 }
 

@@ -54,6 +54,29 @@ fn spread_worker(url: &str, name: &str) -> KillOnDrop {
     )
 }
 
+/// What each group has pending on `spread`.
+fn pending_ab(conn: &mut redis::cluster::ClusterConnection) -> (u64, u64) {
+    (
+        pending(conn, "spread", "spread_a", PARTITIONS),
+        pending(conn, "spread", "spread_b", PARTITIONS),
+    )
+}
+
+/// Waits up to `limit` until both groups ran every one of `ids` and nothing is pending.
+async fn both_groups_ran<'a>(ids: impl IntoIterator<Item = &'a String>, limit: Duration) -> bool {
+    let ids: Vec<&String> = ids.into_iter().collect();
+    let mut conn = cluster().connection();
+    let mut recorded = records().connection();
+    eventually(limit, || {
+        let a = calls(&mut recorded, "spread_a");
+        let b = calls(&mut recorded, "spread_b");
+        ids.iter()
+            .all(|id| a.contains_key(*id) && b.contains_key(*id))
+            && pending_ab(&mut conn) == (0, 0)
+    })
+    .await
+}
+
 async fn enqueue(from: u64, count: u64) -> Vec<String> {
     let mut ids = Vec::new();
     let mut n = from;
@@ -101,24 +124,15 @@ async fn jobs_spread_over_the_masters_and_both_groups_run_them_all() {
     .expect("a replica confirms the job");
     ids.insert(confirmed.to_string());
 
+    let all_done = both_groups_ran(&ids, Duration::from_secs(180)).await;
     let mut conn = cluster.connection();
     let mut recorded = records().connection();
-    let mut seen = (0, 0);
-    let all_done = eventually(Duration::from_secs(180), || {
-        let a = calls(&mut recorded, "spread_a");
-        let b = calls(&mut recorded, "spread_b");
-        seen = (a.len(), b.len());
-        ids.iter()
-            .all(|id| a.contains_key(id) && b.contains_key(id))
-            && pending(&mut conn, "spread", "spread_a", PARTITIONS) == 0
-            && pending(&mut conn, "spread", "spread_b", PARTITIONS) == 0
-    })
-    .await;
     assert!(
         all_done,
-        "processed by spread_a / spread_b: {seen:?} of 20000; pending {} / {}",
-        pending(&mut conn, "spread", "spread_a", PARTITIONS),
-        pending(&mut conn, "spread", "spread_b", PARTITIONS)
+        "processed by spread_a / spread_b: {} / {} of 20001; pending {:?}",
+        calls(&mut recorded, "spread_a").len(),
+        calls(&mut recorded, "spread_b").len(),
+        pending_ab(&mut conn)
     );
     for group in ["spread_a", "spread_b"] {
         let seen = calls(&mut recorded, group);
@@ -196,21 +210,11 @@ async fn a_killed_worker_is_taken_over() {
     victim.0.kill().expect("kill -9 the worker");
     let _ = victim.0.wait();
     let more: HashSet<String> = enqueue(105_000, 5_000).await.into_iter().collect();
-    let done = eventually(Duration::from_secs(120), || {
-        let a = calls(&mut recorded, "spread_a");
-        let b = calls(&mut recorded, "spread_b");
-        ids.iter()
-            .chain(&more)
-            .all(|id| a.contains_key(id) && b.contains_key(id))
-            && pending(&mut conn, "spread", "spread_a", PARTITIONS) == 0
-            && pending(&mut conn, "spread", "spread_b", PARTITIONS) == 0
-    })
-    .await;
+    let done = both_groups_ran(ids.iter().chain(&more), Duration::from_secs(120)).await;
     assert!(
         done,
-        "every job processed by both groups after the kill; pending {} / {}",
-        pending(&mut conn, "spread", "spread_a", PARTITIONS),
-        pending(&mut conn, "spread", "spread_b", PARTITIONS)
+        "every job processed by both groups after the kill; pending {:?}",
+        pending_ab(&mut conn)
     );
 }
 
@@ -277,17 +281,9 @@ async fn a_master_failover_is_survived() {
         .filter(|(at, _)| *at + Duration::from_secs(1) < killed_at || *at > killed_at)
         .map(|(_, id)| id)
         .collect();
+    let settled = both_groups_ran(safe.iter().copied(), Duration::from_secs(180)).await;
     let mut conn = cluster.connection();
     let mut recorded = records().connection();
-    let settled = eventually(Duration::from_secs(180), || {
-        let a = calls(&mut recorded, "spread_a");
-        let b = calls(&mut recorded, "spread_b");
-        safe.iter()
-            .all(|id| a.contains_key(*id) && b.contains_key(*id))
-            && pending(&mut conn, "spread", "spread_a", PARTITIONS) == 0
-            && pending(&mut conn, "spread", "spread_b", PARTITIONS) == 0
-    })
-    .await;
     let (a, b) = (
         calls(&mut recorded, "spread_a"),
         calls(&mut recorded, "spread_b"),
@@ -306,7 +302,7 @@ async fn a_master_failover_is_survived() {
     };
     eprintln!(
         "failover: {} enqueued ({} batches refused during the failover), {} of them more than \
-         1 s before the kill or after it; lost {} / {}, ran twice {} / {} (spread_a / spread_b); pending {} / {}",
+         1 s before the kill or after it; lost {} / {}, ran twice {} / {} (spread_a / spread_b); pending {:?}",
         enqueued.len(),
         failed,
         safe.len(),
@@ -314,8 +310,7 @@ async fn a_master_failover_is_survived() {
         lost(&b),
         twice(&a),
         twice(&b),
-        pending(&mut conn, "spread", "spread_a", PARTITIONS),
-        pending(&mut conn, "spread", "spread_b", PARTITIONS)
+        pending_ab(&mut conn)
     );
     // The old master comes back as a replica, for the tests after this one (whatever
     // this one finds).
