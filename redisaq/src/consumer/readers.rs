@@ -85,6 +85,13 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
             reading.insert(tenure, count);
             in_flight.push(read(&shared, conn, tenure, count));
         }
+        // Partitions left unread for want of room are read once the executor has freed
+        // half the delivery queue beyond what the reads in flight may bring (as on one
+        // node: reads stay large).
+        let max = shared.deliveries.max_capacity();
+        let asked: usize = reading.values().sum();
+        let wanted = (asked + (max / 2).max(1)).min(max);
+        let starved = asked < max && idle.iter().any(|t| !reading.contains_key(t));
         // Wake for a due retry even while every read blocks.
         let next_due = shared
             .held
@@ -95,6 +102,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
             .max(Duration::from_millis(1));
         let done = tokio::select! {
             Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
+            permit = shared.deliveries.reserve_many(wanted), if starved => match permit {
+                Ok(permit) => { drop(permit); continue }
+                Err(_) => return Ok(()),
+            },
             () = shared.ownership_changed.notified() => continue,
             () = tokio::time::sleep(next_due) => continue,
             () = shared.shutdown.cancelled() => return Ok(()),
