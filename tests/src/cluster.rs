@@ -10,12 +10,15 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::RedisServer;
+use crate::tls::TlsFiles;
+use crate::{free_port, RedisServer};
 
 /// A running local cluster.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     config_files: Vec<std::path::PathBuf>,
+    /// With TLS: each node's TLS port, in the order of `nodes`.
+    tls_ports: Vec<u16>,
 }
 
 /// One node as `CLUSTER NODES` shows it.
@@ -35,9 +38,20 @@ impl RedisCluster {
     /// Starts 6 nodes and makes them a cluster of 3 masters with one replica each;
     /// returns once every node sees all slots served.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// [`RedisCluster::start`] with every node also serving TLS with `files` (the nodes
+    /// talk to each other over TLS too; the plain ports stay for the test's checks).
+    pub fn start_tls(files: &TlsFiles) -> Result<Self, String> {
+        Self::start_with(Some(files))
+    }
+
+    fn start_with(tls: Option<&TlsFiles>) -> Result<Self, String> {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let mut nodes = Vec::new();
         let mut config_files = Vec::new();
+        let mut tls_ports = Vec::new();
         remove_leftovers();
         for _ in 0..6 {
             let name = format!(
@@ -50,7 +64,7 @@ impl RedisCluster {
             config_files.push(std::env::temp_dir().join(&rdb));
             // A replica keeps what its master sends in its RDB file: a file of its own, or
             // every server started later in the same directory would load its keys.
-            nodes.push(RedisServer::start_with(&[
+            let mut args: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -59,11 +73,23 @@ impl RedisCluster {
                 &rdb,
                 "--cluster-node-timeout",
                 "3000",
-            ])?);
+            ]
+            .map(String::from)
+            .to_vec();
+            if let Some(files) = tls {
+                let port = free_port();
+                tls_ports.push(port);
+                args.extend(files.server_args(port));
+                args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            }
+            nodes.push(RedisServer::start_with(
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?);
         }
         let cluster = RedisCluster {
             nodes,
             config_files,
+            tls_ports,
         };
         let addresses: Vec<String> = cluster
             .nodes
@@ -223,6 +249,15 @@ impl RedisCluster {
         self.nodes
             .iter()
             .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// With [`RedisCluster::start_tls`]: every node's `rediss://` URL, comma-separated.
+    pub fn tls_url(&self) -> String {
+        self.tls_ports
+            .iter()
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",")
     }
