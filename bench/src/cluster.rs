@@ -107,12 +107,14 @@ pub(crate) async fn run(bench: &mut Bench) {
         })
         .await
         .unwrap();
-    bench.record(
-        "cluster-consume",
-        jobs,
-        started.elapsed(),
-        Some("consume-single"),
-    );
+    bench
+        .record(
+            "cluster-consume",
+            jobs,
+            started.elapsed(),
+            Some("consume-single"),
+        )
+        .await;
 
     // Three workers with nothing to do.
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -120,6 +120,92 @@ struct Outcome {
     ratio_to_raw: Option<f64>,
     /// Latency percentiles in ms (latency scenario only).
     latency_ms: Option<HashMap<String, f64>>,
+    /// What the scenario cost per job (one-node scenarios on the private server).
+    cost: Option<Cost>,
+}
+
+/// CPU and commands per job over a scenario's timed part.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Cost {
+    /// Redis server CPU (`INFO cpu`: user + system, all its threads), µs per job.
+    redis_us_per_job: f64,
+    /// Commands Redis executed (`INFO commandstats`), per job.
+    redis_commands_per_job: f64,
+    /// This process's CPU (producer and worker, user + system), µs per job.
+    client_us_per_job: f64,
+}
+
+/// Counters read at the start and the end of a scenario's timed part.
+#[derive(Debug, Clone, Copy)]
+struct Meter {
+    redis_cpu_s: f64,
+    redis_calls: u64,
+    client_cpu_s: f64,
+}
+
+impl Meter {
+    async fn read(conn: &mut MultiplexedConnection) -> Meter {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .arg("commandstats")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let redis_calls = info
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        Meter {
+            redis_cpu_s: field("used_cpu_user:") + field("used_cpu_sys:"),
+            redis_calls,
+            client_cpu_s: process_cpu_s(),
+        }
+    }
+
+    /// The cost per job of what happened between `self` and `end`.
+    fn cost(&self, end: &Meter, jobs: u64) -> Cost {
+        let jobs = jobs.max(1) as f64;
+        Cost {
+            redis_us_per_job: (end.redis_cpu_s - self.redis_cpu_s) * 1e6 / jobs,
+            // The two INFO calls that measure are not the scenario's.
+            redis_commands_per_job: end.redis_calls.saturating_sub(self.redis_calls + 1) as f64
+                / jobs,
+            client_us_per_job: (end.client_cpu_s - self.client_cpu_s) * 1e6 / jobs,
+        }
+    }
+}
+
+/// CPU time of this process so far (all threads, user + system), from `/proc/self/stat`
+/// in clock ticks of 1/100 s (Linux's USER_HZ); 0 where that file does not exist.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime and
+    // stime are the 12th and 13th of them.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 struct Bench {
@@ -131,6 +217,8 @@ struct Bench {
     memory_per_1000: Option<f64>,
     /// What the cluster scenarios measured per master.
     cluster_shards: Option<serde_json::Value>,
+    /// The counters at the start of the running scenario's timed part.
+    mark: Option<Meter>,
 }
 
 impl Bench {
@@ -150,17 +238,31 @@ impl Bench {
         bar
     }
 
-    fn record(&mut self, scenario: &str, jobs: u64, elapsed: Duration, raw: Option<&str>) {
+    /// Starts a scenario's timed part: notes the counters, returns the start time.
+    async fn start(&mut self) -> Instant {
+        self.mark = Some(Meter::read(&mut self.conn).await);
+        Instant::now()
+    }
+
+    async fn record(&mut self, scenario: &str, jobs: u64, elapsed: Duration, raw: Option<&str>) {
+        let cost = match self.mark.take() {
+            Some(mark) => Some(mark.cost(&Meter::read(&mut self.conn).await, jobs)),
+            None => None,
+        };
         let seconds = elapsed.as_secs_f64();
         let rate = jobs as f64 / seconds;
         let ratio = raw
             .and_then(|raw| self.outcomes.iter().find(|o| o.scenario == raw))
             .map(|raw| rate / raw.jobs_per_second);
         eprintln!(
-            "{scenario:>16}: {jobs} jobs in {seconds:.2} s = {rate:.0} jobs/s{}",
+            "{scenario:>16}: {jobs} jobs in {seconds:.2} s = {rate:.0} jobs/s{}{}",
             ratio.map_or(String::new(), |r| format!(
                 " ({r:.2} x {})",
                 raw.unwrap_or_default()
+            )),
+            cost.map_or(String::new(), |c| format!(
+                "; per job: Redis {:.2} µs CPU and {:.3} commands, client {:.2} µs CPU",
+                c.redis_us_per_job, c.redis_commands_per_job, c.client_us_per_job
             ))
         );
         self.outcomes.push(Outcome {
@@ -170,6 +272,7 @@ impl Bench {
             jobs_per_second: rate,
             ratio_to_raw: ratio,
             latency_ms: None,
+            cost,
         });
     }
 
@@ -284,7 +387,7 @@ async fn consume(
         preload(chunk).await.unwrap();
     }
     let bar = bench.progress(scenario, jobs);
-    let started = Instant::now();
+    let started = bench.start().await;
     let worker = redisaq::Worker::new()
         .redis_url(bench.url.clone())
         .topics([topic]);
@@ -305,7 +408,9 @@ async fn consume(
         .unwrap();
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    bench.record(scenario, jobs, elapsed, Some("raw-consume"));
+    bench
+        .record(scenario, jobs, elapsed, Some("raw-consume"))
+        .await;
 }
 
 type Preload = std::pin::Pin<
@@ -356,6 +461,7 @@ async fn main() {
         outcomes: Vec::new(),
         memory_per_1000: None,
         cluster_shards: None,
+        mark: None,
     };
     let jobs = bench.args.jobs;
     eprintln!(
@@ -367,16 +473,18 @@ async fn main() {
         bench.reset().await;
         let bar = bench.progress("raw-xadd", jobs);
         let mut conn = bench.conn.clone();
-        let started = Instant::now();
+        let started = bench.start().await;
         raw_xadd(&mut conn, "bench_raw", jobs, &bar).await;
         bar.finish_and_clear();
-        bench.record("raw-xadd", jobs, started.elapsed(), None);
+        bench
+            .record("raw-xadd", jobs, started.elapsed(), None)
+            .await;
     }
     if bench.wants("enqueue-batch") {
         bench.reset().await;
         let before = bench.used_memory().await;
         let bar = bench.progress("enqueue-batch", jobs);
-        let started = Instant::now();
+        let started = bench.start().await;
         let mut n = 0;
         while n < jobs {
             let chunk: Vec<Payload> = (n..(n + 1_000).min(jobs)).map(payload).collect();
@@ -386,14 +494,16 @@ async fn main() {
         }
         let elapsed = started.elapsed();
         bar.finish_and_clear();
-        bench.record("enqueue-batch", jobs, elapsed, Some("raw-xadd"));
+        bench
+            .record("enqueue-batch", jobs, elapsed, Some("raw-xadd"))
+            .await;
         let after = bench.used_memory().await;
         bench.memory_per_1000 = Some(after.saturating_sub(before) as f64 / (jobs as f64 / 1000.0));
     }
     if bench.wants("enqueue-single") {
         bench.reset().await;
         let bar = bench.progress("enqueue-single", jobs);
-        let started = Instant::now();
+        let started = bench.start().await;
         let tasks: Vec<_> = (0..64u64)
             .map(|task| {
                 let bar = bar.clone();
@@ -412,7 +522,9 @@ async fn main() {
         }
         let elapsed = started.elapsed();
         bar.finish_and_clear();
-        bench.record("enqueue-single", jobs, elapsed, Some("raw-xadd"));
+        bench
+            .record("enqueue-single", jobs, elapsed, Some("raw-xadd"))
+            .await;
     }
     if bench.wants("raw-consume") {
         bench.reset().await;
@@ -432,7 +544,7 @@ async fn main() {
                 .unwrap();
         }
         let bar = bench.progress("raw-consume", jobs);
-        let started = Instant::now();
+        let started = bench.start().await;
         let mut acked = 0;
         while acked < jobs {
             let mut read = redis::cmd("XREADGROUP");
@@ -458,7 +570,7 @@ async fn main() {
         }
         let elapsed = started.elapsed();
         bar.finish_and_clear();
-        bench.record("raw-consume", jobs, elapsed, None);
+        bench.record("raw-consume", jobs, elapsed, None).await;
     }
     if bench.wants("consume-single") {
         consume(&mut bench, "consume-single", bench_single::TOPIC, |p| {
@@ -532,6 +644,7 @@ async fn main() {
             jobs_per_second: total as f64 / elapsed.as_secs_f64(),
             ratio_to_raw: None,
             latency_ms: Some(figures),
+            cost: None,
         });
     }
 
@@ -547,6 +660,9 @@ async fn main() {
         "jobs/s",
         "ratio to raw",
         "latency p50 / p99 / max (ms)",
+        "Redis µs/job",
+        "commands/job",
+        "client µs/job",
     ]);
     for o in &bench.outcomes {
         table.add_row([
@@ -558,6 +674,12 @@ async fn main() {
             o.latency_ms.as_ref().map_or("-".into(), |l| {
                 format!("{:.2} / {:.2} / {:.2}", l["p50"], l["p99"], l["max"])
             }),
+            o.cost
+                .map_or("-".into(), |c| format!("{:.2}", c.redis_us_per_job)),
+            o.cost
+                .map_or("-".into(), |c| format!("{:.3}", c.redis_commands_per_job)),
+            o.cost
+                .map_or("-".into(), |c| format!("{:.2}", c.client_us_per_job)),
         ]);
     }
     println!("{table}");
