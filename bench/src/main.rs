@@ -5,6 +5,7 @@
 //! `cargo run --release -p redisaq-bench -- [--jobs N] [--only a,b] [--json PATH]`
 
 mod cluster;
+mod idle;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -219,6 +220,8 @@ struct Bench {
     cluster_shards: Option<serde_json::Value>,
     /// The counters at the start of the running scenario's timed part.
     mark: Option<Meter>,
+    /// What the idle scenario measured.
+    idle: Option<idle::Idle>,
 }
 
 impl Bench {
@@ -462,6 +465,7 @@ async fn main() {
         memory_per_1000: None,
         cluster_shards: None,
         mark: None,
+        idle: None,
     };
     let jobs = bench.args.jobs;
     eprintln!(
@@ -648,6 +652,10 @@ async fn main() {
         });
     }
 
+    if bench.wants("idle") {
+        bench.idle = Some(idle::run(&mut bench).await);
+    }
+
     if bench.args.cluster {
         cluster::run(&mut bench).await;
     }
@@ -690,6 +698,22 @@ async fn main() {
             rss as f64 / 1024.0
         );
     }
+    if let Some(idle) = &bench.idle {
+        let busiest: Vec<String> = idle
+            .by_command
+            .iter()
+            .filter(|(name, _)| name != "xreadgroup")
+            .take(6)
+            .map(|(name, n)| format!("{name} {n:.2}"))
+            .collect();
+        println!(
+            "idle: {:.2} commands/s per consumer ({}), plus {:.2} blocking reads/s, over {} consumers",
+            idle.commands_per_consumer_second,
+            busiest.join(", "),
+            idle.blocking_reads_per_consumer_second,
+            idle.consumers
+        );
+    }
     if let Some(bytes) = bench.memory_per_1000 {
         println!(
             "Redis used_memory per 1,000 retained jobs: {:.1} KiB",
@@ -703,6 +727,7 @@ async fn main() {
             "peak_rss_kib": rss,
             "redis_bytes_per_1000_jobs": bench.memory_per_1000,
             "cluster_shards": bench.cluster_shards,
+            "idle": bench.idle,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap())
             .expect("write --json file");
