@@ -147,7 +147,7 @@ pub struct Cleanup {
 }
 
 /// The seed Scaler's advice for a group, from two readings of the group
-/// [`SCALE_WINDOW`] apart.
+/// one second apart (`window_ms`).
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct ScaleAdvice {
@@ -206,7 +206,7 @@ impl std::fmt::Display for ScaleDecision {
 const MAX_LAG_COUNT: usize = 100_000;
 
 /// Time between the two readings of a group that [`Admin::scale`] compares.
-pub const SCALE_WINDOW: Duration = Duration::from_secs(1);
+const SCALE_WINDOW: Duration = Duration::from_secs(1);
 
 /// One partition's figures for a group at one moment.
 struct Reading {
@@ -500,7 +500,7 @@ impl Admin {
     }
 
     /// Whether the group needs more or fewer consumers, from two readings of its
-    /// backlog (`lag + pending`) [`SCALE_WINDOW`] apart:
+    /// backlog (`lag + pending`) one second apart:
     ///
     /// - `finished` = entries handed to the group between the readings − the growth of
     ///   its pending entries: what it acknowledged in the window;

@@ -47,27 +47,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
             }
             continue;
         }
-        // Never block past the point where a lease might have run out.
-        let lease_left = shared
-            .held
-            .valid_until(&partitions)
-            .map_or(Duration::ZERO, |until| {
-                until.saturating_duration_since(super::clock::now())
-            });
-        // Nor past the next retry that waits in Redis.
-        let due_in = shared
-            .held
-            .next_due(&partitions)
-            .map_or(shared.config.block, |due| {
-                due.saturating_duration_since(super::clock::now())
-            });
-        let block_ms = shared
-            .config
-            .block
-            .min(lease_left)
-            .min(due_in)
-            .as_millis()
-            .max(1) as u64;
+        // Never block past the point where a lease might have run out, nor past the next
+        // retry that waits in Redis.
+        let due_in = due_in(&shared, &partitions);
+        let block_ms = block_ms(&shared, &partitions).min(due_in.as_millis().max(1) as u64);
         // Wait for room: half the delivery queue free, so that reads stay large while
         // what is queued keeps the executor busy.
         let refill = (shared.deliveries.max_capacity() / 2).max(1);
@@ -138,6 +121,29 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
             }
         }
     }
+}
+
+/// How long a read of `partitions` may block: the block time, but never past the point
+/// where one of their leases might have run out.
+pub(super) fn block_ms(shared: &Shared, partitions: &[Tenure]) -> u64 {
+    let lease_left = shared
+        .held
+        .valid_until(partitions)
+        .map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(super::clock::now())
+        });
+    shared.config.block.min(lease_left).as_millis().max(1) as u64
+}
+
+/// How long until the next retry of `partitions` that waits in Redis is due (the block
+/// time when none waits).
+pub(super) fn due_in(shared: &Shared, partitions: &[Tenure]) -> Duration {
+    shared
+        .held
+        .next_due(partitions)
+        .map_or(shared.config.block, |due| {
+            due.saturating_duration_since(super::clock::now())
+        })
 }
 
 /// Claims the retries of `partitions` that are due, up to `room`; returns the room left.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use super::fetch::{claim_due_retries, group_lost, pause, queue, recover_lost_read};
+use super::fetch::{
+    block_ms, claim_due_retries, due_in, group_lost, pause, queue, recover_lost_read,
+};
 use super::partitions::Tenure;
 use super::Shared;
 use crate::error::Error;
@@ -27,7 +29,6 @@ const MAX_READ: usize = 1000;
 /// A finished read of one partition.
 struct Read {
     tenure: Tenure,
-    asked: usize,
     entries: Result<Vec<(String, Vec<StreamEntry>)>, Error>,
 }
 
@@ -50,17 +51,9 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
         }
         let partitions = shared.held.fetchable();
         conns.retain(|partition, _| partitions.iter().any(|t| t.partition == *partition));
-        let now = super::clock::now();
-        let due: Vec<Tenure> = partitions
-            .iter()
-            .copied()
-            .filter(|t| shared.held.next_due(&[*t]).is_some_and(|due| due <= now))
-            .collect();
         let asked: usize = reading.values().sum();
         let mut room = shared.deliveries.capacity().saturating_sub(asked);
-        if !due.is_empty() && room > 0 {
-            room = claim_due_retries(&shared, &due, room).await;
-        }
+        room = claim_due_retries(&shared, &partitions, room).await;
         let idle: Vec<Tenure> = partitions
             .iter()
             .copied()
@@ -93,13 +86,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
         let wanted = (asked + (max / 2).max(1)).min(max);
         let starved = asked < max && idle.iter().any(|t| !reading.contains_key(t));
         // Wake for a due retry even while every read blocks.
-        let next_due = shared
-            .held
-            .next_due(&partitions)
-            .map_or(shared.config.block, |due| {
-                due.saturating_duration_since(super::clock::now())
-            })
-            .max(Duration::from_millis(1));
+        let next_due = due_in(&shared, &partitions).max(Duration::from_millis(1));
         let done = tokio::select! {
             Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
             permit = shared.deliveries.reserve_many(wanted), if starved => match permit {
@@ -110,7 +97,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
             () = tokio::time::sleep(next_due) => continue,
             () = shared.shutdown.cancelled() => return Ok(()),
         };
-        reading.remove(&done.tenure);
+        let asked = reading.remove(&done.tenure).unwrap_or_default();
         match done.entries {
             Ok(entries) => {
                 failures = 0;
@@ -124,7 +111,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
                     continue;
                 }
                 for (_, entries) in entries {
-                    debug_assert!(entries.len() <= done.asked);
+                    debug_assert!(entries.len() <= asked);
                     if !queue(&shared, done.tenure, &entries).await {
                         return Ok(());
                     }
@@ -157,13 +144,7 @@ fn read(
     let stream = keys::partition(&shared.topic, tenure.partition);
     let group = shared.group;
     let consumer = shared.consumer.clone();
-    let lease_left = shared
-        .held
-        .valid_until(&[tenure])
-        .map_or(Duration::ZERO, |until| {
-            until.saturating_duration_since(super::clock::now())
-        });
-    let block_ms = shared.config.block.min(lease_left).as_millis().max(1) as u64;
+    let block_ms = block_ms(shared, &[tenure]);
     async move {
         let entries = stream::read(
             &mut conn,
@@ -174,10 +155,6 @@ fn read(
             Some(block_ms),
         )
         .await;
-        Read {
-            tenure,
-            asked: count,
-            entries,
-        }
+        Read { tenure, entries }
     }
 }

@@ -268,20 +268,12 @@ pub(crate) async fn add(
 ) -> Result<Added, redis::RedisError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    let Some((replicas, timeout)) = wait else {
-        for job in jobs {
-            pipe.cmd("XADD").arg(job.stream).arg("*").arg(job.fields);
-        }
-        let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
-        return Ok(Added {
-            refusals: results.into_iter().map(Result::err).collect(),
-            replicas: None,
-        });
-    };
     // Jobs grouped by partition, so a WAIT follows its partition's writes (on a cluster
     // it goes to that partition's node).
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| jobs[i].stream);
+    if wait.is_some() {
+        order.sort_by_key(|&i| jobs[i].stream);
+    }
     let mut slots = Vec::with_capacity(order.len()); // reply index → job index
     for (n, &i) in order.iter().enumerate() {
         let job = &jobs[i];
@@ -290,7 +282,7 @@ pub(crate) async fn add(
         let last_of_partition = order
             .get(n + 1)
             .is_none_or(|&next| jobs[next].stream != job.stream);
-        if last_of_partition {
+        if let (Some((replicas, timeout)), true) = (wait, last_of_partition) {
             pipe.cmd("WAIT")
                 .arg(replicas)
                 .arg(timeout.as_millis().max(1) as u64);
