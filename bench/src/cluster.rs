@@ -7,21 +7,16 @@ use std::time::{Duration, Instant};
 
 use redisaq_tests::cluster::RedisCluster;
 
-use super::{bench_single, payload, Bench, Payload, HANDLED, PARTITIONS};
+use super::{bench_single, info, info_field, payload, Bench, Payload, HANDLED, PARTITIONS};
 
 /// `total_commands_processed` of the node on `port`.
 async fn commands(port: u16) -> u64 {
     let client = redis::Client::open(RedisCluster::node_url(port)).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    info_field(
+        &info(&mut conn, &["stats"]).await,
+        "total_commands_processed",
+    ) as u64
 }
 
 /// Commands per second on each master over `during`, the coordination shard first.

@@ -3,13 +3,12 @@
 //! Redis' command counts over 10 s, per consumer and second. Blocking reads are counted
 //! apart: each waits up to the block time for nothing.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redisaq::{job, Job, JobError};
 use serde::Serialize;
 
-use super::Bench;
+use super::{command_calls, info, Bench};
 
 /// Declares an idle topic with two groups.
 macro_rules! idle_topic {
@@ -67,27 +66,6 @@ pub(crate) struct Idle {
     pub by_command: Vec<(String, f64)>,
 }
 
-/// Calls per command so far (`INFO commandstats`).
-async fn calls(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
-}
-
 pub(crate) async fn run(bench: &mut Bench) -> Idle {
     bench.reset().await;
     let topics: Vec<String> = (0..TOPICS).map(|t| format!("idle_{t:02}")).collect();
@@ -105,10 +83,10 @@ pub(crate) async fn run(bench: &mut Bench) -> Idle {
     }
     tokio::time::sleep(SETTLE).await;
     let mut conn = bench.conn.clone();
-    let before = calls(&mut conn).await;
+    let before = command_calls(&info(&mut conn, &["commandstats"]).await);
     let started = Instant::now();
     tokio::time::sleep(MEASURED).await;
-    let after = calls(&mut conn).await;
+    let after = command_calls(&info(&mut conn, &["commandstats"]).await);
     let seconds = started.elapsed().as_secs_f64();
     for stop in stops {
         let _ = stop.send(());

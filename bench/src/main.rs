@@ -146,33 +146,10 @@ struct Meter {
 
 impl Meter {
     async fn read(conn: &mut MultiplexedConnection) -> Meter {
-        let info: String = redis::cmd("INFO")
-            .arg("cpu")
-            .arg("commandstats")
-            .query_async(conn)
-            .await
-            .unwrap();
-        let field = |name: &str| -> f64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
-        let redis_calls = info
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum();
+        let info = info(conn, &["cpu", "commandstats"]).await;
         Meter {
-            redis_cpu_s: field("used_cpu_user:") + field("used_cpu_sys:"),
-            redis_calls,
+            redis_cpu_s: info_field(&info, "used_cpu_user") + info_field(&info, "used_cpu_sys"),
+            redis_calls: command_calls(&info).values().sum(),
             client_cpu_s: process_cpu_s(),
         }
     }
@@ -188,6 +165,39 @@ impl Meter {
             client_us_per_job: (end.client_cpu_s - self.client_cpu_s) * 1e6 / jobs,
         }
     }
+}
+
+/// `INFO` of `sections` from the server behind `conn`.
+async fn info(conn: &mut impl redis::aio::ConnectionLike, sections: &[&str]) -> String {
+    redis::cmd("INFO")
+        .arg(sections)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A number in an `INFO` reply (`name:value`), 0 when absent.
+fn info_field(info: &str, name: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Calls per command so far, from an `INFO commandstats` reply.
+fn command_calls(info: &str) -> HashMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
 }
 
 /// CPU time of this process so far (all threads, user + system), from `/proc/self/stat`
@@ -290,15 +300,7 @@ impl Bench {
     }
 
     async fn used_memory(&mut self) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut self.conn)
-            .await
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        info_field(&info(&mut self.conn, &["memory"]).await, "used_memory") as u64
     }
 }
 
