@@ -184,7 +184,7 @@ impl RedisCluster {
 
     /// The nodes as the node on `port` sees them.
     pub fn nodes_seen_by(&self, port: u16) -> Result<Vec<Node>, String> {
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        let mut conn = redis::Client::open(Self::node_url(port))
             .and_then(|c| c.get_connection())
             .map_err(|e| e.to_string())?;
         let text: String = redis::cmd("CLUSTER")
