@@ -1,10 +1,13 @@
-//! Enqueueing: JSON payloads into the right partition stream, one `XADD` per job and one
-//! pipelined round trip per batch.
+//! Enqueueing: JSON payloads into the right partition stream, one `XADD` per job; a batch
+//! in one pipelined round trip, and single enqueues made at the same time share round
+//! trips too ([`coalesce`]).
+
+mod coalesce;
 
 use crate::store::conn::Conn;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,7 @@ use crate::store;
 use crate::store::stream::{self, NewJob};
 use crate::store::topic;
 use crate::wire::JobFields;
+use coalesce::{Coalescer, Single};
 
 /// How long a producer trusts its cached partition count; a raised count reaches
 /// producers within this time.
@@ -49,7 +53,8 @@ impl EnqueueOptions {
     }
 
     /// How long this enqueue may take, connecting included, before it fails with
-    /// [`Error::Enqueue`] (default `REDISAQ_ENQUEUE_TIMEOUT_MS`, else 5 s).
+    /// [`Error::Enqueue`] (default `REDISAQ_ENQUEUE_TIMEOUT_MS` as it was at the first
+    /// enqueue, else 5 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -71,12 +76,21 @@ impl EnqueueOptions {
 /// Default enqueue deadline.
 const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The deadline of an enqueue: the option, else `REDISAQ_ENQUEUE_TIMEOUT_MS`, else 5 s.
+/// The deadline of an enqueue: the option, else `REDISAQ_ENQUEUE_TIMEOUT_MS` (read at
+/// the first enqueue), else 5 s.
 fn deadline(options: Option<Duration>) -> Result<Duration, Error> {
+    static CONFIGURED: std::sync::OnceLock<Result<Duration, String>> = std::sync::OnceLock::new();
     if let Some(timeout) = options {
         return Ok(timeout);
     }
-    Ok(Config::enqueue_timeout()?.unwrap_or(DEFAULT_ENQUEUE_TIMEOUT))
+    CONFIGURED
+        .get_or_init(|| match Config::enqueue_timeout() {
+            Ok(timeout) => Ok(timeout.unwrap_or(DEFAULT_ENQUEUE_TIMEOUT)),
+            Err(Error::Config(message)) => Err(message),
+            Err(other) => Err(other.to_string()),
+        })
+        .clone()
+        .map_err(Error::Config)
 }
 
 /// Runs one enqueue within its deadline. `jobs` are the ids it adds: if it fails, the
@@ -91,13 +105,22 @@ async fn within_deadline(
     let failure = match tokio::time::timeout(timeout, work).await {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(failure)) => failure,
-        Err(_) if sending.load(Ordering::Relaxed) => Failure::TimedOut,
+        // The work was dropped before `sending` is read (see `coalesce`).
+        Err(_) if fence_then(sending) => Failure::TimedOut,
         Err(_) => Failure::NotSent(Error::Redis(redis::RedisError::from((
             redis::ErrorKind::Io,
             "no connection to Redis within the enqueue deadline",
         )))),
     };
     Err(failure.into_error(ids, timeout))
+}
+
+/// Whether the jobs were on their way, read after everything before it (the dropped work)
+/// is seen by the coalescer, which marks a job sending before it checks the enqueue is
+/// still waiting for it.
+fn fence_then(sending: &AtomicBool) -> bool {
+    fence(Ordering::SeqCst);
+    sending.load(Ordering::SeqCst)
 }
 
 /// How an enqueue failed.
@@ -175,8 +198,17 @@ fn explain(error: &Error) -> String {
 
 struct TopicState {
     partitions: u32,
+    /// The partition streams' keys, by partition.
+    streams: Vec<String>,
     checked_at: Instant,
     next: AtomicU64,
+}
+
+/// A runtime's connection and the coalescer of its single enqueues.
+#[derive(Clone)]
+struct Link {
+    conn: Conn,
+    singles: Coalescer,
 }
 
 /// The process-wide producer: where enqueue connects to and what it knows of topics.
@@ -184,7 +216,9 @@ struct Producer {
     url: RwLock<Option<String>>,
     /// Connections belong to the runtime that made them (their driver task runs there),
     /// so each runtime gets its own.
-    connections: tokio::sync::Mutex<HashMap<tokio::runtime::Id, Conn>>,
+    links: RwLock<HashMap<tokio::runtime::Id, Link>>,
+    /// Held while a connection is made, so a runtime makes one.
+    connecting: tokio::sync::Mutex<()>,
     topics: Mutex<HashMap<&'static str, Arc<TopicState>>>,
 }
 
@@ -192,7 +226,8 @@ fn producer() -> &'static Producer {
     static PRODUCER: std::sync::OnceLock<Producer> = std::sync::OnceLock::new();
     PRODUCER.get_or_init(|| Producer {
         url: RwLock::new(None),
-        connections: tokio::sync::Mutex::new(HashMap::new()),
+        links: RwLock::new(HashMap::new()),
+        connecting: tokio::sync::Mutex::new(()),
         topics: Mutex::new(HashMap::new()),
     })
 }
@@ -210,20 +245,30 @@ pub fn set_redis_url(url: &str) -> Result<(), Error> {
     store::conn::client(url)?;
     let state = producer();
     *state.url.write().expect("producer url lock") = Some(url.to_string());
-    if let Ok(mut connections) = state.connections.try_lock() {
-        connections.clear();
-    }
+    state.links.write().expect("producer links lock").clear();
     state.topics.lock().expect("producer topics lock").clear();
     Ok(())
 }
 
 /// The producer's connection for the current runtime.
 pub(crate) async fn connection() -> Result<Conn, Error> {
+    Ok(link().await?.conn)
+}
+
+/// The producer's connection and coalescer for the current runtime.
+async fn link() -> Result<Link, Error> {
     let state = producer();
     let runtime = tokio::runtime::Handle::current().id();
-    let mut connections = state.connections.lock().await;
-    if let Some(conn) = connections.get(&runtime) {
-        return Ok(conn.clone());
+    let known = |runtime| {
+        let links = state.links.read().expect("producer links lock");
+        links.get(&runtime).cloned()
+    };
+    if let Some(link) = known(runtime) {
+        return Ok(link);
+    }
+    let _connecting = state.connecting.lock().await;
+    if let Some(link) = known(runtime) {
+        return Ok(link);
     }
     let url = state
         .url
@@ -235,8 +280,16 @@ pub(crate) async fn connection() -> Result<Conn, Error> {
     // One reconnect attempt per command: an unreachable Redis fails the enqueue at once
     // instead of holding it for a series of retries.
     let conn = target.connect(Duration::from_secs(5), 1).await?;
-    connections.insert(runtime, conn.clone());
-    Ok(conn)
+    let link = Link {
+        singles: Coalescer::start(conn.clone()),
+        conn,
+    };
+    state
+        .links
+        .write()
+        .expect("producer links lock")
+        .insert(runtime, link.clone());
+    Ok(link)
 }
 
 /// Drops what the producer cached about a topic (its partition count changed).
@@ -267,6 +320,9 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
     });
     let state = Arc::new(TopicState {
         partitions: info.partitions,
+        streams: (0..info.partitions)
+            .map(|p| keys::partition(spec.topic, p))
+            .collect(),
         checked_at: Instant::now(),
         next: AtomicU64::new(next as u64),
     });
@@ -305,24 +361,54 @@ pub fn enqueue<T: JobPayload>(
         let timeout = deadline(options.timeout)?;
         let id = JobId::generate();
         let ids = [id.clone()];
-        let sending = AtomicBool::new(false);
+        let sending = Arc::new(AtomicBool::new(false));
         within_deadline(timeout, &ids, &sending, async {
-            let (mut conn, state) = prepare(spec).await.map_err(Failure::NotSent)?;
-            let key = options.key.as_deref();
-            let stream = keys::partition(spec.topic, route(&state, key));
-            let job = NewJob {
-                stream: &stream,
-                fields: JobFields {
-                    id: id.as_str(),
-                    payload: &json,
-                    enqueued_at_ms: now_ms(),
-                    key,
-                    for_group: None,
-                },
-            };
-            // Leave the WAIT a little of the deadline to answer in.
-            let wait = options.wait_replicas.map(|n| (n, timeout.mul_f64(0.8)));
-            send(&mut conn, &[job], wait, &sending).await
+            let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
+            let partition = route(&state, options.key.as_deref());
+            let enqueued_at_ms = now_ms();
+            if let Some(replicas) = options.wait_replicas {
+                let job = NewJob {
+                    stream: &state.streams[partition as usize],
+                    fields: JobFields {
+                        id: id.as_str(),
+                        payload: &json,
+                        enqueued_at_ms,
+                        key: options.key.as_deref(),
+                        for_group: None,
+                    },
+                };
+                // Leave the WAIT a little of the deadline to answer in. (Not coalesced:
+                // a WAIT holds the connection, and the jobs sharing it would wait too.)
+                let wait = Some((replicas, timeout.mul_f64(0.8)));
+                return send(&mut link.conn.clone(), &[job], wait, &sending).await;
+            }
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            link.singles.send(Single {
+                topic: state,
+                partition,
+                id: id.clone(),
+                payload: json,
+                enqueued_at_ms,
+                key: options.key,
+                sending: sending.clone(),
+                answer,
+            });
+            match answered.await {
+                Ok(Ok(None)) => Ok(()),
+                Ok(Ok(Some(refusal))) => Err(Failure::PerJob(vec![Some(refusal)])),
+                Ok(Err(e)) => Err(trip_failure(e)),
+                Err(_) => {
+                    let gone = Error::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the producer's connection closed before Redis answered",
+                    )));
+                    Err(if sending.load(Ordering::SeqCst) {
+                        Failure::Sent(gone)
+                    } else {
+                        Failure::NotSent(gone)
+                    })
+                }
+            }
         })
         .await?;
         Ok(id)
@@ -330,10 +416,19 @@ pub fn enqueue<T: JobPayload>(
 }
 
 /// The connection and what is known of the topic.
-async fn prepare(spec: &'static TopicSpec) -> Result<(Conn, Arc<TopicState>), Error> {
-    let mut conn = connection().await?;
-    let state = topic_state(&mut conn, spec).await?;
-    Ok((conn, state))
+async fn prepare(spec: &'static TopicSpec) -> Result<(Link, Arc<TopicState>), Error> {
+    let link = link().await?;
+    let state = topic_state(&mut link.conn.clone(), spec).await?;
+    Ok((link, state))
+}
+
+/// How a failed round trip failed: before anything reached Redis, or after.
+fn trip_failure(e: redis::RedisError) -> Failure {
+    if e.is_connection_refusal() {
+        Failure::NotSent(e.into())
+    } else {
+        Failure::Sent(e.into())
+    }
 }
 
 /// Sends the jobs, one answer per job; with `wait = (n, timeout)`, waits for `n`
@@ -344,14 +439,8 @@ async fn send(
     wait: Option<(u32, Duration)>,
     sending: &AtomicBool,
 ) -> Result<(), Failure> {
-    sending.store(true, Ordering::Relaxed);
-    let added = stream::add(conn, jobs, wait).await.map_err(|e| {
-        if e.is_connection_refusal() {
-            Failure::NotSent(e.into())
-        } else {
-            Failure::Sent(e.into())
-        }
-    })?;
+    sending.store(true, Ordering::SeqCst);
+    let added = stream::add(conn, jobs, wait).await.map_err(trip_failure)?;
     if added.refusals.iter().any(Option::is_some) {
         return Err(Failure::PerJob(added.refusals));
     }
@@ -381,16 +470,13 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
         let ids: Vec<JobId> = jsons.iter().map(|_| JobId::generate()).collect();
         let sending = AtomicBool::new(false);
         within_deadline(timeout, &ids, &sending, async {
-            let (mut conn, state) = prepare(spec).await.map_err(Failure::NotSent)?;
-            let streams: Vec<String> = (0..state.partitions)
-                .map(|p| keys::partition(spec.topic, p))
-                .collect();
+            let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
             let enqueued_at_ms = now_ms();
             let jobs: Vec<NewJob> = ids
                 .iter()
                 .zip(&jsons)
                 .map(|(id, json)| NewJob {
-                    stream: &streams[route(&state, None) as usize],
+                    stream: &state.streams[route(&state, None) as usize],
                     fields: JobFields {
                         id: id.as_str(),
                         payload: json,
@@ -400,7 +486,7 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
                     },
                 })
                 .collect();
-            send(&mut conn, &jobs, None, &sending).await
+            send(&mut link.conn.clone(), &jobs, None, &sending).await
         })
         .await?;
         Ok(ids)
@@ -428,6 +514,7 @@ mod tests {
     fn keys_route_stably_and_round_robin_spreads() {
         let state = TopicState {
             partitions: 4,
+            streams: Vec::new(),
             checked_at: Instant::now(),
             next: AtomicU64::new(0),
         };
