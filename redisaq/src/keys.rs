@@ -54,6 +54,12 @@ pub fn topics() -> String {
     format!("{}:topics", prefix())
 }
 
+/// Change counters, one field per topic (a hint that a topic's groups should look again
+/// at their assignment; see `store::changes`).
+pub fn changes() -> String {
+    format!("{}:changes", prefix())
+}
+
 /// The hash with a topic's settings (`partitions`, `maxlen`).
 pub fn meta(topic: &str) -> String {
     format!("{}:{{{topic}}}:meta", prefix())

@@ -367,6 +367,8 @@ pub(crate) fn parse_consumers(value: &Value) -> Result<Vec<ConsumerRow>, RedisEr
 #[derive(Debug, Clone)]
 pub(crate) struct GroupRow {
     pub name: String,
+    /// Consumers the group has on the stream.
+    pub consumers: u64,
     pub pending: u64,
     pub last_delivered: String,
     /// Entries not yet delivered to the group; Redis 7 reports it (nil when unknown).
@@ -386,6 +388,7 @@ pub(crate) fn parse_groups(value: &Value) -> Result<Vec<GroupRow>, RedisError> {
             match (name, last) {
                 (Some(name), Some(last_delivered)) => Ok(GroupRow {
                     name,
+                    consumers: get("consumers").and_then(int).unwrap_or(0) as u64,
                     pending: get("pending").and_then(int).unwrap_or(0) as u64,
                     last_delivered,
                     lag: get("lag").and_then(int).map(|l| l as u64),

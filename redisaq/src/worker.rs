@@ -155,10 +155,19 @@ impl Worker {
         if let Some(addr) = config.metrics_addr {
             crate::metrics::serve(addr, metrics_stop).await?;
         }
+        let hints = consumer::hints::Hints::new(handlers.iter().map(|def| def.spec.topic));
         let mut consumers = tokio::task::JoinSet::new();
         for def in handlers {
-            consumers.spawn(consumer::run(def, config.clone(), shutdown.clone()));
+            let hints = hints.subscribe(def.spec.topic);
+            consumers.spawn(consumer::run(def, config.clone(), hints, shutdown.clone()));
         }
+        let hints_stop = CancellationToken::new();
+        let _hints_guard = hints_stop.clone().drop_guard();
+        tokio::spawn(hints.run(
+            store::conn::client(&config.redis_url)?,
+            consumer::coordinator_tick(&config),
+            hints_stop,
+        ));
         tokio::pin!(stop);
         let mut outcome = Ok(());
         loop {

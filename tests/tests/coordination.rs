@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redisaq_tests::{
-    calls, eventually, intervals, overlaps, pending, redis, starts, worker_command, KillOnDrop,
+    calls, eventually, intervals, overlaps, pending, redis, starts, worker_command,
+    worker_command_at, KillOnDrop, RedisServer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -398,4 +399,56 @@ async fn a_join_pauses_only_the_partitions_that_move() {
     );
     assert_eq!(paused_set, gained, "only partitions that moved were paused");
     assert!(overlaps(&intervals(&mut conn, "join")).is_empty());
+}
+
+/// A join and a clean leave move partitions at once, not at the next heartbeat: the
+/// consumer that wrote the new assignment, and the one that left, raise the topic's
+/// change hint, which every worker of the topic follows within a tick. (With a 30 s
+/// heartbeat interval, the partitions would otherwise stay put for up to 30 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_leave_are_followed_before_the_next_heartbeat() {
+    let server = RedisServer::start().unwrap();
+    let mut conn = server.connection();
+    let start = |name: &str| {
+        let mut command = worker_command_at(
+            env!("CARGO_BIN_EXE_test_worker"),
+            &server.url(),
+            name,
+            "join",
+            1,
+        );
+        command
+            .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "30000")
+            .env("REDISAQ_HEARTBEAT_TTL_MS", "60000");
+        KillOnDrop::spawn(&mut command)
+    };
+    let held_by = |conn: &mut redis::Connection, prefix: &str| {
+        lease_owners(conn, "join", "join_group", 6)
+            .iter()
+            .filter(|o| o.as_deref().is_some_and(|o| o.starts_with(prefix)))
+            .count()
+    };
+    let _first = start("h1");
+    assert!(
+        eventually(Duration::from_secs(20), || held_by(&mut conn, "h1-") == 6).await,
+        "the first worker took every partition"
+    );
+    let mut second = start("h2");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            held_by(&mut conn, "h1-") == 3 && held_by(&mut conn, "h2-") == 3
+        })
+        .await,
+        "the partitions moved long before the next heartbeat: {:?}",
+        lease_owners(&mut conn, "join", "join_group", 6)
+    );
+    unsafe {
+        libc::kill(second.id() as i32, libc::SIGTERM);
+    }
+    second.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || held_by(&mut conn, "h1-") == 6).await,
+        "the partitions came back long before the next heartbeat: {:?}",
+        lease_owners(&mut conn, "join", "join_group", 6)
+    );
 }

@@ -7,10 +7,11 @@
 //! expired, when A died) B claims what is still pending there and starts ("resuming
 //! consumption"). Partitions that keep their owner are never paused.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,8 @@ use crate::error::Error;
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::store::topic;
-use crate::store::{lease, stream};
+use crate::store::{self, lease, stream};
+use crate::wire;
 
 /// The last known state of the group, as this consumer saw it.
 #[derive(Default)]
@@ -34,28 +36,70 @@ struct View {
     maxlen: u64,
     /// Whether the tools were told about partitions this consumer cannot hand over.
     stuck_reported: bool,
+    /// What looking after each held partition last found, by partition.
+    looked: HashMap<u32, Looked>,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+/// What looking after a partition last did, in one holding of it.
+#[derive(Default)]
+struct Looked {
+    tenure: u64,
+    /// The group's read position when the partition was last trimmed.
+    trimmed_at: Option<String>,
+    /// The live members and the group's consumer count when the dead were last removed.
+    cleaned_for: Option<(Vec<String>, u64)>,
+}
+
+/// Looks at the group every tick while partitions are on the move here; once this
+/// consumer owns exactly its share, only every heartbeat interval, or sooner when the
+/// topic's change hint moves (someone wrote an assignment, left, or raised partitions)
+/// or this consumer lost a lease. An idle consumer so costs Redis a few commands per
+/// interval, not per tick.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut hints: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
     let interval = shared.config.heartbeat_interval;
-    let tick = (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let tick = tick(&shared.config);
     let mut view = View::default();
     let mut next_heartbeat = Instant::now();
+    let mut hinting = true;
     loop {
         let result = if Instant::now() >= next_heartbeat {
             next_heartbeat = Instant::now() + interval;
             maintain(&shared, &mut view).await
         } else {
-            follow(&shared, &mut view, true).await
+            follow(&shared, &mut view).await
         };
-        if let Err(e) = result {
+        let settled = result.unwrap_or_else(|e| {
             tracing::warn!(topic = %shared.topic, group = shared.group, error = %e, "coordination step failed; retrying");
-        }
+            false
+        });
+        let wake = if settled {
+            next_heartbeat
+        } else {
+            Instant::now() + tick
+        };
+        let hinted = async {
+            if hinting {
+                hinting = hints.changed().await.is_ok();
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(tick) => {}
+            () = tokio::time::sleep_until(wake) => {}
+            () = hinted => {}
+            () = shared.coordinator_wake.notified() => {}
             () = stop.cancelled() => return,
         }
     }
+}
+
+/// How often a consumer looks at its group while partitions move.
+pub(crate) fn tick(config: &crate::config::Config) -> Duration {
+    (config.heartbeat_interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))
 }
 
 /// Every heartbeat interval: follow the assignment, take over, remove the dead, trim.
@@ -63,13 +107,15 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 ///
 /// The partitions held are looked after even when following the assignment failed: on a
 /// full Redis the assignment's writes are refused, and trimming is what frees memory.
-async fn maintain(shared: &Shared, view: &mut View) -> Result<(), Error> {
-    let followed = follow(shared, view, true).await;
+async fn maintain(shared: &Shared, view: &mut View) -> Result<bool, Error> {
+    let followed = follow(shared, view).await;
     let held = shared.held.held();
     METRICS
         .owned_partitions
         .get_or_create(&shared.metrics.labels)
         .set(held.len() as i64);
+    view.looked
+        .retain(|partition, _| held.iter().any(|(p, _, _)| p == partition));
     for (partition, phase, _) in held {
         if phase != Phase::Active {
             continue;
@@ -81,82 +127,111 @@ async fn maintain(shared: &Shared, view: &mut View) -> Result<(), Error> {
     followed
 }
 
-/// Gauges, takeover of others' entries, removal of the dead, trimming.
-async fn look_after(shared: &Shared, view: &View, partition: u32) -> Result<(), Error> {
-    // Trim first: it is what frees memory on a full Redis.
-    if view.maxlen > 0 {
+/// Gauges; then, where the partition's group row says there may be work: takeover of
+/// others' entries (something is pending), removal of the dead (members or consumers
+/// changed), trimming (the group read further). An idle partition costs one read.
+async fn look_after(shared: &Shared, view: &mut View, partition: u32) -> Result<(), Error> {
+    let Some(tenure) = shared.held.tenure(partition) else {
+        return Ok(());
+    };
+    let Some(row) = record_backlog(shared, partition).await? else {
+        return Ok(());
+    };
+    let looked = view.looked.entry(partition).or_default();
+    if looked.tenure != tenure.id {
+        *looked = Looked {
+            tenure: tenure.id,
+            ..Looked::default()
+        };
+    }
+    // Trimming is what frees memory on a full Redis; only the group's reading on can let
+    // more go here (other groups' owners trim when they read on).
+    if view.maxlen > 0 && looked.trimmed_at.as_ref() != Some(&row.last_delivered) {
         crate::store::trim::trim(
             &mut shared.conn.clone(),
             &keys::partition(&shared.topic, partition),
             view.maxlen,
         )
         .await?;
+        looked.trimmed_at = Some(row.last_delivered.clone());
     }
-    record_backlog(shared, partition).await?;
-    takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
-    takeover::remove_dead(shared, partition, &view.live).await?;
+    if row.pending > 0 {
+        takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
+    }
+    let cleaned_for = (view.live.clone(), row.consumers);
+    if looked.cleaned_for.as_ref() != Some(&cleaned_for) {
+        takeover::remove_dead(shared, partition, &view.live).await?;
+        looked.cleaned_for = Some(cleaned_for);
+    }
     Ok(())
 }
 
 /// Most entries counted for the lag gauge on servers that do not report lag (6.2).
 const LAG_COUNT_6_2: usize = 1000;
 
-/// The lag and pending gauges of an owned partition.
-async fn record_backlog(shared: &Shared, partition: u32) -> Result<(), Error> {
+/// The lag and pending gauges of an owned partition; the group's row there.
+async fn record_backlog(shared: &Shared, partition: u32) -> Result<Option<wire::GroupRow>, Error> {
     let stream = keys::partition(&shared.topic, partition);
     let mut conn = shared.conn.clone();
-    if let Some(row) = stream::group_info(&mut conn, &stream, shared.group).await? {
-        let labels = shared.partition_labels(partition);
-        METRICS
-            .pending
-            .get_or_create(&labels)
-            .set(row.pending as i64);
-        let lag = stream::lag(
-            &mut conn,
-            &stream,
-            &row.last_delivered,
-            row.lag,
-            LAG_COUNT_6_2,
-        )
-        .await?;
-        METRICS.lag.get_or_create(&labels).set(lag as i64);
-    }
-    Ok(())
+    let Some(row) = stream::group_info(&mut conn, &stream, shared.group).await? else {
+        return Ok(None);
+    };
+    let labels = shared.partition_labels(partition);
+    METRICS
+        .pending
+        .get_or_create(&labels)
+        .set(row.pending as i64);
+    let lag = stream::lag(
+        &mut conn,
+        &stream,
+        &row.last_delivered,
+        row.lag,
+        LAG_COUNT_6_2,
+    )
+    .await?;
+    METRICS.lag.get_or_create(&labels).set(lag as i64);
+    Ok(Some(row))
 }
 
-/// Every tick: read the assignment (moving it on if membership or partitions changed)
-/// and act on it.
-async fn follow(shared: &Shared, view: &mut View, refresh_live: bool) -> Result<(), Error> {
+/// Reads the group (moving its assignment on if membership or partitions changed) and
+/// acts on it. Returns whether all is settled: the assignment fits the group and this
+/// consumer owns exactly its share, nothing on the way in or out.
+async fn follow(shared: &Shared, view: &mut View) -> Result<bool, Error> {
     let mut conn = shared.conn.clone();
-    if refresh_live {
-        view.live = membership::live_members(shared).await?;
-    }
-    if !view.live.contains(&shared.consumer) {
+    let mut seen =
+        store::view::read(&mut conn, &shared.topic, shared.group, shared.script_flags).await?;
+    topic::check_layout(&shared.topic, seen.layout)?;
+    let (partitions, maxlen) = match (seen.partitions, seen.maxlen) {
+        (Some(partitions), Some(maxlen)) => (partitions, maxlen),
+        // The topic's record is gone (a restart without persistence): write it again.
+        _ => {
+            let info = topic::ensure(&mut conn, shared.def.spec).await?;
+            (info.partitions, info.maxlen)
+        }
+    };
+    view.maxlen = maxlen;
+    if !seen.live.contains(&shared.consumer) {
         // Our record expired (we were paused?): come back before anything else.
-        view.live = membership::heartbeat(shared).await?;
+        seen.live = membership::heartbeat(shared).await?;
     }
-    let info = topic::ensure(&mut conn, shared.def.spec).await?;
-    view.maxlen = info.maxlen;
-    let mut current = assignment::load(&mut conn, &shared.topic, shared.group).await?;
-    if !current.matches(&view.live, info.partitions) {
-        // The live members read before the assignment may miss a consumer that joined
-        // since and is already in it: read them again, after, or this would write an
-        // assignment without the newcomer and move partitions twice.
-        view.live = membership::live_members(shared).await?;
-    }
-    if !current.matches(&view.live, info.partitions) {
-        assignment::advance(
+    let mut current = seen.assignment;
+    if !current.matches(&seen.live, partitions) {
+        let written = assignment::advance(
             &mut conn,
             &shared.topic,
             shared.group,
             &current,
-            &view.live,
-            info.partitions,
+            &seen.live,
+            partitions,
             shared.script_flags,
         )
         .await?;
+        if written {
+            announce(shared).await;
+        }
         current = assignment::load(&mut conn, &shared.topic, shared.group).await?;
     }
+    let fits = current.matches(&seen.live, partitions);
     if current.generation != view.assignment.generation {
         let mine = current.owned_by(&shared.consumer);
         tracing::info!(
@@ -165,23 +240,33 @@ async fn follow(shared: &Shared, view: &mut View, refresh_live: bool) -> Result<
             shared.consumer, mine, current.generation
         );
     }
+    view.live = seen.live;
     view.assignment = current;
-    apply(
+    let owned = apply(
         shared,
         &view.assignment,
         &mut view.stuck_reported,
-        info.partitions,
+        partitions,
     )
-    .await
+    .await?;
+    Ok(fits && owned)
 }
 
-/// Moves towards owning exactly the assigned partitions.
+/// Tells the other consumers of the topic to look at their groups now.
+pub(crate) async fn announce(shared: &Shared) {
+    if let Err(e) = store::changes::announce(&mut shared.conn.clone(), &shared.topic).await {
+        tracing::debug!(error = %e, "could not raise the topic's change hint; the others follow within a heartbeat interval");
+    }
+}
+
+/// Moves towards owning exactly the assigned partitions; returns whether it does (all
+/// of them held, nothing else held).
 async fn apply(
     shared: &Shared,
     assignment: &Assignment,
     stuck_reported: &mut bool,
     partitions: u32,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let target = assignment.owned_by(&shared.consumer);
     let held = shared.held.held();
     let pausing: Vec<u32> = held
@@ -245,7 +330,7 @@ async fn apply(
     report_stuck(shared, &stuck, stuck_reported).await;
     let mut resumed = Vec::new();
     let ttl = shared.config.heartbeat_ttl;
-    for partition in target {
+    for &partition in &target {
         if shared.held.is_held(partition) {
             // Active, or still releasing: a partition is taken anew only once it is gone,
             // so that a new holding never runs beside the calls of the last one.
@@ -310,7 +395,11 @@ async fn apply(
         );
         shared.ownership_changed.notify_one();
     }
-    Ok(())
+    let held = shared.held.held();
+    Ok(held.len() == target.len()
+        && held
+            .iter()
+            .all(|(p, phase, _)| *phase == Phase::Active && target.contains(p)))
 }
 
 /// Tells the tools which partitions this consumer cannot hand over (calls there ignore

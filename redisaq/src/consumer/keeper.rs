@@ -50,12 +50,14 @@ async fn keep(shared: Arc<Shared>, target: store::conn::Target, stop: Cancellati
         }
     };
     let mut next = Instant::now();
-    loop {
+    for renewal in 0u64.. {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             () = stop.cancelled() => return,
         }
-        next = if renew(&shared, &mut conn, ttl).await {
+        // Members dead for a day are forgotten now and then, not on every renewal.
+        let clean = renewal % CLEAN_EVERY == 0;
+        next = if renew(&shared, &mut conn, ttl, clean).await {
             Instant::now() + interval
         } else {
             Instant::now() + retry
@@ -63,12 +65,22 @@ async fn keep(shared: Arc<Shared>, target: store::conn::Target, stop: Cancellati
     }
 }
 
+/// One renewal in this many also forgets members dead for a day.
+const CLEAN_EVERY: u64 = 12;
+
 /// Renews membership and leases; false if Redis could not be asked.
-async fn renew(shared: &Shared, conn: &mut Conn, ttl: Duration) -> bool {
+async fn renew(shared: &Shared, conn: &mut Conn, ttl: Duration, clean: bool) -> bool {
     let held = shared.held.tenures();
     let holdings: Vec<_> = held.iter().map(|&t| shared.holding(t)).collect();
     let asked_at = clock::now();
-    match lease::renew(conn, membership::heartbeat_cmd(shared), &holdings, ttl).await {
+    match lease::renew(
+        conn,
+        membership::heartbeat_cmd(shared, clean),
+        &holdings,
+        ttl,
+    )
+    .await
+    {
         Ok(renewal) => {
             let mut complete = true;
             if let Err(e) = renewal.heartbeat {

@@ -5,37 +5,30 @@ use super::Shared;
 use crate::error::Error;
 use crate::store::members;
 
-/// The heartbeat as one command, for the keeper's pipeline.
-pub(super) fn heartbeat_cmd(shared: &Shared) -> (redis::Cmd, &'static redis::Script) {
+/// The heartbeat as one command, for the keeper's pipeline; with `clean`, it also
+/// forgets members dead for a day.
+pub(super) fn heartbeat_cmd(shared: &Shared, clean: bool) -> (redis::Cmd, &'static redis::Script) {
     members::heartbeat_cmd(
         &shared.topic,
         shared.group,
         &shared.consumer,
         shared.config.heartbeat_ttl,
         shared.script_flags,
+        members::Also { live: false, clean },
     )
-}
-
-async fn members(shared: &Shared, renew: &str) -> Result<Vec<String>, Error> {
-    members::heartbeat(
-        &mut shared.conn.clone(),
-        &shared.topic,
-        shared.group,
-        renew,
-        shared.config.heartbeat_ttl,
-        shared.script_flags,
-    )
-    .await
 }
 
 /// Renews this consumer's record; returns the live members, sorted.
 pub(crate) async fn heartbeat(shared: &Shared) -> Result<Vec<String>, Error> {
-    members(shared, &shared.consumer).await
-}
-
-/// The live members, sorted, without renewing anything.
-pub(crate) async fn live_members(shared: &Shared) -> Result<Vec<String>, Error> {
-    members(shared, "").await
+    members::heartbeat(
+        &mut shared.conn.clone(),
+        &shared.topic,
+        shared.group,
+        &shared.consumer,
+        shared.config.heartbeat_ttl,
+        shared.script_flags,
+    )
+    .await
 }
 
 /// Leaves at once on a clean shutdown, so the others rebalance without waiting for the

@@ -20,12 +20,15 @@ mod clock;
 mod coordinator;
 mod execute;
 mod fetch;
+pub(crate) mod hints;
 mod keeper;
 mod membership;
 mod partitions;
 mod readers;
 mod retries;
 mod takeover;
+
+pub(crate) use coordinator::tick as coordinator_tick;
 
 use crate::store::conn::Conn;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -119,6 +122,8 @@ pub(crate) struct Shared {
     pub held: partitions::Partitions,
     /// Wakes the fetch loop when it may read from other partitions.
     pub ownership_changed: Notify,
+    /// Wakes the coordinator before its next look (a lease was lost).
+    pub coordinator_wake: Notify,
     /// This handler's metric series.
     pub metrics: crate::metrics::HandlerMetrics,
     pub config: Config,
@@ -152,6 +157,7 @@ impl Shared {
                 self.consumer
             );
             self.ownership_changed.notify_one();
+            self.coordinator_wake.notify_one();
         }
     }
 
@@ -242,6 +248,7 @@ async fn leave_redis_group(shared: &Shared) {
 pub(crate) async fn run(
     def: &'static HandlerDef,
     config: Config,
+    hints: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let target = store::conn::client(&config.redis_url)?;
@@ -267,6 +274,7 @@ pub(crate) async fn run(
         held: partitions::Partitions::default(),
         script_flags,
         ownership_changed: Notify::new(),
+        coordinator_wake: Notify::new(),
         metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
         conn: conn.clone(),
         acks: ack_tx,
@@ -298,6 +306,7 @@ pub(crate) async fn run(
         .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
     let coordinator = AbortOnDropHandle::new(tokio::spawn(coordinator::run(
         shared.clone(),
+        hints,
         background.clone(),
     )));
     let calls = Arc::new(execute::Calls {
@@ -337,6 +346,7 @@ pub(crate) async fn run(
     }
     leave_redis_group(&shared).await;
     membership::leave(&shared).await;
+    coordinator::announce(&shared).await;
     let (topic, consumer) = (shared.topic.clone(), shared.consumer.clone());
     // Calls still running past the deadline may ack later into a closed channel; their
     // jobs stay pending and are delivered again.

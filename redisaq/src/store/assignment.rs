@@ -2,8 +2,6 @@
 //! partition, in which generation. Computing the next one is the consumer's business
 //! (`consumer/assignment.rs`); reading it and writing it with a compare-and-set is here.
 
-use std::collections::HashMap;
-
 use redis::aio::ConnectionLike;
 
 use crate::error::Error;
@@ -41,24 +39,34 @@ pub(crate) async fn load(
     topic: &str,
     group: &str,
 ) -> Result<Assignment, Error> {
-    let fields: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys::assignment(topic, group))
-        .query_async(conn)
-        .await?;
-    let list = |name: &str| -> Vec<String> {
-        fields
-            .get(name)
-            .and_then(|text| serde_json::from_str(text).ok())
+    let (generation, members, owners): (Option<u64>, Option<String>, Option<String>) =
+        redis::cmd("HMGET")
+            .arg(keys::assignment(topic, group))
+            .arg(&["generation", "members", "owners"])
+            .query_async(conn)
+            .await?;
+    Ok(from_fields(
+        generation,
+        members.as_deref(),
+        owners.as_deref(),
+    ))
+}
+
+/// An assignment from its stored fields (missing or unreadable ones as empty).
+pub(crate) fn from_fields(
+    generation: Option<u64>,
+    members: Option<&str>,
+    owners: Option<&str>,
+) -> Assignment {
+    let list = |text: Option<&str>| -> Vec<String> {
+        text.and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default()
     };
-    Ok(Assignment {
-        generation: fields
-            .get("generation")
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0),
-        members: list("members"),
-        owners: list("owners"),
-    })
+    Assignment {
+        generation: generation.unwrap_or(0),
+        members: list(members),
+        owners: list(owners),
+    }
 }
 
 /// Writes `owners` (computed for `members`) as the generation after `expected`, unless

@@ -12,39 +12,62 @@ use super::scripts::{self, Lua};
 use crate::error::Error;
 use crate::{keys, wire};
 
-/// Renews `ARGV[1]`'s expiry to now + `ARGV[2]` ms (unless `ARGV[1]` is empty) and
-/// returns the live members. Uses the server's clock so that workers with skewed clocks
-/// agree on who is alive.
+/// Renews `ARGV[1]`'s expiry to now + `ARGV[2]` ms (unless `ARGV[1]` is empty); with
+/// `ARGV[3]` = 1 returns the live members, with `ARGV[4]` = 1 also forgets members dead
+/// for a day. Uses the server's clock so that workers with skewed clocks agree on who is
+/// alive. An idle consumer's keeper sends it every heartbeat interval without those
+/// two: each command a script runs counts for Redis.
 ///
-/// The `ZREM` first is for a full Redis without script flags (6.2): there a script is
-/// refused only if its first write is one a full Redis refuses (`ZADD`), and `ZREM`,
-/// which frees memory, is not.
+/// The `ZREM` first (`ARGV[5]` = 1) is for a full Redis without script flags (6.2):
+/// there a script is refused only if its first write is one a full Redis refuses
+/// (`ZADD`), and `ZREM`, which frees memory, is not.
 const HEARTBEAT: &str = concat!(
     lua_now!(),
     r"if ARGV[1] ~= '' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  if ARGV[5] == '1' then
+    redis.call('ZREM', KEYS[1], ARGV[1])
+  end
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+if ARGV[4] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
+end
+if ARGV[3] == '1' then
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+end
+return {}
 "
 );
 
 static HEARTBEAT_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(HEARTBEAT));
 
+/// What a heartbeat does besides renewing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Also {
+    /// Answer the live members.
+    pub live: bool,
+    /// Forget members dead for a day.
+    pub clean: bool,
+}
+
 /// The heartbeat script as one command for a pipeline, and the script to load if Redis
-/// forgot it: renews `renew` (unless empty) and answers the live members. Allowed on a
-/// full Redis (`script_flags`: Redis 7).
+/// forgot it: renews `renew` (unless empty) and does what `also` asks. Allowed on a full
+/// Redis (`script_flags`: Redis 7).
 pub(crate) fn heartbeat_cmd(
     topic: &str,
     group: &str,
     renew: &str,
     ttl: Duration,
     script_flags: bool,
+    also: Also,
 ) -> (redis::Cmd, &'static redis::Script) {
     let script = HEARTBEAT_SCRIPT.script(script_flags);
     let mut cmd = scripts::evalsha(script, &[&keys::members(topic, group)]);
-    cmd.arg(renew).arg(ttl.as_millis() as u64);
+    cmd.arg(renew)
+        .arg(ttl.as_millis() as u64)
+        .arg(u8::from(also.live))
+        .arg(u8::from(also.clean))
+        .arg(u8::from(!script_flags));
     (cmd, script)
 }
 
@@ -64,7 +87,11 @@ pub(crate) async fn heartbeat(
     ttl: Duration,
     script_flags: bool,
 ) -> Result<Vec<String>, Error> {
-    let (cmd, script) = heartbeat_cmd(topic, group, renew, ttl, script_flags);
+    let also = Also {
+        live: true,
+        clean: true,
+    };
+    let (cmd, script) = heartbeat_cmd(topic, group, renew, ttl, script_flags, also);
     let live: redis::Value = scripts::query(conn, &cmd, script).await?;
     parse_live(&live)
 }

@@ -3,11 +3,13 @@
 //! admin call these and speak in types. Nothing here knows the consumer or the admin.
 //!
 //! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
-//! (heartbeats), [`assignment`], [`group`] (consumer groups), [`due`] (entries waiting to
-//! run again), [`dlq`] (dead letters), [`trim`], [`topic`] (settings and layout),
-//! [`scripts`] (sent by hash) and [`conn`] (connections).
+//! (heartbeats), [`assignment`], [`view`] (what a coordinator reads each step),
+//! [`changes`] (hints that a topic's assignment moved), [`group`] (consumer groups),
+//! [`due`] (entries waiting to run again), [`dlq`] (dead letters), [`trim`], [`topic`]
+//! (settings and layout), [`scripts`] (sent by hash) and [`conn`] (connections).
 
 pub(crate) mod assignment;
+pub(crate) mod changes;
 pub(crate) mod conn;
 pub(crate) mod dlq;
 pub(crate) mod due;
@@ -17,6 +19,7 @@ pub(crate) mod scripts;
 pub(crate) mod stream;
 pub(crate) mod topic;
 pub(crate) mod trim;
+pub(crate) mod view;
 
 use redis::aio::ConnectionLike;
 

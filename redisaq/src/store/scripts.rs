@@ -29,26 +29,37 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 use redis::{RedisError, RedisResult, Value};
 pub(crate) use {lua_fence, lua_now};
 
-/// A script, plain and with `#!lua flags=allow-oom` (for Redis 7, where a script must say
-/// so to run on a full Redis).
+/// A script, plain (for Redis 6.2) and with flags that let it run on a full Redis (for
+/// Redis 7, where a script must say so): `allow-oom` for one that writes, `no-writes` for
+/// one that only reads.
 pub(crate) struct Lua {
     plain: redis::Script,
-    allow_oom: redis::Script,
+    flagged: redis::Script,
 }
 
 impl Lua {
+    /// A script that writes.
     pub(crate) fn new(text: &'static str) -> Self {
+        Self::with_flags(text, "allow-oom")
+    }
+
+    /// A script that only reads.
+    pub(crate) fn read_only(text: &'static str) -> Self {
+        Self::with_flags(text, "no-writes")
+    }
+
+    fn with_flags(text: &'static str, flags: &str) -> Self {
         Lua {
             plain: redis::Script::new(text),
-            allow_oom: redis::Script::new(&format!("#!lua flags=allow-oom\n{text}")),
+            flagged: redis::Script::new(&format!("#!lua flags={flags}\n{text}")),
         }
     }
 
-    /// The script to send: allowed on a full Redis when `allow_oom` (and the server takes
+    /// The script to send: allowed on a full Redis when `script_flags` (the server takes
     /// script flags).
-    pub(crate) fn script(&self, allow_oom: bool) -> &redis::Script {
-        if allow_oom {
-            &self.allow_oom
+    pub(crate) fn script(&self, script_flags: bool) -> &redis::Script {
+        if script_flags {
+            &self.flagged
         } else {
             &self.plain
         }

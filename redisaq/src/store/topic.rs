@@ -192,6 +192,9 @@ pub(crate) async fn raise(
                 .exec_async(conn)
                 .await?;
             spread_groups(conn, topic, previous, partitions).await?;
+            if previous < partitions {
+                super::changes::announce(conn, topic).await?;
+            }
             Ok(previous)
         }
         Err(e) if e.code() == Some("LOWER") => Err(Error::Partitions(format!(

@@ -1,0 +1,69 @@
+//! What a consumer's coordinator reads on each step, in one read-only script: the group's
+//! live members, its stored assignment and the topic's settings.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+
+use super::assignment::{self, Assignment};
+use super::scripts::{self, lua_now, Lua};
+use crate::error::Error;
+use crate::{keys, wire};
+
+const VIEW: &str = concat!(
+    lua_now!(),
+    r"local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local assignment = redis.call('HMGET', KEYS[2], 'generation', 'members', 'owners')
+local meta = redis.call('HMGET', KEYS[3], 'partitions', 'maxlen', 'layout')
+return {live, assignment, meta}
+"
+);
+
+static VIEW_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::read_only(VIEW));
+
+/// A group as its coordinator sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct View {
+    /// The live members, sorted.
+    pub live: Vec<String>,
+    pub assignment: Assignment,
+    /// The topic's stored settings; `None` where the record lacks them (a new topic, or
+    /// one Redis lost): then `store::topic::ensure` writes them.
+    pub partitions: Option<u32>,
+    pub maxlen: Option<u64>,
+    pub layout: Option<u32>,
+}
+
+/// Reads the view of `group` on `topic`.
+pub(crate) async fn read(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: &str,
+    script_flags: bool,
+) -> Result<View, Error> {
+    let script = VIEW_SCRIPT.script(script_flags);
+    let cmd = scripts::evalsha(
+        script,
+        &[
+            &keys::members(topic, group),
+            &keys::assignment(topic, group),
+            &keys::meta(topic),
+        ],
+    );
+    type Reply = (
+        redis::Value,
+        (Option<u64>, Option<String>, Option<String>),
+        (Option<u32>, Option<u64>, Option<u32>),
+    );
+    let (live, (generation, members, owners), (partitions, maxlen, layout)): Reply =
+        scripts::query(conn, &cmd, script).await?;
+    let mut live = wire::parse_strings(&live)?;
+    live.sort_unstable();
+    Ok(View {
+        live,
+        assignment: assignment::from_fields(generation, members.as_deref(), owners.as_deref()),
+        partitions: partitions.filter(|&p| p > 0),
+        maxlen,
+        layout,
+    })
+}
