@@ -7,10 +7,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, redis};
+use redisaq_tests::{eventually, id_set, redis, setup, worker_with_heartbeats, Background, Calls};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{oneshot, RwLock, Semaphore};
+use tokio::sync::{RwLock, Semaphore};
 
 /// Every test on the shared server holds this for reading; the test that pauses the
 /// server's writes holds it alone, so no other test's worker stalls meanwhile.
@@ -22,13 +22,12 @@ struct Mail {
 }
 
 static FAIL: AtomicBool = AtomicBool::new(true);
-static SEEN: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+/// (job id, attempt) of every call of `fragile`.
+static SEEN: Calls<(String, u32)> = Calls::new();
 
 #[job(topic = "cli_dlq", group = "cli_group", partitions = 2, retries = 0)]
 async fn fragile(job: Job<Mail>) -> Result<(), JobError> {
-    SEEN.lock()
-        .unwrap()
-        .push((job.id().to_string(), job.attempt()));
+    SEEN.push((job.id().to_string(), job.attempt()));
     if FAIL.load(Ordering::SeqCst) && job.payload().to.starts_with("bad") {
         return Err(JobError::fatal(format!("bad address {}", job.payload().to)));
     }
@@ -89,13 +88,10 @@ fn json_and_code(args: &[&str]) -> (i32, Value) {
 /// from `REDISAQ_*`), and heartbeats long enough that a busy machine never makes a live
 /// consumer look dead.
 fn worker(topic: &str) -> redisaq::Worker {
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    worker_with_heartbeats(Duration::from_millis(500), Duration::from_secs(10))
         .topics([topic])
         .consumer_name("cli")
         .concurrency(4)
-        .heartbeat_interval(Duration::from_millis(500))
-        .heartbeat_ttl(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
         .shutdown_timeout(Duration::from_secs(10))
 }
@@ -105,30 +101,6 @@ async fn run_worker_until(worker: redisaq::Worker, done: impl FnMut() -> bool + 
         redisaq_tests::run_worker_until(worker, done).await,
         "the worker got there"
     );
-}
-
-/// A worker running beside the test until [`Background::stop`].
-struct Background {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), redisaq::Error>>,
-}
-
-impl Background {
-    fn start(worker: redisaq::Worker) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Background { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("worker task")
-            .expect("worker stopped cleanly");
-    }
 }
 
 /// Holds a handler until `gate` is closed (at most a minute, so nothing hangs).
@@ -230,13 +202,12 @@ async fn race(args: &[&str], copies: usize) -> Vec<Output> {
 async fn inspect_replay_and_purge_dead_letters() {
     // Alone on the server: the concurrent replay below pauses its writes.
     let _alone = SERVER.write().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mails = ["bad1@x", "ok1@x", "bad2@x", "ok2@x", "bad3@x"].map(|to| Mail { to: to.into() });
     let ids = fragile::enqueue_batch(mails).await.unwrap();
     let bad_id = ids[0].to_string();
     run_worker_until(worker("cli_dlq"), || {
-        let seen = SEEN.lock().unwrap().len();
-        seen == 5 && dlq_length("cli_dlq") == 3
+        SEEN.len() == 5 && dlq_length("cli_dlq") == 3
     })
     .await;
 
@@ -345,11 +316,10 @@ async fn inspect_replay_and_purge_dead_letters() {
         "the dead letter is gone"
     );
     let runs_of_bad = || -> Vec<u32> {
-        SEEN.lock()
-            .unwrap()
-            .iter()
+        SEEN.all()
+            .into_iter()
             .filter(|(id, _)| *id == bad_id)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
             .collect()
     };
     // Run until the group has nothing left, then count: no second copy ran either.
@@ -420,18 +390,19 @@ fn an_unknown_topic_is_a_clear_error() {
     );
 }
 
-static MONITORED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call of `monitored`.
+static MONITORED: Calls<String> = Calls::new();
 
 #[job(topic = "cli_mon", group = "mon_group", partitions = 1)]
 async fn monitored(job: Job<Mail>) -> Result<(), JobError> {
-    MONITORED.lock().unwrap().push(job.id().to_string());
+    MONITORED.push(job.id().to_string());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_shows_a_dead_consumer_and_cleanup_waits_for_its_entries() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let ids = monitored::enqueue_batch((0..5).map(|i| Mail {
         to: format!("m{i}@x"),
     }))
@@ -476,17 +447,8 @@ async fn monitor_shows_a_dead_consumer_and_cleanup_waits_for_its_entries() {
     assert_eq!(report["kept"][0]["consumer"], "ghost");
 
     // A worker takes the partition over and, with it, the ghost's entries.
-    let expected: HashSet<String> = ids.iter().map(|id| id.to_string()).collect();
-    run_worker_until(worker("cli_mon"), move || {
-        MONITORED
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect::<HashSet<_>>()
-            == expected
-    })
-    .await;
+    let expected = id_set(ids);
+    run_worker_until(worker("cli_mon"), move || MONITORED.distinct() == expected).await;
 
     let out = redisaq_cli(&["monitor", "cli_mon", "mon_group", "--cleanup", "--json"]);
     let report: serde_json::Value =
@@ -511,7 +473,7 @@ async fn scaled(_job: Job<Mail>) -> Result<(), JobError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_advice_follows_the_backlog() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     scaled::enqueue_batch((0..10).map(|i| Mail {
         to: format!("s{i}@x"),
     }))
@@ -564,7 +526,7 @@ async fn slow(_job: Job<Mail>) -> Result<(), JobError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_advice_ignores_retained_history() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     slow::enqueue(Mail {
         to: "first@x".into(),
     })
@@ -644,7 +606,7 @@ fn dlq_length(topic: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_by_group_and_limit_and_shown_by_dead_letter_id() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     refused_by_a::enqueue_batch((0..3).map(|i| Mail {
         to: format!("l{i}@x"),
     }))
@@ -721,11 +683,12 @@ async fn dead_letters_are_listed_by_group_and_limit_and_shown_by_dead_letter_id(
 }
 
 static BUSY_GATE: Semaphore = Semaphore::const_new(0);
-static BUSY_RUNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call of `busy`.
+static BUSY_RUNS: Calls<String> = Calls::new();
 
 #[job(topic = "cli_busy", group = "busy_group", partitions = 1, retries = 0)]
 async fn busy(job: Job<Mail>) -> Result<(), JobError> {
-    BUSY_RUNS.lock().unwrap().push(job.id().to_string());
+    BUSY_RUNS.push(job.id().to_string());
     hold(&BUSY_GATE).await;
     Ok(())
 }
@@ -742,15 +705,14 @@ fn busy_monitor(args: &[&str]) -> (i32, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let ids: HashSet<String> = busy::enqueue_batch((0..3).map(|i| Mail {
-        to: format!("b{i}@x"),
-    }))
-    .await
-    .unwrap()
-    .iter()
-    .map(|id| id.to_string())
-    .collect();
+    setup();
+    let ids = id_set(
+        busy::enqueue_batch((0..3).map(|i| Mail {
+            to: format!("b{i}@x"),
+        }))
+        .await
+        .unwrap(),
+    );
     let worker = Background::start(worker("cli_busy").consumer_name("busy").concurrency(1));
     // With one slot, the first job runs (and holds it) and the other two wait in the
     // consumer's queue: three entries pending on it.
@@ -758,9 +720,7 @@ async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
     assert!(
         eventually(Duration::from_secs(30), || {
             seen = json_and_code(&["monitor", "cli_busy", "busy_group"]).1;
-            seen.as_array().unwrap().len() == 1
-                && seen[0]["pending"] == 3
-                && BUSY_RUNS.lock().unwrap().len() == 1
+            seen.as_array().unwrap().len() == 1 && seen[0]["pending"] == 3 && BUSY_RUNS.len() == 1
         })
         .await,
         "{seen}"
@@ -833,13 +793,7 @@ async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
     let mut conn = redis().connection();
     assert!(
         eventually(Duration::from_secs(30), || {
-            BUSY_RUNS
-                .lock()
-                .unwrap()
-                .iter()
-                .cloned()
-                .collect::<HashSet<_>>()
-                == ids
+            BUSY_RUNS.distinct() == ids
                 && redisaq_tests::pending(&mut conn, "cli_busy", "busy_group", 1) == 0
         })
         .await,
@@ -852,7 +806,7 @@ async fn monitor_flags_an_idle_and_an_overloaded_consumer() {
         "{consumer}"
     );
     assert_eq!(consumer["pending"], 0);
-    worker.stop().await;
+    worker.stop().await.expect("worker stopped cleanly");
 }
 
 static FULL_GATE: Semaphore = Semaphore::const_new(0);
@@ -866,7 +820,7 @@ async fn stuck(_job: Job<Mail>) -> Result<(), JobError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_holds_out_back_while_every_partition_has_a_consumer() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     stuck::enqueue_batch((0..4).map(|i| Mail {
         to: format!("f{i}@x"),
     }))
@@ -911,21 +865,22 @@ async fn scale_holds_out_back_while_every_partition_has_a_consumer() {
     assert_eq!(advice["decision"], "OUT", "{advice}");
 
     FULL_GATE.close();
-    worker.stop().await;
+    worker.stop().await.expect("worker stopped cleanly");
 }
 
-static PAIRED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call of `paired`.
+static PAIRED: Calls<String> = Calls::new();
 
 #[job(topic = "cli_pair", group = "pair_group", partitions = 2, retries = 0)]
 async fn paired(job: Job<Mail>) -> Result<(), JobError> {
-    PAIRED.lock().unwrap().push(job.id().to_string());
+    PAIRED.push(job.id().to_string());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_advises_in_when_several_consumers_have_little_to_do() {
     let _shared = SERVER.read().await;
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     paired::enqueue_batch((0..4).map(|i| Mail {
         to: format!("p{i}@x"),
     }))
@@ -960,24 +915,17 @@ async fn scale_advises_in_when_several_consumers_have_little_to_do() {
     );
 
     // One consumer left: nothing to take away.
-    first.stop().await;
+    first.stop().await.expect("worker stopped cleanly");
     let advice = json(&["scale", "cli_pair", "pair_group"]);
     assert_eq!(advice["consumers"], 1, "{advice}");
     assert_eq!(advice["decision"], "NO_SCALE", "{advice}");
-    second.stop().await;
+    second.stop().await.expect("worker stopped cleanly");
 }
 
 #[test]
 fn tls_with_a_private_ca_given_by_flag() {
-    let dir = std::env::temp_dir().join(format!("redisaq-cli-tls-{}", std::process::id()));
-    let files = redisaq_tests::tls::TlsFiles::generate(&dir);
-    let tls_port = redisaq_tests::free_port();
-    let args = files.server_args(tls_port);
-    let _server = redisaq_tests::RedisServer::start_with(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .expect("a TLS redis-server");
-    let url = format!("rediss://localhost:{tls_port}");
+    let files = redisaq_tests::tls::TlsFiles::generate_temp("redisaq-cli-tls");
+    let (_server, url) = files.start_server().expect("a TLS redis-server");
     let run = |extra: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_redisaq"))
             .args(["--redis-url", &url, "--json", "topics"])

@@ -2,13 +2,12 @@
 //! one node's URL: it reads and changes a topic whose partitions live on every master as
 //! it does on one node. (A process of its own: the producer's URL is process-wide.)
 
-use std::collections::HashSet;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::cluster::RedisCluster;
+use redisaq_tests::{id_set, Calls};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,7 +16,8 @@ struct Mail {
     to: String,
 }
 
-static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call.
+static SEEN: Calls<String> = Calls::new();
 
 #[job(
     topic = "cli_cluster",
@@ -26,7 +26,7 @@ static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
     retries = 0
 )]
 async fn deliver(job: Job<Mail>) -> Result<(), JobError> {
-    SEEN.lock().unwrap().push(job.id().to_string());
+    SEEN.push(job.id().to_string());
     if job.payload().to.starts_with("bad") {
         return Err(JobError::fatal(format!("bad address {}", job.payload().to)));
     }
@@ -61,22 +61,14 @@ async fn the_tool_reads_and_changes_a_topic_on_a_cluster() {
             format!("user{i}@x")
         },
     });
-    let ids: HashSet<String> = deliver::enqueue_batch(mails)
-        .await
-        .expect("enqueue")
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let ids = id_set(deliver::enqueue_batch(mails).await.expect("enqueue"));
     let worker = redisaq::Worker::new()
         .redis_url(cluster.url())
         .topics([deliver::TOPIC])
         .consumer_name("cli-cluster")
         .heartbeat_interval(Duration::from_millis(500))
         .heartbeat_ttl(Duration::from_secs(10));
-    let ran_all = redisaq_tests::run_worker_until(worker, || {
-        SEEN.lock().unwrap().iter().cloned().collect::<HashSet<_>>() == ids
-    })
-    .await;
+    let ran_all = redisaq_tests::run_worker_until(worker, || SEEN.distinct() == ids).await;
     assert!(ran_all, "the worker ran every job");
 
     // One node's URL is enough: the tool finds the rest of the cluster.

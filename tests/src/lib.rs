@@ -1,19 +1,33 @@
 //! A private `redis-server` for tests and examples, a fault-injecting proxy to put in
-//! front of it, and helpers to look at what redisaq left in it.
+//! front of it, helpers to look at what redisaq left in it, and what the tests' own
+//! handlers and workers share (a record of calls, a worker running beside the test).
 //!
 //! The server listens on a free loopback port, keeps nothing on disk, and dies with the
 //! process that started it (even on SIGKILL), so tests never touch a server someone else
 //! runs and never leave one behind.
 
 pub mod cluster;
+mod fixtures;
 pub mod proxy;
 pub mod tls;
+
+pub use fixtures::{enqueue_retrying, id_set, Background, Calls, Hold};
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The payload of the test worker's jobs, and of the tests' own jobs that need nothing
+/// else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Work {
+    /// A sequence number.
+    pub n: u64,
+}
 
 /// A `redis-server` child process on a free loopback port.
 pub struct RedisServer {
@@ -370,6 +384,12 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// What most tests start with: [`init_tracing`], and `enqueue` pointed at the test server.
+pub fn setup() {
+    init_tracing();
+    redisaq::set_redis_url(&redis().url()).unwrap();
+}
+
 /// A `test_worker` process on the test server, as a test would start one: short
 /// heartbeats (200 ms, TTL 600 ms), jobs taking `job_ms`, running only `topics`.
 /// `binary` is `env!("CARGO_BIN_EXE_test_worker")` of the calling test.
@@ -590,18 +610,31 @@ impl LoggedWorker {
     }
 }
 
-/// An in-process worker on the test server for `topics`: heartbeats every 200 ms (TTL
-/// 10 s, so nothing expires unless a test means it to) and quick retries (20–100 ms).
-/// Also points `enqueue` at the test server.
-pub fn test_worker(topics: &[&str]) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+/// An in-process worker on the test server that sends a heartbeat every `interval`, with a
+/// TTL of `ttl`; every other setting is the library's unless the test sets it.
+pub fn worker_with_heartbeats(interval: Duration, ttl: Duration) -> redisaq::Worker {
     redisaq::Worker::new()
         .redis_url(redis().url())
+        .heartbeat_interval(interval)
+        .heartbeat_ttl(ttl)
+}
+
+/// An in-process worker on the test server for `topics`: heartbeats every 200 ms (TTL
+/// 10 s, so nothing expires unless a test means it to) and quick retries (20–100 ms).
+/// Also does the [`setup`].
+pub fn test_worker(topics: &[&str]) -> redisaq::Worker {
+    setup();
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(10))
         .topics(topics.iter().copied())
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+}
+
+/// The error `worker` stops with at start, for tests of what it refuses to start with.
+pub async fn start_error(worker: redisaq::Worker) -> redisaq::Error {
+    worker
+        .run_until(async {})
+        .await
+        .expect_err("the worker refuses to start")
 }
 
 /// Runs `worker` until `done` holds (or a minute passed), then stops it cleanly; returns

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
+use crate::{free_port, RedisServer};
+
 /// PEM files in a directory of their own.
 pub struct TlsFiles {
     /// The CA certificate clients must trust.
@@ -41,6 +43,20 @@ impl TlsFiles {
         std::fs::write(&files.cert, server.pem()).unwrap();
         std::fs::write(&files.key, server_key.serialize_pem()).unwrap();
         files
+    }
+
+    /// [`TlsFiles::generate`] into `{name}-{process id}` in the system's temp directory.
+    pub fn generate_temp(name: &str) -> TlsFiles {
+        Self::generate(&std::env::temp_dir().join(format!("{name}-{}", std::process::id())))
+    }
+
+    /// A private `redis-server` serving TLS with these files on a free port, and the
+    /// `rediss://localhost:PORT` URL that reaches it.
+    pub fn start_server(&self) -> Result<(RedisServer, String), String> {
+        let port = free_port();
+        let args = self.server_args(port);
+        let server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok((server, format!("rediss://localhost:{port}")))
     }
 
     /// `redis-server` arguments serving TLS on `port` with these files (clients need no

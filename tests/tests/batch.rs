@@ -2,11 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{dead_letters, eventually, pending, redis, run_worker_until, test_worker};
+use redisaq_tests::{
+    dead_letters, eventually, pending, redis, run_worker_until, test_worker, Background, Calls,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,30 +23,21 @@ fn item(n: u64) -> Item {
     }
 }
 
-/// Every call's list of (n, attempt), by test.
-type Calls = HashMap<&'static str, Vec<Vec<(u64, u32)>>>;
-static CALLS: Mutex<Option<Calls>> = Mutex::new(None);
+/// (test, the (n, attempt) of each job) of every call.
+static CALLS: Calls<(&'static str, Vec<(u64, u32)>)> = Calls::new();
 
 fn record(tag: &'static str, jobs: &[Job<Item>]) {
-    CALLS
-        .lock()
-        .unwrap()
-        .get_or_insert_with(HashMap::new)
-        .entry(tag)
-        .or_default()
-        .push(jobs.iter().map(|j| (j.payload().n, j.attempt())).collect());
+    CALLS.push((
+        tag,
+        jobs.iter().map(|j| (j.payload().n, j.attempt())).collect(),
+    ));
 }
 
-fn calls(tag: &'static str) -> Vec<Vec<(u64, u32)>> {
-    CALLS
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(tag).cloned())
-        .unwrap_or_default()
+fn calls(tag: &str) -> Vec<Vec<(u64, u32)>> {
+    CALLS.tagged(tag)
 }
 
-fn processed(tag: &'static str) -> Vec<u64> {
+fn processed(tag: &str) -> Vec<u64> {
     calls(tag).into_iter().flatten().map(|(n, _)| n).collect()
 }
 
@@ -98,10 +90,7 @@ async fn half_full(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
 async fn a_half_full_batch_waits_for_more_then_goes_after_the_max_wait() {
     let _ = test_worker(&[half_full::TOPIC]);
     half_full::enqueue(item(0)).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(test_worker(&[half_full::TOPIC]).run_until(async {
-        let _ = stopped.await;
-    }));
+    let worker = Background::start(test_worker(&[half_full::TOPIC]));
     // Once the first job is read (pending), the batch waits for more: these two join it.
     let read = eventually(Duration::from_secs(30), || {
         // The group may not exist yet: that is "not read".
@@ -115,8 +104,7 @@ async fn a_half_full_batch_waits_for_more_then_goes_after_the_max_wait() {
     assert!(read, "the first job was read");
     half_full::enqueue_batch((1..3).map(item)).await.unwrap();
     let done = eventually(Duration::from_secs(60), || processed("wait").len() == 3).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
     assert!(done, "the partial batch never arrived: {:?}", calls("wait"));
     assert_eq!(
         calls("wait"),
@@ -183,7 +171,7 @@ async fn only_the_failed_jobs_of_a_batch_are_retried_and_dead_lettered() {
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
 /// The jobs of the call that panicked.
-static PANICKED_JOBS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static PANICKED_JOBS: Calls<u64> = Calls::new();
 
 #[job(
     topic = "batch_panic",
@@ -194,7 +182,9 @@ static PANICKED_JOBS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 )]
 async fn panics_once(jobs: Vec<Job<Item>>) -> Vec<Result<(), JobError>> {
     if !PANICKED.swap(true, Ordering::SeqCst) {
-        *PANICKED_JOBS.lock().unwrap() = jobs.iter().map(|j| j.payload().n).collect();
+        for job in &jobs {
+            PANICKED_JOBS.push(job.payload().n);
+        }
         panic!("handler bug");
     }
     record("panic", &jobs);
@@ -225,7 +215,7 @@ async fn a_panicking_handler_loses_nothing() {
         .map(|(n, _)| n)
         .collect();
     retried.sort_unstable();
-    let mut panicked = PANICKED_JOBS.lock().unwrap().clone();
+    let mut panicked = PANICKED_JOBS.all();
     panicked.sort_unstable();
     assert!(!panicked.is_empty());
     assert_eq!(
@@ -285,14 +275,12 @@ async fn a_result_vector_of_the_wrong_length_retries_the_whole_batch() {
     );
 }
 
-static ORDER: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+/// (key, n) of every call, in the order they ran.
+static ORDER: Calls<(String, u64)> = Calls::new();
 
 #[job(topic = "ordered", group = "ordered", partitions = 4, concurrency = 1)]
 async fn ordered(job: Job<Item>) -> Result<(), JobError> {
-    ORDER
-        .lock()
-        .unwrap()
-        .push((job.payload().key.clone(), job.payload().n));
+    ORDER.push((job.payload().key.clone(), job.payload().n));
     tokio::task::yield_now().await;
     Ok(())
 }
@@ -315,15 +303,15 @@ async fn jobs_of_one_key_run_in_order_with_concurrency_one() {
     // Concurrency 1 is what keeps one partition's jobs in order: set it here, whatever
     // REDISAQ_CONCURRENCY says.
     let done = run_worker_until(test_worker(&[ordered::TOPIC]).concurrency(1), || {
-        ORDER.lock().unwrap().len() == 200
+        ORDER.len() == 200
     })
     .await;
     assert!(done);
-    assert_eq!(ORDER.lock().unwrap().len(), 200, "each job once");
+    assert_eq!(ORDER.len(), 200, "each job once");
     let mut last: HashMap<String, u64> = HashMap::new();
-    for (key, n) in ORDER.lock().unwrap().iter() {
-        if let Some(previous) = last.insert(key.clone(), *n) {
-            assert!(previous < *n, "{key}: {n} ran after {previous}");
+    for (key, n) in ORDER.all() {
+        if let Some(previous) = last.insert(key.clone(), n) {
+            assert!(previous < n, "{key}: {n} ran after {previous}");
         }
     }
     assert_eq!(last.len(), 7);

@@ -5,18 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis};
-use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Work {
-    n: u64,
-}
+use redisaq_tests::{
+    eventually, pending, redis, setup, worker_with_heartbeats, Background, Calls, Work,
+};
 
 const PARTITIONS: u32 = 8;
 const CONCURRENCY: usize = 2;
@@ -25,7 +19,7 @@ const READ_AHEAD: usize = 256;
 
 static SLOW_DONE: AtomicU64 = AtomicU64::new(0);
 /// The payloads whose handler call returned.
-static SLOW_FINISHED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static SLOW_FINISHED: Calls<u64> = Calls::new();
 
 #[job(
     topic = "bounded_reads",
@@ -35,7 +29,7 @@ static SLOW_FINISHED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 )]
 async fn slow(job: Job<Work>) -> Result<(), JobError> {
     tokio::time::sleep(Duration::from_millis(2)).await;
-    SLOW_FINISHED.lock().unwrap().push(job.payload().n);
+    SLOW_FINISHED.push(job.payload().n);
     SLOW_DONE.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
@@ -73,7 +67,7 @@ fn held(conn: &mut redis::Connection) -> usize {
             }
         }
     }
-    let finished = SLOW_FINISHED.lock().unwrap();
+    let finished = SLOW_FINISHED.all();
     payloads.iter().filter(|n| !finished.contains(n)).count()
 }
 
@@ -81,25 +75,17 @@ fn held(conn: &mut redis::Connection) -> usize {
 /// partitions it took up to 8 × the queue at once (about all 1,200 jobs here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_holds_no_more_than_its_concurrency_and_read_ahead_however_many_partitions() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let jobs = 1200;
     slow::enqueue_batch((0..jobs).map(|n| Work { n }))
         .await
         .unwrap();
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(
-        redisaq::Worker::new()
-            .redis_url(redis().url())
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_millis(500), Duration::from_secs(5))
             .consumer_name("bounded")
-            .topics([slow::TOPIC])
-            .heartbeat_interval(Duration::from_millis(500))
-            .heartbeat_ttl(Duration::from_secs(5))
-            .run_until(async move {
-                let _ = stopped.await;
-            }),
+            .topics([slow::TOPIC]),
     );
     let mut most = 0;
     let done = eventually(Duration::from_secs(120), || {
@@ -110,8 +96,7 @@ async fn a_worker_holds_no_more_than_its_concurrency_and_read_ahead_however_many
         SLOW_DONE.load(Ordering::SeqCst) >= jobs
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
     assert!(done, "all jobs ran: {}", SLOW_DONE.load(Ordering::SeqCst));
     assert!(most > 0, "the sampling saw the worker hold jobs");
     // Running calls (concurrency × batch) plus the delivery queue (as much again plus
@@ -134,7 +119,7 @@ fn now_ms() -> u64 {
 /// Whether `failing` fails its first attempts (the test turns it off to let them pass).
 static FAIL_FIRST: AtomicBool = AtomicBool::new(true);
 /// (job n, attempt, when it started in ms) of every call of `failing`.
-static FAILING_CALLS: Mutex<Vec<(u64, u32, u64)>> = Mutex::new(Vec::new());
+static FAILING_CALLS: Calls<(u64, u32, u64)> = Calls::new();
 
 #[job(
     topic = "bounded_retries",
@@ -144,10 +129,7 @@ static FAILING_CALLS: Mutex<Vec<(u64, u32, u64)>> = Mutex::new(Vec::new());
     retries = 3
 )]
 async fn failing(job: Job<Work>) -> Result<(), JobError> {
-    FAILING_CALLS
-        .lock()
-        .unwrap()
-        .push((job.payload().n, job.attempt(), now_ms()));
+    FAILING_CALLS.push((job.payload().n, job.attempt(), now_ms()));
     if job.attempt() == 1 && FAIL_FIRST.load(Ordering::SeqCst) {
         return Err(JobError::retry("first attempts fail"));
     }
@@ -155,12 +137,9 @@ async fn failing(job: Job<Work>) -> Result<(), JobError> {
 }
 
 fn failing_worker(name: &str) -> redisaq::Worker {
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_millis(800))
         .consumer_name(name)
         .topics([failing::TOPIC])
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_millis(800))
         .retry_backoff(Duration::from_secs(4), Duration::from_secs(4))
 }
 
@@ -168,8 +147,7 @@ fn failing_worker(name: &str) -> redisaq::Worker {
 /// went away the next owner claimed the entry at once and ran it before its backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_wait_in_redis_and_the_next_owner_runs_them_when_due() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let jobs = 30;
     failing::enqueue_batch((0..jobs).map(|n| Work { n }))
@@ -180,7 +158,7 @@ async fn retries_wait_in_redis_and_the_next_owner_runs_them_when_due() {
     // killed; here its task is aborted, so it neither releases nor acks anything).
     let first = tokio::spawn(failing_worker("retries-a").run_until(std::future::pending::<()>()));
     let failed = eventually(Duration::from_secs(60), || {
-        FAILING_CALLS.lock().unwrap().len() as u64 >= jobs
+        FAILING_CALLS.len() as u64 >= jobs
     })
     .await;
     first.abort();
@@ -188,36 +166,24 @@ async fn retries_wait_in_redis_and_the_next_owner_runs_them_when_due() {
     assert!(failed, "every first attempt ran");
     FAIL_FIRST.store(false, Ordering::SeqCst);
     let failed_at: HashMap<u64, u64> = FAILING_CALLS
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|&(n, _, at)| (n, at))
+        .all()
+        .into_iter()
+        .map(|(n, _, at)| (n, at))
         .collect();
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let second = tokio::spawn(failing_worker("retries-b").run_until(async move {
-        let _ = stopped.await;
-    }));
+    let second = Background::start(failing_worker("retries-b"));
     let retried = eventually(Duration::from_secs(60), || {
-        FAILING_CALLS
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, attempt, _)| *attempt == 2)
-            .count() as u64
-            >= jobs
+        FAILING_CALLS.count(|(_, attempt, _)| *attempt == 2) as u64 >= jobs
             && pending(&mut conn, failing::TOPIC, failing::GROUP, 2) == 0
     })
     .await;
-    let _ = stop.send(());
-    second.await.unwrap().unwrap();
+    second.stop().await.unwrap();
     assert!(
         retried,
-        "every job ran its second attempt: {:?}",
-        FAILING_CALLS.lock().unwrap()
+        "every job ran its second attempt: {FAILING_CALLS:?}"
     );
 
-    let calls = FAILING_CALLS.lock().unwrap().clone();
+    let calls = FAILING_CALLS.all();
     for n in 0..jobs {
         let attempts: Vec<u32> = calls
             .iter()

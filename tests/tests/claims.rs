@@ -4,18 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
-use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Work {
-    n: u64,
-}
+use redisaq_tests::{
+    eventually, id_set, pending, redis, run_worker_until, setup, worker_command,
+    worker_with_heartbeats, Calls, KillOnDrop, Work,
+};
 
 fn stream_len(conn: &mut redis::Connection, topic: &str, partition: u32) -> u64 {
     redis::cmd("XLEN")
@@ -26,7 +21,7 @@ fn stream_len(conn: &mut redis::Connection, topic: &str, partition: u32) -> u64 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_in_another_process_uses_raised_partitions() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let topic = "claims_grow";
     // The test worker binary as a producer: a job without a key every 10 ms.
@@ -74,7 +69,7 @@ async fn a_producer_in_another_process_uses_raised_partitions() {
 }
 
 /// (group, job id) of every call of the reconsumption handlers.
-static HANDLED: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+static HANDLED: Calls<(&'static str, String)> = Calls::new();
 
 #[job(
     topic = "claims_reconsume",
@@ -84,10 +79,7 @@ static HANDLED: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
     retries = 0
 )]
 async fn reconsume_v1(job: Job<Work>) -> Result<(), JobError> {
-    HANDLED
-        .lock()
-        .unwrap()
-        .push(("reconsume_v1", job.id().to_string()));
+    HANDLED.push((reconsume_v1::GROUP, job.id().to_string()));
     Ok(())
 }
 
@@ -99,20 +91,15 @@ async fn reconsume_v1(job: Job<Work>) -> Result<(), JobError> {
     retries = 0
 )]
 async fn reconsume_v2(job: Job<Work>) -> Result<(), JobError> {
-    HANDLED
-        .lock()
-        .unwrap()
-        .push(("reconsume_v2", job.id().to_string()));
+    HANDLED.push((reconsume_v2::GROUP, job.id().to_string()));
     Ok(())
 }
 
 /// How many times `group` handled each job.
 fn handled(group: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    for (g, id) in HANDLED.lock().unwrap().iter() {
-        if *g == group {
-            *counts.entry(id.clone()).or_default() += 1;
-        }
+    for id in HANDLED.tagged(group) {
+        *counts.entry(id).or_default() += 1;
     }
     counts
 }
@@ -131,57 +118,37 @@ fn groups_on(conn: &mut redis::Connection, topic: &str, partition: u32) -> Vec<S
         .collect()
 }
 
-/// Runs a worker for one group of the reconsumption topic until `done` holds (bounded),
-/// then stops it; returns whether `done` held.
-async fn run_group(group: &str, mut done: impl FnMut() -> bool + Send + 'static) -> bool {
-    let (tx, rx) = oneshot::channel();
-    let outcome = redisaq::Worker::new()
-        .redis_url(redis().url())
+/// Runs a worker for one group of the reconsumption topic until the group handled every
+/// job of `ids` and has nothing pending (bounded), then stops it; returns whether it got
+/// there.
+async fn run_group(group: &'static str, ids: &HashSet<String>) -> bool {
+    let worker = worker_with_heartbeats(Duration::from_secs(1), Duration::from_secs(10))
         .consumer_name(group)
         .topics([reconsume_v1::TOPIC])
         .groups([group])
-        .heartbeat_interval(Duration::from_secs(1))
-        .heartbeat_ttl(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .concurrency(4)
-        .shutdown_timeout(Duration::from_secs(10))
-        .run_until(async move {
-            let _ = tx.send(eventually(Duration::from_secs(60), &mut done).await);
-        })
-        .await;
-    assert!(outcome.is_ok(), "the {group} worker ran: {outcome:?}");
-    rx.await.unwrap()
+        .shutdown_timeout(Duration::from_secs(10));
+    run_worker_until(worker, || {
+        handled(group).keys().cloned().collect::<HashSet<_>>() == *ids
+            && pending(&mut redis().connection(), reconsume_v1::TOPIC, group, 3) == 0
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_added_after_another_finished_reconsumes_every_job_once() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     const JOBS: usize = 60;
-    let ids: HashSet<String> = reconsume_v1::enqueue_batch((0..JOBS as u64).map(|n| Work { n }))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(
+        reconsume_v1::enqueue_batch((0..JOBS as u64).map(|n| Work { n }))
+            .await
+            .unwrap(),
+    );
     assert_eq!(ids.len(), JOBS);
 
-    let expected = ids.clone();
-    let first_done = run_group(reconsume_v1::GROUP, move || {
-        handled(reconsume_v1::GROUP)
-            .keys()
-            .cloned()
-            .collect::<HashSet<_>>()
-            == expected
-            && pending(
-                &mut redis().connection(),
-                reconsume_v1::TOPIC,
-                reconsume_v1::GROUP,
-                3,
-            ) == 0
-    })
-    .await;
+    let first_done = run_group(reconsume_v1::GROUP, &ids).await;
     assert!(first_done, "group v1 processed every job");
     assert!(handled(reconsume_v2::GROUP).is_empty());
     for partition in 0..3 {
@@ -193,21 +160,7 @@ async fn a_group_added_after_another_finished_reconsumes_every_job_once() {
     }
 
     // Group v2 starts only now, after v1 finished everything.
-    let expected = ids.clone();
-    let second_done = run_group(reconsume_v2::GROUP, move || {
-        handled(reconsume_v2::GROUP)
-            .keys()
-            .cloned()
-            .collect::<HashSet<_>>()
-            == expected
-            && pending(
-                &mut redis().connection(),
-                reconsume_v2::TOPIC,
-                reconsume_v2::GROUP,
-                3,
-            ) == 0
-    })
-    .await;
+    let second_done = run_group(reconsume_v2::GROUP, &ids).await;
     assert!(
         second_done,
         "group v2 reconsumed every job: {} of {JOBS}",

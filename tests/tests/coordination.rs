@@ -9,15 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redisaq_tests::{
-    calls, eventually, intervals, overlaps, pending, redis, starts, worker_command,
-    worker_command_at, KillOnDrop, RedisServer,
+    calls, eventually, intervals, overlaps, pending, redis, setup, starts, worker_command,
+    worker_command_at, KillOnDrop, RedisServer, Work,
 };
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Work {
-    n: u64,
-}
 
 // Producer-side declarations of the test worker's topics (same topic and partitions).
 #[redisaq::job(topic = "coord", group = "coord_group", partitions = 8)]
@@ -185,7 +179,7 @@ fn assert_once(conn: &mut redis::Connection, topic: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_crashes_and_pauses_lose_nothing_and_never_overlap() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     const TOTAL: usize = 20_000;
     let workers: Vec<Worker> = (1..=3)
@@ -273,7 +267,7 @@ async fn joins_crashes_and_pauses_lose_nothing_and_never_overlap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_partitions_at_run_time_spreads_the_work() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let workers = [
         Worker::start("g1", "grow", 1, Ttl::Long),
@@ -328,7 +322,7 @@ async fn raising_partitions_at_run_time_spreads_the_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_pauses_only_the_partitions_that_move() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let first = Worker::start("j1", "join", 1, Ttl::Long);
     let second = Worker::start("j2", "join", 1, Ttl::Long);

@@ -2,11 +2,12 @@
 //! then dead-lettered, bad entries dead-lettered, several groups, keyed routing, trimming.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{dead_letters, pending, redis, run_worker_until, test_worker};
+use redisaq_tests::{
+    dead_letters, id_set, pending, redis, run_worker_until, start_error, test_worker, Calls,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,32 +15,20 @@ struct Task {
     n: u64,
 }
 
-/// (job id, attempt, partition) of every handler call, by test.
-type Calls = HashMap<String, Vec<(String, u32, u32)>>;
-static SEEN: Mutex<Option<Calls>> = Mutex::new(None);
+/// (test, (job id, attempt, partition)) of every handler call.
+static SEEN: Calls<(&'static str, (String, u32, u32))> = Calls::new();
 
-fn record(tag: &str, job: &Job<Task>) {
-    SEEN.lock()
-        .unwrap()
-        .get_or_insert_with(HashMap::new)
-        .entry(tag.to_string())
-        .or_default()
-        .push((job.id().to_string(), job.attempt(), job.partition()));
+fn record(tag: &'static str, job: &Job<Task>) {
+    SEEN.push((tag, (job.id().to_string(), job.attempt(), job.partition())));
 }
 
 fn seen(tag: &str) -> Vec<(String, u32, u32)> {
-    SEEN.lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(tag).cloned())
-        .unwrap_or_default()
+    SEEN.tagged(tag)
 }
 
 fn seen_ids(tag: &str) -> HashSet<String> {
     seen(tag).into_iter().map(|(id, _, _)| id).collect()
 }
-
-/// Runs the worker until `done` holds (or a generous guard expires), then stops it.
 
 #[job(topic = "core_bulk", group = "bulk_group", partitions = 4)]
 async fn bulk(job: Job<Task>) -> Result<(), JobError> {
@@ -53,9 +42,7 @@ async fn a_thousand_jobs_over_four_partitions_are_all_processed() {
     let mut ids = HashSet::new();
     for chunk in 0..10u64 {
         let batch: Vec<Task> = (0..100).map(|i| Task { n: chunk * 100 + i }).collect();
-        for id in bulk::enqueue_batch(batch).await.unwrap() {
-            ids.insert(id.to_string());
-        }
+        ids.extend(id_set(bulk::enqueue_batch(batch).await.unwrap()));
     }
     assert_eq!(ids.len(), 1000);
     let expected = ids.clone();
@@ -243,12 +230,11 @@ async fn fanout_b(job: Job<Task>) -> Result<(), JobError> {
 async fn every_group_gets_every_job_even_when_it_starts_later() {
     let _ = test_worker(&[]);
     // Enqueued before either group exists: both read from the oldest entry.
-    let ids: HashSet<String> = fanout_a::enqueue_batch((0..50).map(|n| Task { n }))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(
+        fanout_a::enqueue_batch((0..50).map(|n| Task { n }))
+            .await
+            .unwrap(),
+    );
     let expected = ids.clone();
     let done = run_worker_until(test_worker(&[fanout_a::TOPIC]), move || {
         seen_ids("fanout_a") == expected && seen_ids("fanout_b") == expected
@@ -299,10 +285,7 @@ async fn jobs_with_one_key_share_a_partition() {
 
 #[tokio::test]
 async fn running_with_an_unknown_topic_fails_with_a_clear_error() {
-    let error = test_worker(&["no_such_topic"])
-        .run_until(async {})
-        .await
-        .unwrap_err();
+    let error = start_error(test_worker(&["no_such_topic"])).await;
     let message = error.to_string();
     assert!(
         message.contains("no_such_topic") && message.contains("core_bulk"),
@@ -312,11 +295,8 @@ async fn running_with_an_unknown_topic_fails_with_a_clear_error() {
 
 #[tokio::test]
 async fn a_bad_heartbeat_setting_names_the_variable() {
-    let error = test_worker(&[bulk::TOPIC])
-        .heartbeat_ttl(Duration::from_millis(100))
-        .run_until(async {})
-        .await
-        .unwrap_err();
+    let error =
+        start_error(test_worker(&[bulk::TOPIC]).heartbeat_ttl(Duration::from_millis(100))).await;
     assert!(
         error.to_string().contains("REDISAQ_HEARTBEAT_TTL_MS"),
         "{error}"
@@ -347,12 +327,11 @@ async fn trim_slow(job: Job<Task>) -> Result<(), JobError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_what_a_group_still_has_pending() {
     let _ = test_worker(&[]);
-    let ids: HashSet<String> = trim_fast::enqueue_batch((0..1_000).map(|n| Task { n }))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(
+        trim_fast::enqueue_batch((0..1_000).map(|n| Task { n }))
+            .await
+            .unwrap(),
+    );
     let expected = ids.clone();
     // The slow group holds every job pending through a retry backoff while the fast
     // group finishes them all and the trimmer runs on every heartbeat.

@@ -5,10 +5,19 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use redisaq_tests::{eventually, pending, redis, starts, worker_command, KillOnDrop};
+use redisaq_tests::{
+    eventually, id_set, pending, redis, setup, starts, worker_command, KillOnDrop, Work,
+};
 
 const TOPIC: &str = "crash";
 const GROUP: &str = "crash_group";
+
+// Producer-side declaration of the test worker's `crash` topic: this process runs no
+// handler of it, it only enqueues.
+#[redisaq::job(topic = "crash", group = "producer_only", partitions = 4)]
+async fn crash_producer(_job: redisaq::Job<Work>) -> Result<(), redisaq::JobError> {
+    Ok(())
+}
 
 fn spawn_worker(name: &str) -> KillOnDrop {
     // A TTL long enough that a loaded machine does not make a lease lapse, short
@@ -57,15 +66,13 @@ fn consumers_of(
 async fn a_worker_killed_mid_run_loses_no_job() {
     let mut conn = redis().connection();
     // Enqueue through the library, from this process.
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut ids = HashSet::new();
     for round in 0..4u64 {
-        let payloads: Vec<serde_json::Value> = (0..100)
-            .map(|i| serde_json::json!({ "n": round * 100 + i }))
-            .collect();
-        for id in enqueue(payloads).await {
-            ids.insert(id);
-        }
+        let payloads = (0..100).map(|i| Work { n: round * 100 + i });
+        ids.extend(id_set(
+            crash_producer::enqueue_batch(payloads).await.unwrap(),
+        ));
     }
 
     let mut first = spawn_worker("first");
@@ -115,38 +122,22 @@ async fn a_worker_killed_mid_run_loses_no_job() {
     );
 }
 
-/// Enqueues raw JSON payloads through a `#[job]`-less path: the test process has no
-/// handler for the topic, so it uses the same wire format via a local job declaration.
-async fn enqueue(payloads: Vec<serde_json::Value>) -> Vec<String> {
-    crash_producer::enqueue_batch(payloads)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect()
-}
-
-#[redisaq::job(topic = "crash", group = "producer_only", partitions = 4)]
-async fn crash_producer(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
-    Ok(())
-}
-
+// Producer-side declaration of the test worker's `graceful` topic: this process runs no
+// handler of it, it only enqueues.
 #[redisaq::job(topic = "graceful", group = "graceful_group", partitions = 2)]
-async fn graceful_producer(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
+async fn graceful_producer(_job: redisaq::Job<Work>) -> Result<(), redisaq::JobError> {
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_running_jobs_and_hands_everything_back() {
     let mut conn = redis().connection();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let ids: HashSet<String> =
-        graceful_producer::enqueue_batch((0..200).map(|n| serde_json::json!({ "n": n })))
+    setup();
+    let ids = id_set(
+        graceful_producer::enqueue_batch((0..200).map(|n| Work { n }))
             .await
-            .unwrap()
-            .into_iter()
-            .map(|id| id.to_string())
-            .collect();
+            .unwrap(),
+    );
     let done = |conn: &mut redis::Connection| redisaq_tests::calls(conn, "graceful");
 
     let mut first = KillOnDrop::spawn(

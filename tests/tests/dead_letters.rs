@@ -2,22 +2,20 @@
 //! keeping the job's key; replayed only into the group that gave up; and the layout in
 //! Redis: today's is versioned, an older one is migrated, a newer one is left untouched.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::admin::Admin;
 use redisaq::{job, EnqueueOptions, Job, JobError};
 use redisaq_tests::{
-    dead_letters, eventually, init_tracing, pending, redis, run_worker_until, test_worker,
+    dead_letters, eventually, init_tracing, pending, redis, run_worker_until, setup, test_worker,
+    worker_with_heartbeats, Background, Calls, Hold,
 };
-use tokio::sync::oneshot;
 
-static HOLD_STARTED: AtomicBool = AtomicBool::new(false);
-static HOLD_RELEASED: AtomicBool = AtomicBool::new(false);
+/// Holds the first call of `refused`.
+static HOLD: Hold = Hold::new();
 /// (job id, attempt) of every call of `refused`.
-static REFUSED_CALLS: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+static REFUSED_CALLS: Calls<(String, u32)> = Calls::new();
 
 #[job(
     topic = "dl_fenced",
@@ -26,15 +24,8 @@ static REFUSED_CALLS: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
     retries = 0
 )]
 async fn refused(job: Job<u64>) -> Result<(), JobError> {
-    REFUSED_CALLS
-        .lock()
-        .unwrap()
-        .push((job.id().to_string(), job.attempt()));
-    if !HOLD_STARTED.swap(true, Ordering::SeqCst) {
-        while !HOLD_RELEASED.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    REFUSED_CALLS.push((job.id().to_string(), job.attempt()));
+    HOLD.hold_first().await;
     Err(JobError::fatal("refused for good"))
 }
 
@@ -42,29 +33,16 @@ async fn refused(job: Job<u64>) -> Result<(), JobError> {
 /// ran again under the new lease and was dead-lettered a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_lost_its_lease_writes_no_dead_letter() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
+    setup();
     // Heartbeats far apart: the renewal must not be what notices the lost lease.
-    let running = tokio::spawn(
-        redisaq::Worker::new()
-            .redis_url(redis().url())
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_secs(20), Duration::from_secs(60))
             .topics([refused::TOPIC])
             .consumer_name("dl-fenced")
-            .concurrency(1)
-            .heartbeat_interval(Duration::from_secs(20))
-            .heartbeat_ttl(Duration::from_secs(60))
-            .run_until(async {
-                let _ = stopped.await;
-            }),
+            .concurrency(1),
     );
     let id = refused::enqueue(0).await.unwrap().to_string();
-    assert!(
-        eventually(Duration::from_secs(30), || HOLD_STARTED
-            .load(Ordering::SeqCst))
-        .await,
-        "the job started"
-    );
+    assert!(HOLD.started().await, "the job started");
     let mut conn = redis().connection();
     // Someone else holds the partition for a while.
     let _: () = redis::cmd("SET")
@@ -74,7 +52,7 @@ async fn a_consumer_that_lost_its_lease_writes_no_dead_letter() {
         .arg(1500)
         .query(&mut conn)
         .unwrap();
-    HOLD_RELEASED.store(true, Ordering::SeqCst);
+    HOLD.release();
     let settled = eventually(Duration::from_secs(60), || {
         dead_letters(&mut redis().connection(), refused::TOPIC).len() == 1
             && pending(&mut redis().connection(), refused::TOPIC, refused::GROUP, 1) == 0
@@ -82,9 +60,8 @@ async fn a_consumer_that_lost_its_lease_writes_no_dead_letter() {
     .await;
     // Time for a second dead letter to show, were one written.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
-    let calls = REFUSED_CALLS.lock().unwrap().clone();
+    worker.stop().await.unwrap();
+    let calls = REFUSED_CALLS.all();
     let letters = dead_letters(&mut conn, refused::TOPIC);
     assert!(settled, "the job was dead-lettered: {calls:?} {letters:?}");
     assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
@@ -98,7 +75,7 @@ async fn a_consumer_that_lost_its_lease_writes_no_dead_letter() {
 }
 
 /// (n, attempt) of every call of `keyed`.
-static KEYED_CALLS: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+static KEYED_CALLS: Calls<(u64, u32)> = Calls::new();
 /// Whether `keyed` fails (the test turns it off before the replay).
 static KEYED_FAILS: AtomicBool = AtomicBool::new(true);
 
@@ -111,10 +88,7 @@ static KEYED_FAILS: AtomicBool = AtomicBool::new(true);
     dlq_maxlen = 5
 )]
 async fn keyed(job: Job<u64>) -> Result<(), JobError> {
-    KEYED_CALLS
-        .lock()
-        .unwrap()
-        .push((*job.payload(), job.attempt()));
+    KEYED_CALLS.push((*job.payload(), job.attempt()));
     if KEYED_FAILS.load(Ordering::SeqCst) {
         return Err(JobError::fatal(format!("job {} fails", job.payload())));
     }
@@ -123,19 +97,18 @@ async fn keyed(job: Job<u64>) -> Result<(), JobError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_keep_the_newest_dlq_maxlen_and_the_jobs_key() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     for n in 0..12u64 {
         keyed::enqueue_with(n, EnqueueOptions::new().key(format!("customer-{n}")))
             .await
             .unwrap();
     }
     let all_failed = run_worker_until(test_worker(&[keyed::TOPIC]), || {
-        KEYED_CALLS.lock().unwrap().len() == 12
+        KEYED_CALLS.len() == 12
             && pending(&mut redis().connection(), keyed::TOPIC, keyed::GROUP, 1) == 0
     })
     .await;
-    assert!(all_failed, "{:?}", KEYED_CALLS.lock().unwrap());
+    assert!(all_failed, "{KEYED_CALLS:?}");
     let mut conn = redis().connection();
     let letters = dead_letters(&mut conn, keyed::TOPIC);
     let kept: Vec<u64> = letters
@@ -174,15 +147,15 @@ async fn dead_letters_keep_the_newest_dlq_maxlen_and_the_jobs_key() {
     let key: String = newest.ids[0].get("key").unwrap();
     assert_eq!(key, "customer-11");
     let rerun = run_worker_until(test_worker(&[keyed::TOPIC]), || {
-        KEYED_CALLS.lock().unwrap().contains(&(11, 1)) && KEYED_CALLS.lock().unwrap().len() == 13
+        KEYED_CALLS.contains(&(11, 1)) && KEYED_CALLS.len() == 13
     })
     .await;
-    assert!(rerun, "{:?}", KEYED_CALLS.lock().unwrap());
+    assert!(rerun, "{KEYED_CALLS:?}");
     assert_eq!(dead_letters(&mut conn, keyed::TOPIC).len(), 4);
 }
 
 /// Calls per (group, n) of the two handlers of `dl_replay`.
-static REPLAY_CALLS: Mutex<Vec<(&'static str, u64)>> = Mutex::new(Vec::new());
+static REPLAY_CALLS: Calls<(&'static str, u64)> = Calls::new();
 static A_FAILS: AtomicBool = AtomicBool::new(true);
 
 #[job(
@@ -192,7 +165,7 @@ static A_FAILS: AtomicBool = AtomicBool::new(true);
     retries = 0
 )]
 async fn replay_a(job: Job<u64>) -> Result<(), JobError> {
-    REPLAY_CALLS.lock().unwrap().push(("a", *job.payload()));
+    REPLAY_CALLS.push(("a", *job.payload()));
     if *job.payload() == 1 && A_FAILS.load(Ordering::SeqCst) {
         return Err(JobError::fatal("a cannot do job 1"));
     }
@@ -206,16 +179,8 @@ async fn replay_a(job: Job<u64>) -> Result<(), JobError> {
     retries = 0
 )]
 async fn replay_b(job: Job<u64>) -> Result<(), JobError> {
-    REPLAY_CALLS.lock().unwrap().push(("b", *job.payload()));
+    REPLAY_CALLS.push(("b", *job.payload()));
     Ok(())
-}
-
-fn replay_calls() -> HashMap<(&'static str, u64), usize> {
-    let mut counts = HashMap::new();
-    for call in REPLAY_CALLS.lock().unwrap().iter() {
-        *counts.entry(*call).or_default() += 1;
-    }
-    counts
 }
 
 /// Both groups have read everything there is and hold nothing.
@@ -228,18 +193,17 @@ async fn both_groups_done(admin: &Admin) -> bool {
 /// it fine, ran it a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_runs_the_job_again_only_in_the_group_that_gave_up() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let admin = Admin::connect(&redis().url()).await.unwrap();
     replay_a::enqueue_batch(0..4).await.unwrap();
     let handle = tokio::runtime::Handle::current();
     let first = run_worker_until(test_worker(&[replay_a::TOPIC]), || {
-        let calls = replay_calls();
+        let calls = REPLAY_CALLS.counts();
         (0..4).all(|n| calls.contains_key(&("a", n)) && calls.contains_key(&("b", n)))
             && tokio::task::block_in_place(|| handle.block_on(both_groups_done(&admin)))
     })
     .await;
-    assert!(first, "{:?}", replay_calls());
+    assert!(first, "{:?}", REPLAY_CALLS.counts());
     let letters = admin.dead_letters(replay_a::TOPIC, None, 10).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].group, "dl_replay_a");
@@ -248,11 +212,11 @@ async fn a_replay_runs_the_job_again_only_in_the_group_that_gave_up() {
     let replayed = admin.replay(replay_a::TOPIC, None, &[]).await.unwrap();
     assert_eq!(replayed.len(), 1);
     let again = run_worker_until(test_worker(&[replay_a::TOPIC]), || {
-        replay_calls().get(&("a", 1)) == Some(&2)
+        REPLAY_CALLS.counts().get(&("a", 1)) == Some(&2)
             && tokio::task::block_in_place(|| handle.block_on(both_groups_done(&admin)))
     })
     .await;
-    let calls = replay_calls();
+    let calls = REPLAY_CALLS.counts();
     assert!(again, "group a ran job 1 again: {calls:?}");
     assert_eq!(
         calls.get(&("b", 1)),
@@ -266,11 +230,11 @@ async fn a_replay_runs_the_job_again_only_in_the_group_that_gave_up() {
         .is_empty());
 }
 
-static LEGACY_CALLS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LEGACY_CALLS: Calls<String> = Calls::new();
 
 #[job(topic = "dl_legacy", group = "dl_legacy_group", partitions = 2)]
 async fn legacy(job: Job<serde_json::Value>) -> Result<(), JobError> {
-    LEGACY_CALLS.lock().unwrap().push(job.id().to_string());
+    LEGACY_CALLS.push(job.id().to_string());
     Ok(())
 }
 
@@ -318,8 +282,7 @@ fn write_layout_1(conn: &mut redis::Connection) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_1_topic_with_jobs_and_dead_letters_is_migrated() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     write_layout_1(&mut conn);
     let admin = Admin::connect(&redis().url()).await.unwrap();
@@ -367,12 +330,11 @@ async fn a_layout_1_topic_with_jobs_and_dead_letters_is_migrated() {
     let replayed = admin.replay(legacy::TOPIC, None, &[]).await.unwrap();
     assert_eq!(replayed.len(), 2);
     let ran = run_worker_until(test_worker(&[legacy::TOPIC]), || {
-        LEGACY_CALLS.lock().unwrap().len() == 6
+        LEGACY_CALLS.len() == 6
             && pending(&mut redis().connection(), legacy::TOPIC, legacy::GROUP, 2) == 0
     })
     .await;
-    let mut calls = LEGACY_CALLS.lock().unwrap().clone();
-    calls.sort();
+    let calls = LEGACY_CALLS.sorted();
     assert!(ran, "{calls:?}");
     assert_eq!(
         calls,
@@ -438,18 +400,17 @@ async fn a_worker_refuses_a_topic_of_a_newer_layout_and_leaves_it_untouched() {
     );
 }
 
-static FORMAT_CALLS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static FORMAT_CALLS: Calls<u64> = Calls::new();
 
 #[job(topic = "dl_format", group = "dl_format_group", partitions = 1)]
 async fn format(job: Job<u64>) -> Result<(), JobError> {
-    FORMAT_CALLS.lock().unwrap().push(*job.payload());
+    FORMAT_CALLS.push(*job.payload());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_of_a_newer_format_is_neither_run_nor_dead_lettered() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     format::enqueue(1).await.unwrap();
     let mut conn = redis().connection();
     let _: String = redis::cmd("XADD")
@@ -465,12 +426,11 @@ async fn an_entry_of_a_newer_format_is_neither_run_nor_dead_lettered() {
         .unwrap();
     format::enqueue(3).await.unwrap();
     let ran = run_worker_until(test_worker(&[format::TOPIC]), || {
-        FORMAT_CALLS.lock().unwrap().len() == 2
+        FORMAT_CALLS.len() == 2
             && pending(&mut redis().connection(), format::TOPIC, format::GROUP, 1) == 1
     })
     .await;
-    let mut calls = FORMAT_CALLS.lock().unwrap().clone();
-    calls.sort();
+    let calls = FORMAT_CALLS.sorted();
     assert!(ran, "{calls:?}");
     assert_eq!(calls, [1, 3]);
     assert!(dead_letters(&mut conn, format::TOPIC).is_empty());

@@ -2,6 +2,7 @@
 //! functions at random: the worker refuses to start and names both.
 
 use redisaq::{job, Job, JobError};
+use redisaq_tests::{redis, start_error};
 
 #[job(topic = "dup", group = "same_group")]
 async fn first_handler(_job: Job<String>) -> Result<(), JobError> {
@@ -19,11 +20,7 @@ mod elsewhere {
 
 #[tokio::test]
 async fn two_handlers_for_one_group_fail_at_start() {
-    let error = redisaq::Worker::new()
-        .redis_url(redisaq_tests::redis().url())
-        .run_until(async {})
-        .await
-        .unwrap_err();
+    let error = start_error(redisaq::Worker::new().redis_url(redis().url())).await;
     let message = error.to_string();
     assert!(
         matches!(error, redisaq::Error::DuplicateHandler { .. }),

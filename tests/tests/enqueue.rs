@@ -33,16 +33,27 @@ fn stored(server: &RedisServer) -> Vec<String> {
         .collect()
 }
 
-fn parts(error: Error) -> (Vec<JobId>, Vec<JobId>, Vec<JobId>, String) {
-    match error {
-        Error::Enqueue {
-            stored,
-            not_stored,
-            unknown,
-            reason,
-        } => (stored, not_stored, unknown, reason),
-        other => panic!("not an enqueue error: {other}"),
-    }
+/// Checks that `error` is an enqueue error whose reason contains `reason`, with as many
+/// jobs stored, surely not stored and of unknown fate as `fates` says; returns the unknown
+/// ones.
+fn check(error: Error, fates: [usize; 3], reason: &str) -> Vec<JobId> {
+    let message = error.to_string();
+    let Error::Enqueue {
+        stored,
+        not_stored,
+        unknown,
+        reason: said,
+    } = error
+    else {
+        panic!("not an enqueue error: {message}");
+    };
+    assert_eq!(
+        [stored.len(), not_stored.len(), unknown.len()],
+        fates,
+        "stored, not stored, unknown: {message}"
+    );
+    assert!(said.contains(reason), "{message}");
+    unknown
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,11 +68,7 @@ async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
     let error = faulty::enqueue_with(1, EnqueueOptions::new().timeout(Duration::from_secs(30)))
         .await
         .unwrap_err();
-    let message = error.to_string();
-    let (ok, not_stored, unknown, reason) = parts(error);
-    assert!(ok.is_empty() && unknown.is_empty(), "{message}");
-    assert_eq!(not_stored.len(), 1, "{message}");
-    assert!(reason.contains("cannot be reached"), "{message}");
+    check(error, [0, 1, 0], "cannot be reached");
 
     // Redis stops answering while the job is on its way: the deadline ends the wait,
     // and the job's fate is unknown. Once the network heals it turns out stored.
@@ -71,11 +78,7 @@ async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
     let error = faulty::enqueue_with(3, EnqueueOptions::new().timeout(Duration::from_millis(300)))
         .await
         .unwrap_err();
-    let message = error.to_string();
-    let (ok, not_stored, unknown, reason) = parts(error);
-    assert!(ok.is_empty() && not_stored.is_empty(), "{message}");
-    assert_eq!(unknown.len(), 1, "{message}");
-    assert!(reason.contains("no answer within 300 ms"), "{message}");
+    let unknown = check(error, [0, 0, 1], "no answer within 300 ms");
     proxy.set(Fault::Pass);
     let landed = redisaq_tests::eventually(Duration::from_secs(30), || {
         stored(&server).contains(&unknown[0].to_string())
@@ -108,11 +111,7 @@ async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
         .query(&mut conn)
         .unwrap();
     let error = faulty::enqueue_batch(10..20).await.unwrap_err();
-    let message = error.to_string();
-    let (ok, not_stored, unknown, reason) = parts(error);
-    assert!(ok.is_empty() && unknown.is_empty(), "{message}");
-    assert_eq!(not_stored.len(), 10, "{message}");
-    assert!(reason.contains("out of memory"), "{message}");
+    check(error, [0, 10, 0], "out of memory");
     // Memory freed: enqueue works again without anyone touching the producer.
     let _: () = redis::cmd("DEL").arg("filler").query(&mut conn).unwrap();
     faulty::enqueue_batch(20..30)
@@ -129,10 +128,6 @@ async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
     )
     .await
     .unwrap_err();
-    let message = error.to_string();
-    let (ok, not_stored, unknown, reason) = parts(error);
-    assert!(ok.is_empty() && not_stored.is_empty(), "{message}");
-    assert_eq!(unknown.len(), 1, "{message}");
-    assert!(reason.contains("only 0 of the 1 replica"), "{message}");
+    let unknown = check(error, [0, 0, 1], "only 0 of the 1 replica");
     assert!(stored(&server).contains(&unknown[0].to_string()));
 }

@@ -5,26 +5,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::{
-    calls, dead_letters, eventually, init_tracing, pending, redis, worker_command, KillOnDrop,
+    calls, dead_letters, eventually, id_set, pending, redis, setup, worker_command,
+    worker_with_heartbeats, Background, Calls, KillOnDrop, Work,
 };
-use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Work {
-    n: u64,
-}
 
 /// The payload that panics in `panicking`.
 const PANICS: u64 = 7;
 
 /// (n, attempt) of every call of `panicking`.
-static PANIC_CALLS: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+static PANIC_CALLS: Calls<(u64, u32)> = Calls::new();
 
 #[job(
     topic = "failures_panic",
@@ -34,24 +27,17 @@ static PANIC_CALLS: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
     retries = 2
 )]
 async fn panicking(job: Job<Work>) -> Result<(), JobError> {
-    PANIC_CALLS
-        .lock()
-        .unwrap()
-        .push((job.payload().n, job.attempt()));
+    PANIC_CALLS.push((job.payload().n, job.attempt()));
     if job.payload().n == PANICS {
         panic!("the handler broke on job {}", job.payload().n);
     }
     Ok(())
 }
 
-fn panic_calls() -> Vec<(u64, u32)> {
-    PANIC_CALLS.lock().unwrap().clone()
-}
-
 /// How many times each payload was handled.
 fn handled() -> HashMap<u64, usize> {
     let mut counts = HashMap::new();
-    for (n, _) in panic_calls() {
+    for (n, _) in PANIC_CALLS.all() {
         *counts.entry(n).or_default() += 1;
     }
     counts
@@ -59,28 +45,20 @@ fn handled() -> HashMap<u64, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_worker_goes_on() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let ids = panicking::enqueue_batch((0..20).map(|n| Work { n }))
         .await
         .unwrap();
     let panicking_id = ids[PANICS as usize].to_string();
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(
-        redisaq::Worker::new()
-            .redis_url(redis().url())
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_secs(1), Duration::from_secs(10))
             .consumer_name("panics")
             .topics([panicking::TOPIC])
-            .heartbeat_interval(Duration::from_secs(1))
-            .heartbeat_ttl(Duration::from_secs(10))
             .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
             .concurrency(4)
-            .shutdown_timeout(Duration::from_secs(10))
-            .run_until(async move {
-                let _ = stopped.await;
-            }),
+            .shutdown_timeout(Duration::from_secs(10)),
     );
     let dead_lettered = eventually(Duration::from_secs(60), || {
         !dead_letters(&mut conn, panicking::TOPIC).is_empty()
@@ -96,11 +74,7 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_worker_goes_o
         handled().len() == 30 && pending(&mut conn, panicking::TOPIC, panicking::GROUP, 2) == 0
     })
     .await;
-    let _ = stop.send(());
-    let outcome = tokio::time::timeout(Duration::from_secs(60), running)
-        .await
-        .expect("the worker stopped")
-        .expect("the worker task did not panic");
+    let outcome = worker.stop().await;
     assert!(outcome.is_ok(), "the worker ran on: {outcome:?}");
     assert!(dead_lettered, "the panicking job was dead-lettered");
     assert!(
@@ -109,7 +83,8 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_worker_goes_o
         handled()
     );
 
-    let attempts: Vec<u32> = panic_calls()
+    let attempts: Vec<u32> = PANIC_CALLS
+        .all()
         .into_iter()
         .filter(|(n, _)| *n == PANICS)
         .map(|(_, attempt)| attempt)
@@ -137,14 +112,9 @@ const POISON: u64 = 999_999;
 /// `retries` of the test worker's `crash_loop` handler.
 const RETRIES: u64 = 2;
 
-// Producer-side declarations of the test worker's crash-loop topics.
-#[job(
-    topic = "crash_loop",
-    group = "crash_loop_group",
-    partitions = 4,
-    concurrency = 1,
-    retries = 2
-)]
+// Producer-side declarations of the test worker's crash-loop topics (same topic and
+// partitions).
+#[job(topic = "crash_loop", group = "crash_loop_group", partitions = 4)]
 async fn crash_loop(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
@@ -152,9 +122,7 @@ async fn crash_loop(_job: Job<Work>) -> Result<(), JobError> {
 #[job(
     topic = "crash_loop_bystanders",
     group = "crash_loop_group",
-    partitions = 4,
-    concurrency = 1,
-    retries = 2
+    partitions = 4
 )]
 async fn crash_loop_bystanders(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
@@ -191,18 +159,14 @@ async fn crash_loop_scenario(
     topic: &'static str,
     enqueue: fn(Vec<Work>) -> EnqueueFuture,
 ) -> CrashLoop {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let mut payloads: Vec<Work> = (0..40).map(|n| Work { n }).collect();
     payloads.insert(20, Work { n: POISON });
-    let ids: Vec<String> = enqueue(payloads)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
-    let poison_id = ids[20].clone();
-    let others: HashSet<String> = ids.into_iter().filter(|id| *id != poison_id).collect();
+    let ids = enqueue(payloads).await.unwrap();
+    let poison_id = ids[20].to_string();
+    let mut others = id_set(ids);
+    others.remove(&poison_id);
 
     let settled = |conn: &mut redis::Connection| {
         let letters: HashSet<String> = dead_letters(conn, topic)

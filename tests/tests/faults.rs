@@ -3,79 +3,68 @@
 //! until it holds the lease again.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::proxy::{Fault, Proxy};
-use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use redisaq_tests::{
+    dead_letters, eventually, id_set, pending, redis, setup, worker_with_heartbeats, Background,
+    Calls, Hold,
+};
 
-static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call of `starting`.
+static STARTED: Calls<String> = Calls::new();
 
 #[job(topic = "fault_start", group = "start_group", partitions = 2)]
 async fn starting(job: Job<u64>) -> Result<(), JobError> {
-    STARTED.lock().unwrap().push(job.id().to_string());
+    STARTED.push(job.id().to_string());
     Ok(())
+}
+
+/// A proxy in front of the test server, and a worker for `topic` that reaches the server
+/// only through it (heartbeats every 500 ms, with a TTL of `ttl`).
+fn proxied_worker(topic: &str, ttl: Duration) -> (Proxy, redisaq::Worker) {
+    setup();
+    let proxy = Proxy::start(redis().port());
+    let worker = worker_with_heartbeats(Duration::from_millis(500), ttl)
+        .redis_url(proxy.url())
+        .topics([topic])
+        .concurrency(4);
+    (proxy, worker)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_connections_fail_while_it_starts_keeps_trying() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let proxy = Proxy::start(redis().port());
+    let (proxy, worker) = proxied_worker(starting::TOPIC, Duration::from_secs(5));
     // Nothing answers at first, then every connection is cut after one reply.
     proxy.set(Fault::Refuse);
-    let worker = redisaq::Worker::new()
-        .redis_url(proxy.url())
-        .topics([starting::TOPIC])
-        .concurrency(4)
-        .heartbeat_interval(Duration::from_millis(500))
-        .heartbeat_ttl(Duration::from_secs(5));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
+    let worker = Background::start(worker);
     let refused = eventually(Duration::from_secs(60), || {
-        proxy.accepted() >= 10 || running.is_finished()
+        proxy.accepted() >= 10 || worker.is_finished()
     })
     .await;
     assert!(refused, "the worker tried to connect");
     proxy.set(Fault::CutAfterReply);
     let cut = eventually(Duration::from_secs(60), || {
-        proxy.cuts() >= 5 || running.is_finished()
+        proxy.cuts() >= 5 || worker.is_finished()
     })
     .await;
     assert!(cut, "the worker's connections were cut");
-    assert!(
-        !running.is_finished(),
-        "the worker gave up while its connections failed: {:?}",
-        running.await
-    );
+    if worker.is_finished() {
+        panic!(
+            "the worker gave up while its connections failed: {:?}",
+            worker.stop().await
+        );
+    }
     proxy.set(Fault::Pass);
 
-    let ids: HashSet<String> = starting::enqueue_batch(0..20)
+    let ids = id_set(starting::enqueue_batch(0..20).await.unwrap());
+    let done = eventually(Duration::from_secs(60), || STARTED.distinct() == ids).await;
+    worker
+        .stop()
         .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
-    let done = eventually(Duration::from_secs(60), || {
-        STARTED
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect::<HashSet<_>>()
-            == ids
-    })
-    .await;
-    let _ = stop.send(());
-    running
-        .await
-        .unwrap()
         .expect("the worker ran and stopped cleanly");
-    assert!(done, "processed {} of 20", STARTED.lock().unwrap().len());
+    assert!(done, "processed {} of 20", STARTED.len());
     assert_eq!(
         pending(
             &mut redis().connection(),
@@ -88,11 +77,11 @@ async fn a_worker_whose_connections_fail_while_it_starts_keeps_trying() {
 }
 
 /// (job id, attempt, the lease's value in Redis when the call started) of every call.
-static FENCED: Mutex<Vec<(String, u32, Option<String>)>> = Mutex::new(Vec::new());
+static FENCED: Calls<(String, u32, Option<String>)> = Calls::new();
 /// The fencing token of every call, in order.
-static TOKENS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
-static HOLD_STARTED: AtomicBool = AtomicBool::new(false);
-static HOLD_RELEASED: AtomicBool = AtomicBool::new(false);
+static TOKENS: Calls<u64> = Calls::new();
+/// Holds the first attempt of job 0.
+static HOLD: Hold = Hold::new();
 
 fn lease_key() -> String {
     redisaq::keys::lease(fenced::TOPIC, 0, fenced::GROUP)
@@ -109,75 +98,43 @@ async fn fenced(job: Job<u64>) -> Result<(), JobError> {
         .arg(lease_key())
         .query(&mut redis().connection())
         .unwrap();
-    FENCED
-        .lock()
-        .unwrap()
-        .push((job.id().to_string(), job.attempt(), lease));
-    TOKENS.lock().unwrap().push(job.fencing_token());
+    FENCED.push((job.id().to_string(), job.attempt(), lease));
+    TOKENS.push(job.fencing_token());
     if *job.payload() == 0 && job.attempt() == 1 {
-        HOLD_STARTED.store(true, Ordering::SeqCst);
-        while !HOLD_RELEASED.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        HOLD.hold().await;
     }
     Ok(())
 }
 
 async fn run_fenced_case(tamper: impl FnOnce(&mut redis::Connection)) {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     // Heartbeats far apart: the renewal must not be what notices the missing lease.
-    let worker = redisaq::Worker::new()
-        .redis_url(redis().url())
-        .topics([fenced::TOPIC])
-        .consumer_name("fenced")
-        .concurrency(1)
-        .heartbeat_interval(Duration::from_secs(20))
-        .heartbeat_ttl(Duration::from_secs(60));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
-    let held = fenced::enqueue(0).await.unwrap().to_string();
-    assert!(
-        eventually(Duration::from_secs(30), || HOLD_STARTED
-            .load(Ordering::SeqCst))
-        .await,
-        "the first job started"
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_secs(20), Duration::from_secs(60))
+            .topics([fenced::TOPIC])
+            .consumer_name("fenced")
+            .concurrency(1),
     );
+    let held = fenced::enqueue(0).await.unwrap().to_string();
+    assert!(HOLD.started().await, "the first job started");
     let mut conn = redis().connection();
     tamper(&mut conn);
-    HOLD_RELEASED.store(true, Ordering::SeqCst);
+    HOLD.release();
 
     let rerun = eventually(Duration::from_secs(60), || {
-        FENCED
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(id, attempt, _)| *id == held && *attempt == 2)
+        FENCED.count(|(id, attempt, _)| *id == held && *attempt == 2) > 0
     })
     .await;
     // Jobs enqueued afterwards run once the lease is ours again.
-    let later: HashSet<String> = fenced::enqueue_batch(1..4)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let later = id_set(fenced::enqueue_batch(1..4).await.unwrap());
     let finished = eventually(Duration::from_secs(60), || {
-        let seen: HashSet<String> = FENCED
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, _, _)| id.clone())
-            .collect();
+        let seen: HashSet<String> = FENCED.all().into_iter().map(|(id, _, _)| id).collect();
         later.is_subset(&seen)
             && pending(&mut redis().connection(), fenced::TOPIC, fenced::GROUP, 1) == 0
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
-    let calls = FENCED.lock().unwrap().clone();
+    worker.stop().await.unwrap();
+    let calls = FENCED.all();
     assert!(
         rerun,
         "the job whose ack was refused ran again as attempt 2: {calls:?}"
@@ -199,7 +156,7 @@ async fn run_fenced_case(tamper: impl FnOnce(&mut redis::Connection)) {
     assert_eq!(calls.len(), 5, "each later job once: {calls:?}");
     // The token grew when the partition was taken again, and each call's lease value
     // carries the token it ran under.
-    let tokens = TOKENS.lock().unwrap().clone();
+    let tokens = TOKENS.all();
     assert!(
         tokens[1] > tokens[0],
         "a new holding, a larger token: {tokens:?}"
@@ -228,48 +185,28 @@ async fn a_refused_ack_stops_the_partition_until_its_lease_is_taken_again() {
     .await;
 }
 
-static LOST_REPLY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call of `lost_reply`.
+static LOST_REPLY: Calls<String> = Calls::new();
 
 #[job(topic = "fault_lost_reply", group = "lost_reply_group", partitions = 1)]
 async fn lost_reply(job: Job<u64>) -> Result<(), JobError> {
-    LOST_REPLY.lock().unwrap().push(job.id().to_string());
+    LOST_REPLY.push(job.id().to_string());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_delivered_by_a_read_whose_reply_was_lost_still_run() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let proxy = Proxy::start(redis().port());
-    let worker = redisaq::Worker::new()
-        .redis_url(proxy.url())
-        .topics([lost_reply::TOPIC])
-        .consumer_name("lossy")
-        .concurrency(4)
-        .heartbeat_interval(Duration::from_millis(500))
-        .heartbeat_ttl(Duration::from_secs(30));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
+    let (proxy, worker) = proxied_worker(lost_reply::TOPIC, Duration::from_secs(30));
+    let worker = Background::start(worker.consumer_name("lossy"));
     let first = lost_reply::enqueue(0).await.unwrap().to_string();
     assert!(
-        eventually(Duration::from_secs(30), || LOST_REPLY
-            .lock()
-            .unwrap()
-            .contains(&first))
-        .await,
+        eventually(Duration::from_secs(30), || LOST_REPLY.contains(&first)).await,
         "the worker runs"
     );
     // Redis carries out the worker's commands but its replies are lost: the blocked
     // read delivers these jobs to the worker, which never sees them.
     proxy.set(Fault::DropReplies);
-    let ids: HashSet<String> = lost_reply::enqueue_batch(1..6)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(lost_reply::enqueue_batch(1..6).await.unwrap());
     let delivered = eventually(Duration::from_secs(30), || {
         pending(
             &mut redis().connection(),
@@ -282,8 +219,7 @@ async fn jobs_delivered_by_a_read_whose_reply_was_lost_still_run() {
     assert!(delivered, "Redis delivered the jobs to the worker");
     proxy.set(Fault::Pass);
     let done = eventually(Duration::from_secs(60), || {
-        let seen: HashSet<String> = LOST_REPLY.lock().unwrap().iter().cloned().collect();
-        ids.is_subset(&seen)
+        ids.is_subset(&LOST_REPLY.distinct())
             && pending(
                 &mut redis().connection(),
                 lost_reply::TOPIC,
@@ -292,9 +228,8 @@ async fn jobs_delivered_by_a_read_whose_reply_was_lost_still_run() {
             ) == 0
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
-    let seen = LOST_REPLY.lock().unwrap().clone();
+    worker.stop().await.unwrap();
+    let seen = LOST_REPLY.all();
     assert!(done, "ran {seen:?}");
     assert_eq!(seen.len(), 6, "each job once: {seen:?}");
 }

@@ -2,21 +2,18 @@
 //! is raised still gets every job once it comes back, even on a topic trimmed hard.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis};
+use redisaq_tests::{
+    eventually, id_set, pending, redis, setup, worker_with_heartbeats, Background, Calls,
+};
 
-static SEEN: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+/// (group, job id) of every call.
+static SEEN: Calls<(&'static str, String)> = Calls::new();
 
 fn seen(group: &str) -> Vec<String> {
-    SEEN.lock()
-        .unwrap()
-        .iter()
-        .filter(|(g, _)| *g == group)
-        .map(|(_, id)| id.clone())
-        .collect()
+    SEEN.tagged(group)
 }
 
 #[job(
@@ -26,7 +23,7 @@ fn seen(group: &str) -> Vec<String> {
     maxlen = 100
 )]
 async fn online(job: Job<u64>) -> Result<(), JobError> {
-    SEEN.lock().unwrap().push(("online", job.id().to_string()));
+    SEEN.push(("online", job.id().to_string()));
     Ok(())
 }
 
@@ -37,19 +34,15 @@ async fn online(job: Job<u64>) -> Result<(), JobError> {
     maxlen = 100
 )]
 async fn offline(job: Job<u64>) -> Result<(), JobError> {
-    SEEN.lock().unwrap().push(("offline", job.id().to_string()));
+    SEEN.push(("offline", job.id().to_string()));
     Ok(())
 }
 
 fn worker(group: &str) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    setup();
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(10))
         .topics([online::TOPIC])
         .groups([group])
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10))
 }
 
 fn groups_on(partition: u32) -> HashSet<String> {
@@ -70,10 +63,7 @@ async fn a_group_offline_while_partitions_are_raised_misses_nothing() {
         })
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker("online").run_until(async {
-        let _ = stopped.await;
-    }));
+    let running = Background::start(worker("online"));
     assert_eq!(redisaq::set_partitions(online::TOPIC, 4).await.unwrap(), 2);
     for partition in 2..4 {
         assert!(
@@ -87,15 +77,14 @@ async fn a_group_offline_while_partitions_are_raised_misses_nothing() {
         let batch = online::enqueue_batch((0..100).map(|i| chunk * 100 + i))
             .await
             .unwrap();
-        ids.extend(batch.into_iter().map(|id| id.to_string()));
+        ids.extend(id_set(batch));
     }
     let expected = ids.clone();
     let online_done = eventually(Duration::from_secs(60), || {
         seen("online").into_iter().collect::<HashSet<_>>() == expected
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert!(online_done, "the online group ran every job");
 
     // The offline group comes back and gets every job, new partitions included.
@@ -122,25 +111,19 @@ async fn a_group_offline_while_partitions_are_raised_misses_nothing() {
 
 #[job(topic = "meta_lost", group = "meta_group", partitions = 2)]
 async fn meta_lost(job: Job<u64>) -> Result<(), JobError> {
-    SEEN.lock().unwrap().push(("meta", job.id().to_string()));
+    SEEN.push(("meta", job.id().to_string()));
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_topic_metadata_keeps_the_raised_partition_count() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     meta_lost::enqueue(0).await.unwrap();
     assert_eq!(
         redisaq::set_partitions(meta_lost::TOPIC, 4).await.unwrap(),
         2
     );
-    let ids: HashSet<String> = meta_lost::enqueue_batch(1..41)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(meta_lost::enqueue_batch(1..41).await.unwrap());
     // The record goes (eviction, a restart that kept only some keys, a DEL)...
     let mut conn = redis().connection();
     let _: () = redis::cmd("DEL")
@@ -149,11 +132,8 @@ async fn lost_topic_metadata_keeps_the_raised_partition_count() {
         .unwrap();
     // ...and a worker declaring 2 partitions still finds and runs all 4.
     let expected = ids.clone();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(10))
         .topics([meta_lost::TOPIC])
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10))
         .run_until(async move {
             eventually(Duration::from_secs(60), || {
                 let seen: HashSet<String> = seen("meta").into_iter().collect();

@@ -2,12 +2,14 @@
 //! failed attempt, and a hand-over waits for running calls only up to the release
 //! deadline, so a hung job cannot hold its partition (and every job behind it) forever.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{dead_letters, eventually, init_tracing, pending, redis};
+use redisaq_tests::{
+    dead_letters, eventually, id_set, pending, redis, setup, worker_with_heartbeats, Background,
+    Calls,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,51 +19,36 @@ struct Work {
     hang_attempts: u32,
 }
 
-/// (tag, n, attempt) of every call that returned.
-static DONE: Mutex<Vec<(&'static str, u64, u32)>> = Mutex::new(Vec::new());
-/// (tag, n, attempt) of every call that started.
-static STARTED: Mutex<Vec<(&'static str, u64, u32)>> = Mutex::new(Vec::new());
+/// (tag, (n, attempt)) of every call that returned.
+static DONE: Calls<(&'static str, (u64, u32))> = Calls::new();
+/// (tag, (n, attempt)) of every call that started.
+static STARTED: Calls<(&'static str, (u64, u32))> = Calls::new();
 
 async fn run(tag: &'static str, job: &Job<Work>) -> Result<(), JobError> {
     let work = job.payload();
-    STARTED.lock().unwrap().push((tag, work.n, job.attempt()));
+    STARTED.push((tag, (work.n, job.attempt())));
     if job.attempt() <= work.hang_attempts {
         std::future::pending::<()>().await;
     }
-    DONE.lock().unwrap().push((tag, work.n, job.attempt()));
+    DONE.push((tag, (work.n, job.attempt())));
     Ok(())
 }
 
 fn done(tag: &str) -> Vec<(u64, u32)> {
-    DONE.lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, _, _)| *t == tag)
-        .map(|(_, n, a)| (*n, *a))
-        .collect()
+    DONE.tagged(tag)
 }
 
 fn started(tag: &str) -> Vec<(u64, u32)> {
-    STARTED
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, _, _)| *t == tag)
-        .map(|(_, n, a)| (*n, *a))
-        .collect()
+    STARTED.tagged(tag)
 }
 
 fn worker(topic: &str, name: &str) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    setup();
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(2))
         .topics([topic])
         .consumer_name(name)
         .concurrency(8)
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(2))
         .shutdown_timeout(Duration::from_millis(500))
 }
 
@@ -92,18 +79,14 @@ async fn a_call_past_its_timeout_is_cancelled_and_counts_as_a_failed_attempt() {
     })
     .await
     .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(worker(timed::TOPIC, "timeout").run_until(async {
-        let _ = stopped.await;
-    }));
+    let running = Background::start(worker(timed::TOPIC, "timeout"));
     let finished = eventually(Duration::from_secs(60), || {
         done("timed").contains(&(1, 3))
             && dead_letters(&mut redis().connection(), timed::TOPIC).len() == 1
             && pending(&mut redis().connection(), timed::TOPIC, timed::GROUP, 1) == 0
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert!(finished, "started {:?}", started("timed"));
     let mut attempts: HashMap<u64, Vec<u32>> = HashMap::new();
     for (n, attempt) in started("timed") {
@@ -133,19 +116,13 @@ async fn a_hung_call_cannot_stall_a_hand_over() {
     }))
     .await
     .unwrap();
-    let (stop_first, first_stopped) = tokio::sync::oneshot::channel::<()>();
-    let first = tokio::spawn(worker(handed_over::TOPIC, "first").run_until(async {
-        let _ = first_stopped.await;
-    }));
+    let first = Background::start(worker(handed_over::TOPIC, "first"));
     assert!(
         eventually(Duration::from_secs(30), || started("handover").len() == 2).await,
         "both hanging jobs started"
     );
     // A second consumer joins: one partition, with its hung call, moves to it.
-    let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(worker(handed_over::TOPIC, "second").run_until(async {
-        let _ = second_stopped.await;
-    }));
+    let second = Background::start(worker(handed_over::TOPIC, "second"));
     let assignment = redisaq::keys::assignment(handed_over::TOPIC, handed_over::GROUP);
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -177,25 +154,21 @@ async fn a_hung_call_cannot_stall_a_hand_over() {
     .await;
     let owners: Vec<Option<String>> = (0..2).map(lease_owner).collect();
     // And jobs behind the hung ones run, on both partitions.
-    let ids: HashSet<String> = handed_over::enqueue_batch((10..50).map(|n| Work {
-        n,
-        hang_attempts: 0,
-    }))
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|id| id.to_string())
-    .collect();
+    let ids = id_set(
+        handed_over::enqueue_batch((10..50).map(|n| Work {
+            n,
+            hang_attempts: 0,
+        }))
+        .await
+        .unwrap(),
+    );
     assert_eq!(ids.len(), 40);
     let all_done = eventually(Duration::from_secs(60), || {
         done("handover").iter().filter(|(n, _)| *n >= 10).count() >= 40
     })
     .await;
-    let _ = stop_first.send(());
-    let _ = stop_second.send(());
     // The hung calls outlive the shutdown deadline: both workers say so.
-    let _ = first.await.unwrap();
-    let _ = second.await.unwrap();
+    let _ = tokio::join!(first.stop(), second.stop());
     assert!(handed, "the second consumer took its partition: {owners:?}");
     assert!(
         all_done,

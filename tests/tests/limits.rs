@@ -13,14 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Semaphore};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Work {
-    n: u64,
-}
+use redisaq_tests::{
+    eventually, pending, redis, setup, worker_command, worker_with_heartbeats, Background,
+    KillOnDrop, Work,
+};
+use tokio::sync::Semaphore;
 
 /// Calls of one handler: how many run now and at most, how many finished, and the gate
 /// each call waits at.
@@ -132,13 +129,9 @@ async fn overridden(_job: Job<Work>) -> Result<(), JobError> {
     OVERRIDDEN.call(1).await
 }
 
-// Producer-side declaration of the test worker's `REDISAQ_CONCURRENCY` topic.
-#[job(
-    topic = "limits_env",
-    group = "limits_env_group",
-    partitions = 2,
-    concurrency = 3
-)]
+// Producer-side declaration of the test worker's `REDISAQ_CONCURRENCY` topic (same topic
+// and partitions).
+#[job(topic = "limits_env", group = "limits_env_group", partitions = 2)]
 async fn limits_env(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
@@ -146,14 +139,10 @@ async fn limits_env(_job: Job<Work>) -> Result<(), JobError> {
 /// A worker with every setting these tests rely on given explicitly (long heartbeats:
 /// nothing here depends on expiry).
 fn worker(topic: &str) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    setup();
+    worker_with_heartbeats(Duration::from_secs(1), Duration::from_secs(10))
         .consumer_name(format!("{topic}-worker"))
         .topics([topic])
-        .heartbeat_interval(Duration::from_secs(1))
-        .heartbeat_ttl(Duration::from_secs(10))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .shutdown_timeout(Duration::from_secs(10))
 }
@@ -189,10 +178,7 @@ async fn measure(
         partitions,
     } = subject;
     assert_eq!(enqueue.await.unwrap().len(), jobs);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(worker.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let worker = Background::start(worker);
     let mut conn = redis().connection();
     // At the limit with more jobs fetched than running (or past the limit: the check of
     // the maximum says so).
@@ -218,11 +204,7 @@ async fn measure(
         }
     }
     gauge.gate.add_permits(10_000);
-    let _ = stop.send(());
-    let outcome = tokio::time::timeout(Duration::from_secs(60), running)
-        .await
-        .expect("the worker stopped")
-        .expect("the worker task did not panic");
+    let outcome = worker.stop().await;
     assert!(outcome.is_ok(), "the worker ran: {outcome:?}");
     assert!(
         piled_up,
@@ -348,7 +330,7 @@ fn counter(conn: &mut redis::Connection, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redisaq_concurrency_overrides_the_handlers_setting() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     const JOBS: u64 = 15;
     limits_env::enqueue_batch((0..JOBS).map(|n| Work { n }))

@@ -5,13 +5,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use redisaq_tests::{calls, eventually, pending, redis, starts, LoggedWorker};
+use redisaq_tests::{calls, eventually, id_set, pending, redis, setup, starts, LoggedWorker, Work};
 
 const TEST_WORKER: &str = env!("CARGO_BIN_EXE_test_worker");
 
 // Producer-side declarations of the test worker's topics.
 #[redisaq::job(topic = "crash", group = "crash_group", partitions = 4)]
-async fn crash(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
+async fn crash(_job: redisaq::Job<Work>) -> Result<(), redisaq::JobError> {
     Ok(())
 }
 
@@ -52,16 +52,15 @@ fn pending_by_consumer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_jobs_never_cost_a_worker_its_partitions() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     // 3 s jobs, 8 slots, 4 partitions, heartbeats far shorter than a job.
     let a = LoggedWorker::test_worker(TEST_WORKER, "a", "crash", 3_000, 200, 1_500);
-    let ids: HashSet<String> = crash::enqueue_batch((0..60).map(|n| serde_json::json!({ "n": n })))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(
+        crash::enqueue_batch((0..60).map(|n| Work { n }))
+            .await
+            .unwrap(),
+    );
     assert!(
         eventually(Duration::from_secs(30), || starts(&mut conn, "crash").len()
             >= 8)

@@ -2,27 +2,25 @@
 //! so, a worker starts all the same, drains and trims the topic, and enqueue works again
 //! by itself once memory is free. Its own test binary: it fills its server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Error, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis};
+use redisaq_tests::{eventually, id_set, pending, redis, setup, worker_with_heartbeats, Calls};
 
-static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call.
+static SEEN: Calls<String> = Calls::new();
 
 #[job(topic = "full", group = "full_group", partitions = 2, maxlen = 100)]
 async fn drain(job: Job<String>) -> Result<(), JobError> {
-    SEEN.lock().unwrap().push(job.id().to_string());
+    SEEN.push(job.id().to_string());
     Ok(())
 }
 
 fn worker() -> redisaq::Worker {
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(3))
         .topics([drain::TOPIC])
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(3))
 }
 
 fn used_memory(conn: &mut redis::Connection) -> u64 {
@@ -35,8 +33,7 @@ fn used_memory(conn: &mut redis::Connection) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     // The topic and its group exist before memory runs out.
     worker()
@@ -71,7 +68,7 @@ async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
     let mut refusal = None;
     for _ in 0..200 {
         match drain::enqueue_batch((0..100).map(|_| payload.clone())).await {
-            Ok(ids) => stored.extend(ids.into_iter().map(|id| id.to_string())),
+            Ok(ids) => stored.extend(id_set(ids)),
             Err(error) => {
                 refusal = Some(error);
                 break;
@@ -89,7 +86,7 @@ async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
     };
     assert!(reason.contains("out of memory"), "{reason}");
     assert!(unknown.is_empty(), "{unknown:?}");
-    stored.extend(partly.into_iter().map(|id| id.to_string()));
+    stored.extend(id_set(partly));
     // Keep it full whatever Redis frees by itself meanwhile: the limit just below use.
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -105,10 +102,7 @@ async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
     let outcome = recovered.clone();
     worker()
         .run_until(async move {
-            let drained = eventually(Duration::from_secs(60), || {
-                SEEN.lock().unwrap().iter().cloned().collect::<HashSet<_>>() == expected
-            })
-            .await;
+            let drained = eventually(Duration::from_secs(60), || SEEN.distinct() == expected).await;
             // Enqueue works again by itself once trimming freed memory.
             let mut again = None;
             for _ in 0..300 {
@@ -119,12 +113,7 @@ async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let ran = match &again {
-                Some(id) => {
-                    eventually(Duration::from_secs(30), || {
-                        SEEN.lock().unwrap().contains(id)
-                    })
-                    .await
-                }
+                Some(id) => eventually(Duration::from_secs(30), || SEEN.contains(id)).await,
                 None => false,
             };
             *outcome.lock().unwrap() = Some((drained, again, ran));
@@ -132,18 +121,9 @@ async fn a_full_redis_drains_and_enqueue_recovers_by_itself() {
         .await
         .expect("a worker starts and runs on a full Redis");
     let (drained, again, ran) = recovered.lock().unwrap().take().unwrap();
-    assert!(
-        drained,
-        "drained {} of {} jobs",
-        SEEN.lock().unwrap().len(),
-        stored.len()
-    );
+    assert!(drained, "drained {} of {} jobs", SEEN.len(), stored.len());
     assert!(again.is_some(), "enqueue never worked again");
     assert!(ran, "the job enqueued after the recovery ran");
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for id in SEEN.lock().unwrap().iter() {
-        *runs.entry(id.clone()).or_default() += 1;
-    }
-    assert!(runs.values().all(|&n| n == 1), "each job once");
+    assert!(SEEN.counts().values().all(|&n| n == 1), "each job once");
     assert_eq!(pending(&mut conn, drain::TOPIC, drain::GROUP, 2), 0);
 }

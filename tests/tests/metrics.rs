@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{dead_letters, eventually, redis};
+use redisaq_tests::{dead_letters, eventually, redis, setup, worker_with_heartbeats, Calls};
 
 static RAN: AtomicU64 = AtomicU64::new(0);
 static GATE_OPEN: AtomicBool = AtomicBool::new(false);
@@ -66,20 +66,17 @@ fn per_partition_sum(values: &HashMap<String, f64>, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_and_gauges_match_a_known_workload() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     metered::enqueue_batch(0..13).await.unwrap();
     let addr = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let worker = redisaq::Worker::new()
-        .redis_url(redis().url())
+    let worker = worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(10))
         .topics([metered::TOPIC])
         .metrics_addr(addr)
         .concurrency(1)
-        .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10));
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(10));
     let labels = r#"{topic="metered",group="meter_group"}"#;
     let expected: HashMap<String, f64> = [
         ("redisaq_jobs_processed_total", 9.0),
@@ -158,17 +155,18 @@ async fn counters_and_gauges_match_a_known_workload() {
     }
 }
 
-static SURVIVORS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+/// The payload of every call of `survivor`.
+static SURVIVORS: Calls<u64> = Calls::new();
 
 #[job(topic = "deleted_pending", group = "deleted_group", partitions = 1)]
 async fn survivor(job: Job<u64>) -> Result<(), JobError> {
-    SURVIVORS.lock().unwrap().push(*job.payload());
+    SURVIVORS.push(*job.payload());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_deleted_while_pending_is_counted_and_never_hangs() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     survivor::enqueue_batch(0..3).await.unwrap();
     let stream = redisaq::keys::partition(survivor::TOPIC, 0);
@@ -202,12 +200,9 @@ async fn an_entry_deleted_while_pending_is_counted_and_never_hangs() {
         .unwrap();
     let scraped = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
     let keep = scraped.clone();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(10))
         .topics([survivor::TOPIC])
         .metrics_addr(addr)
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_ttl(Duration::from_secs(10))
         .run_until(async move {
             let series =
                 r#"redisaq_entries_lost_total{topic="deleted_pending",group="deleted_group"}"#;
@@ -217,7 +212,7 @@ async fn an_entry_deleted_while_pending_is_counted_and_never_hangs() {
                         .await
                         .unwrap(),
                 );
-                let settled = SURVIVORS.lock().unwrap().len() == 2
+                let settled = SURVIVORS.len() == 2
                     && values.get(series) == Some(&1.0)
                     && redisaq_tests::pending(
                         &mut redis().connection(),
@@ -235,9 +230,11 @@ async fn an_entry_deleted_while_pending_is_counted_and_never_hangs() {
         .await
         .unwrap();
     let values = scraped.lock().unwrap().clone();
-    let mut survivors = SURVIVORS.lock().unwrap().clone();
-    survivors.sort_unstable();
-    assert_eq!(survivors, vec![0, 2], "the two entries still there ran");
+    assert_eq!(
+        SURVIVORS.sorted(),
+        vec![0, 2],
+        "the two entries still there ran"
+    );
     assert_eq!(
         values.get(r#"redisaq_entries_lost_total{topic="deleted_pending",group="deleted_group"}"#),
         Some(&1.0),

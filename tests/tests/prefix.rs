@@ -1,18 +1,19 @@
 //! `REDISAQ_PREFIX`: every key starts with it, so apps sharing a Redis stay apart (and ACL
 //! key patterns can scope them); a prefix that would break the layout is refused at start.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
-use tokio::sync::oneshot;
+use redisaq_tests::{
+    eventually, pending, redis, setup, worker_command, Background, Calls, KillOnDrop,
+};
 
-static DONE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// The payload of every call.
+static DONE: Calls<u64> = Calls::new();
 
 #[job(topic = "prefixed", group = "prefixed_group", partitions = 2)]
 async fn work(job: Job<u64>) -> Result<(), JobError> {
-    DONE.lock().unwrap().push(*job.payload());
+    DONE.push(*job.payload());
     Ok(())
 }
 
@@ -20,25 +21,18 @@ async fn work(job: Job<u64>) -> Result<(), JobError> {
 async fn every_key_starts_with_the_prefix() {
     // Before anything in this process builds a key (the prefix is read once).
     std::env::set_var("REDISAQ_PREFIX", "myapp");
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     work::enqueue_batch(0..10).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(
+    let worker = Background::start(
         redisaq::Worker::new()
             .redis_url(redis().url())
-            .topics([work::TOPIC])
-            .run_until(async move {
-                let _ = stopped.await;
-            }),
+            .topics([work::TOPIC]),
     );
     let done = eventually(Duration::from_secs(30), || {
-        DONE.lock().unwrap().len() == 10
-            && pending(&mut redis().connection(), work::TOPIC, work::GROUP, 2) == 0
+        DONE.len() == 10 && pending(&mut redis().connection(), work::TOPIC, work::GROUP, 2) == 0
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
     assert!(done);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")

@@ -2,40 +2,31 @@
 //! FLUSH`), they are loaded again and nothing stops: acks, heartbeats and lease renewals
 //! go on.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis};
-use tokio::sync::oneshot;
+use redisaq_tests::{eventually, pending, redis, setup, worker_with_heartbeats, Background, Calls};
 
-static DONE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// The payload of every call.
+static DONE: Calls<u64> = Calls::new();
 
 #[job(topic = "scripts", group = "scripts_group", partitions = 2)]
 async fn work(job: Job<u64>) -> Result<(), JobError> {
-    DONE.lock().unwrap().push(*job.payload());
+    DONE.push(*job.payload());
     Ok(())
 }
 
 fn done() -> usize {
-    DONE.lock().unwrap().len()
+    DONE.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_go_on_after_redis_forgot_its_scripts() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(
-        redisaq::Worker::new()
-            .redis_url(redis().url())
+    setup();
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(1))
             .topics([work::TOPIC])
-            .consumer_name("scripts")
-            .heartbeat_interval(Duration::from_millis(200))
-            .heartbeat_ttl(Duration::from_secs(1))
-            .run_until(async move {
-                let _ = stopped.await;
-            }),
+            .consumer_name("scripts"),
     );
     let mut conn = redis().connection();
     work::enqueue_batch(0..10).await.unwrap();
@@ -62,8 +53,7 @@ async fn jobs_go_on_after_redis_forgot_its_scripts() {
     })
     .await;
     let after: Vec<Option<String>> = (0..2).map(|p| lease(&mut conn, p)).collect();
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    worker.stop().await.unwrap();
     assert!(
         finished,
         "jobs after the flush ran and were acknowledged: {}",

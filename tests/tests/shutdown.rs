@@ -7,21 +7,17 @@
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis, worker_command, KillOnDrop};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Semaphore};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Work {
-    n: u64,
-}
+use redisaq_tests::{
+    eventually, pending, redis, setup, worker_command, worker_with_heartbeats, Background, Calls,
+    KillOnDrop, Work,
+};
+use tokio::sync::Semaphore;
 
 /// Attempt of every start of the in-process slow job.
-static STARTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static STARTS: Calls<u32> = Calls::new();
 /// Finished runs of the in-process slow job.
 static FINISHES: AtomicUsize = AtomicUsize::new(0);
 /// Runs of the in-process slow job that are still alive (started, not finished, not
@@ -48,7 +44,7 @@ impl Drop for Alive {
 async fn slow(job: Job<Work>) -> Result<(), JobError> {
     ALIVE.fetch_add(1, Ordering::SeqCst);
     let _alive = Alive;
-    STARTS.lock().unwrap().push(job.attempt());
+    STARTS.push(job.attempt());
     match tokio::time::timeout(Duration::from_secs(120), GATE.acquire()).await {
         Ok(Ok(_permit)) => {}
         _ => return Err(JobError::fatal("the test never opened the gate")),
@@ -57,49 +53,16 @@ async fn slow(job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
 
-fn starts() -> Vec<u32> {
-    STARTS.lock().unwrap().clone()
-}
-
 /// A worker for the slow job. The heartbeat TTL (2 s) is how long the next worker waits
 /// for the lease of the partition whose job overran the deadline.
 fn worker(name: &str, shutdown_timeout: Duration) -> redisaq::Worker {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
-    redisaq::Worker::new()
-        .redis_url(redis().url())
+    setup();
+    worker_with_heartbeats(Duration::from_millis(500), Duration::from_secs(2))
         .consumer_name(name)
         .topics([slow::TOPIC])
-        .heartbeat_interval(Duration::from_millis(500))
-        .heartbeat_ttl(Duration::from_secs(2))
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .concurrency(1)
         .shutdown_timeout(shutdown_timeout)
-}
-
-/// A worker running in the background until `stop` is sent.
-struct Background {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), redisaq::Error>>,
-}
-
-impl Background {
-    fn start(worker: redisaq::Worker) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Background { stop, task }
-    }
-
-    /// Stops the worker and returns what `run_until` returned.
-    async fn stop(self) -> Result<(), redisaq::Error> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("run_until returned after the stop")
-            .expect("the worker task did not panic")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +72,7 @@ async fn a_job_past_the_shutdown_deadline_is_an_error_and_runs_once_on_the_next_
     slow::enqueue(Work { n: 1 }).await.unwrap();
 
     let first = Background::start(worker("first", Duration::from_millis(300)));
-    let started = eventually(Duration::from_secs(30), || starts().len() == 1).await;
+    let started = eventually(Duration::from_secs(30), || STARTS.len() == 1).await;
     let stopped = first.stop().await;
     assert!(started, "the first worker started the job");
     assert!(
@@ -127,7 +90,7 @@ async fn a_job_past_the_shutdown_deadline_is_an_error_and_runs_once_on_the_next_
     // The first worker's run is dropped once its lease may have run out; the next
     // worker takes the partition over and starts the job again.
     let handed_over = eventually(Duration::from_secs(60), || {
-        starts().len() == 2 && ALIVE.load(Ordering::SeqCst) == 1
+        STARTS.len() == 2 && ALIVE.load(Ordering::SeqCst) == 1
     })
     .await;
     let alive_before_gate = ALIVE.load(Ordering::SeqCst);
@@ -140,7 +103,7 @@ async fn a_job_past_the_shutdown_deadline_is_an_error_and_runs_once_on_the_next_
     assert!(
         handed_over,
         "the next worker started the job and the overrun run was stopped: starts {:?}, {alive_before_gate} run(s) alive",
-        starts(),
+        STARTS.all(),
     );
     assert!(finished, "the job finished and was acknowledged");
     assert!(
@@ -148,7 +111,7 @@ async fn a_job_past_the_shutdown_deadline_is_an_error_and_runs_once_on_the_next_
         "nothing ran at the second stop: {stopped:?}"
     );
     assert_eq!(
-        starts(),
+        STARTS.all(),
         vec![1, 2],
         "started once per worker, the second time as attempt 2"
     );
@@ -160,14 +123,8 @@ async fn a_job_past_the_shutdown_deadline_is_an_error_and_runs_once_on_the_next_
     assert_eq!(ALIVE.load(Ordering::SeqCst), 0);
 }
 
-// Producer-side declaration of the test worker's slow topic.
-#[job(
-    topic = "shutdown_slow",
-    group = "shutdown_slow_group",
-    partitions = 1,
-    concurrency = 1,
-    retries = 3
-)]
+// Producer-side declaration of the test worker's slow topic (same topic and partitions).
+#[job(topic = "shutdown_slow", group = "shutdown_slow_group", partitions = 1)]
 async fn shutdown_slow(_job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
@@ -194,7 +151,7 @@ fn list(conn: &mut redis::Connection, name: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_process_past_the_shutdown_deadline_exits_non_zero_and_the_next_runs_the_job() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     shutdown_slow::enqueue(Work { n: 1 }).await.unwrap();
 

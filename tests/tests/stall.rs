@@ -4,27 +4,25 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use redisaq_tests::{calls, eventually, pending, redis, starts, LoggedWorker};
+use redisaq_tests::{calls, eventually, id_set, pending, redis, setup, starts, LoggedWorker, Work};
 
 const TEST_WORKER: &str = env!("CARGO_BIN_EXE_test_worker");
 
 #[redisaq::job(topic = "graceful", group = "graceful_group", partitions = 2)]
-async fn graceful(_job: redisaq::Job<serde_json::Value>) -> Result<(), redisaq::JobError> {
+async fn graceful(_job: redisaq::Job<Work>) -> Result<(), redisaq::JobError> {
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stall_shorter_than_the_ttl_costs_no_partition() {
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let mut conn = redis().connection();
     let worker = LoggedWorker::test_worker(TEST_WORKER, "s", "graceful", 20, 500, 3_000);
-    let ids: HashSet<String> =
-        graceful::enqueue_batch((0..300).map(|n| serde_json::json!({ "n": n })))
+    let ids = id_set(
+        graceful::enqueue_batch((0..300).map(|n| Work { n }))
             .await
-            .unwrap()
-            .into_iter()
-            .map(|id| id.to_string())
-            .collect();
+            .unwrap(),
+    );
     assert!(
         eventually(Duration::from_secs(30), || !calls(&mut conn, "graceful")
             .is_empty())

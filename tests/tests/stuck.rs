@@ -2,17 +2,15 @@
 //! (never two owners), and the tools say so (`STUCK` in `redisaq monitor`) until the call
 //! ends; then the partition moves.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::admin::Admin;
 use redisaq::{job, Job, JobError};
-use redisaq_tests::{eventually, init_tracing, pending, redis};
-use tokio::sync::oneshot;
+use redisaq_tests::{eventually, pending, redis, setup, worker_with_heartbeats, Background, Calls};
 
 /// (n, attempt, partition) of every call that started, and the n of every call that ended.
-static STARTED: Mutex<Vec<(u64, u32, u32)>> = Mutex::new(Vec::new());
-static ENDED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static STARTED: Calls<(u64, u32, u32)> = Calls::new();
+static ENDED: Calls<u64> = Calls::new();
 
 #[job(
     topic = "stuck",
@@ -21,32 +19,20 @@ static ENDED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     concurrency = 2
 )]
 async fn blocking(job: Job<u64>) -> Result<(), JobError> {
-    STARTED
-        .lock()
-        .unwrap()
-        .push((*job.payload(), job.attempt(), job.partition()));
+    STARTED.push((*job.payload(), job.attempt(), job.partition()));
     if job.attempt() == 1 {
         // Blocking code: no `.await`, so neither a timeout nor a hand-over can stop it.
         std::thread::sleep(Duration::from_secs(6));
     }
-    ENDED.lock().unwrap().push(*job.payload());
+    ENDED.push(*job.payload());
     Ok(())
 }
 
-fn worker(
-    name: &str,
-    stop: oneshot::Receiver<()>,
-) -> tokio::task::JoinHandle<Result<(), redisaq::Error>> {
-    tokio::spawn(
-        redisaq::Worker::new()
-            .redis_url(redis().url())
+fn worker(name: &str) -> Background {
+    Background::start(
+        worker_with_heartbeats(Duration::from_millis(200), Duration::from_millis(1000))
             .consumer_name(name)
-            .topics([blocking::TOPIC])
-            .heartbeat_interval(Duration::from_millis(200))
-            .heartbeat_ttl(Duration::from_millis(1000))
-            .run_until(async move {
-                let _ = stop.await;
-            }),
+            .topics([blocking::TOPIC]),
     )
 }
 
@@ -63,27 +49,22 @@ async fn statuses(admin: &Admin) -> Vec<(String, String)> {
 /// Before: the consumer showed `OK` (or `IDLE`) the whole time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_whose_calls_ignore_cancellation_shows_stuck_until_they_end() {
-    init_tracing();
-    redisaq::set_redis_url(&redis().url()).unwrap();
+    setup();
     let admin = Admin::connect(&redis().url()).await.unwrap();
-    let (stop_a, stopped_a) = oneshot::channel();
-    let a = worker("stuck-a", stopped_a);
+    let a = worker("stuck-a");
     blocking::enqueue_batch([0, 1]).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || STARTED.lock().unwrap().len()
-            == 2)
-        .await,
+        eventually(Duration::from_secs(30), || STARTED.len() == 2).await,
         "both jobs started"
     );
-    let partitions: Vec<u32> = STARTED.lock().unwrap().iter().map(|s| s.2).collect();
+    let partitions: Vec<u32> = STARTED.all().iter().map(|s| s.2).collect();
     assert!(
         partitions.contains(&0) && partitions.contains(&1),
         "{partitions:?}"
     );
 
     // A second consumer joins: one partition is to move, behind a call that blocks.
-    let (stop_b, stopped_b) = oneshot::channel();
-    let b = worker("stuck-b", stopped_b);
+    let b = worker("stuck-b");
     let mut seen = Vec::new();
     let mut stuck = false;
     for _ in 0..100 {
@@ -98,10 +79,7 @@ async fn a_consumer_whose_calls_ignore_cancellation_shows_stuck_until_they_end()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(stuck, "the blocked consumer shows STUCK: {seen:?}");
-    assert!(
-        ENDED.lock().unwrap().is_empty(),
-        "seen while the calls still blocked"
-    );
+    assert!(ENDED.is_empty(), "seen while the calls still blocked");
 
     // Once the calls end (still under the lease: their results count) the partition
     // moves, and nobody is stuck any more.
@@ -109,7 +87,7 @@ async fn a_consumer_whose_calls_ignore_cancellation_shows_stuck_until_they_end()
     let handle = tokio::runtime::Handle::current();
     let mut last = String::new();
     let settled = eventually(Duration::from_secs(60), || {
-        let started = STARTED.lock().unwrap().clone();
+        let started = STARTED.all();
         let statuses = tokio::task::block_in_place(|| handle.block_on(statuses(&admin)));
         let b_owns = (0..2).any(|p| {
             redis::cmd("GET")
@@ -120,21 +98,18 @@ async fn a_consumer_whose_calls_ignore_cancellation_shows_stuck_until_they_end()
         });
         let left = pending(&mut conn, blocking::TOPIC, blocking::GROUP, 2);
         last = format!("b owns a partition: {b_owns}, pending {left}, statuses {statuses:?}");
-        ENDED.lock().unwrap().len() >= 2
+        ENDED.len() >= 2
             && started.len() >= 2
             && b_owns
             && pending(&mut conn, blocking::TOPIC, blocking::GROUP, 2) == 0
             && statuses.iter().all(|(_, status)| status != "STUCK")
     })
     .await;
-    let _ = stop_a.send(());
-    let _ = stop_b.send(());
-    a.await.unwrap().unwrap();
-    b.await.unwrap().unwrap();
+    let (a, b) = tokio::join!(a.stop(), b.stop());
+    a.unwrap();
+    b.unwrap();
     assert!(
         settled,
-        "both jobs ended, a partition moved to b, nothing is pending or stuck: {last}; {:?} {:?}",
-        STARTED.lock().unwrap(),
-        ENDED.lock().unwrap()
+        "both jobs ended, a partition moved to b, nothing is pending or stuck: {last}; {STARTED:?} {ENDED:?}"
     );
 }

@@ -4,38 +4,36 @@
 //! process.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::cluster::RedisCluster;
 use redisaq_tests::tls::TlsFiles;
-use redisaq_tests::{pending, run_worker_until};
+use redisaq_tests::{id_set, pending, run_worker_until, Calls};
 
-static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The id of every call.
+static SEEN: Calls<String> = Calls::new();
 
 #[job(topic = "tls_spread", group = "tls_spread_group", partitions = 6)]
 async fn over_tls(job: Job<u64>) -> Result<(), JobError> {
-    SEEN.lock().unwrap().push(job.id().to_string());
+    SEEN.push(job.id().to_string());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_go_through_a_tls_cluster_with_a_private_ca() {
-    let dir = std::env::temp_dir().join(format!("redisaq-tls-cluster-{}", std::process::id()));
-    let files = TlsFiles::generate(&dir);
+    let files = TlsFiles::generate_temp("redisaq-tls-cluster");
     let cluster = RedisCluster::start_tls(&files).unwrap_or_else(|e| panic!("{e}"));
     std::env::set_var("REDISAQ_TLS_CA_FILE", &files.ca);
     // One node named: the others are found through it, and reached over TLS as well.
     let url = cluster.tls_url().split(',').next().unwrap().to_string();
 
     redisaq::set_redis_url(&url).unwrap();
-    let ids: HashSet<String> = over_tls::enqueue_batch(0..60)
-        .await
-        .expect("enqueue over TLS")
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect();
+    let ids = id_set(
+        over_tls::enqueue_batch(0..60)
+            .await
+            .expect("enqueue over TLS"),
+    );
     let worker = redisaq::Worker::new()
         .redis_url(&url)
         .topics([over_tls::TOPIC])
@@ -43,10 +41,7 @@ async fn jobs_go_through_a_tls_cluster_with_a_private_ca() {
         .heartbeat_ttl(Duration::from_secs(10));
     let expected = ids.clone();
     assert!(
-        run_worker_until(worker, move || {
-            SEEN.lock().unwrap().iter().cloned().collect::<HashSet<_>>() == expected
-        })
-        .await,
+        run_worker_until(worker, move || SEEN.distinct() == expected).await,
         "the worker ran every job over TLS"
     );
     // What the worker did is there, seen over the nodes' plain ports.

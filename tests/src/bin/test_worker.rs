@@ -15,15 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
 use redisaq::{job, Job, JobError};
-use serde::{Deserialize, Serialize};
+use redisaq_tests::Work;
 use tokio::sync::OnceCell;
-
-/// The payload of the test jobs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Work {
-    /// A sequence number.
-    pub n: u64,
-}
 
 async fn recorder() -> ConnectionManager {
     static CONN: OnceCell<ConnectionManager> = OnceCell::const_new();
