@@ -36,6 +36,9 @@ struct View {
     maxlen: u64,
     /// Whether the tools were told about partitions this consumer cannot hand over.
     stuck_reported: bool,
+    /// When the first live member's record runs out unless renewed: a dead consumer is
+    /// noticed then, not at the next heartbeat interval.
+    next_expiry: Option<Instant>,
     /// What looking after each held partition last found, by partition.
     looked: HashMap<u32, Looked>,
 }
@@ -52,9 +55,9 @@ struct Looked {
 
 /// Looks at the group every tick while partitions are on the move here; once this
 /// consumer owns exactly its share, only every heartbeat interval, or sooner when the
-/// topic's change hint moves (someone wrote an assignment, left, or raised partitions)
-/// or this consumer lost a lease. An idle consumer so costs Redis a few commands per
-/// interval, not per tick.
+/// topic's change hint moves (someone wrote an assignment, left, or raised partitions),
+/// when a member's record runs out unrenewed (it died), or when this consumer lost a
+/// lease. An idle consumer so costs Redis a few commands per interval, not per tick.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut hints: watch::Receiver<u64>,
@@ -77,7 +80,9 @@ pub(crate) async fn run(
             false
         });
         let wake = if settled {
-            next_heartbeat
+            // Just after the first record runs out, in case its consumer died.
+            view.next_expiry
+                .map_or(next_heartbeat, |expiry| next_heartbeat.min(expiry + tick))
         } else {
             Instant::now() + tick
         };
@@ -210,6 +215,7 @@ async fn follow(shared: &Shared, view: &mut View) -> Result<bool, Error> {
         }
     };
     view.maxlen = maxlen;
+    view.next_expiry = seen.next_expiry.map(|left| Instant::now() + left);
     if !seen.live.contains(&shared.consumer) {
         // Our record expired (we were paused?): come back before anything else.
         seen.live = membership::heartbeat(shared).await?;

@@ -2,20 +2,21 @@
 //! live members, its stored assignment and the topic's settings.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
 use super::assignment::{self, Assignment};
 use super::scripts::{self, lua_now, Lua};
 use crate::error::Error;
-use crate::{keys, wire};
+use crate::keys;
 
 const VIEW: &str = concat!(
     lua_now!(),
-    r"local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+    r"local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local assignment = redis.call('HMGET', KEYS[2], 'generation', 'members', 'owners')
 local meta = redis.call('HMGET', KEYS[3], 'partitions', 'maxlen', 'layout')
-return {live, assignment, meta}
+return {live, assignment, meta, now}
 "
 );
 
@@ -26,6 +27,8 @@ static VIEW_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::read_only(VIEW));
 pub(crate) struct View {
     /// The live members, sorted.
     pub live: Vec<String>,
+    /// How long until the first live member's record expires (unless renewed first).
+    pub next_expiry: Option<Duration>,
     pub assignment: Assignment,
     /// The topic's stored settings; `None` where the record lacks them (a new topic, or
     /// one Redis lost): then `store::topic::ensure` writes them.
@@ -51,16 +54,23 @@ pub(crate) async fn read(
         ],
     );
     type Reply = (
-        redis::Value,
+        Vec<(String, f64)>,
         (Option<u64>, Option<String>, Option<String>),
         (Option<u32>, Option<u64>, Option<u32>),
+        u64,
     );
-    let (live, (generation, members, owners), (partitions, maxlen, layout)): Reply =
+    let (live, (generation, members, owners), (partitions, maxlen, layout), now): Reply =
         scripts::query(conn, &cmd, script).await?;
-    let mut live = wire::parse_strings(&live)?;
+    let next_expiry = live
+        .iter()
+        .map(|(_, expiry)| *expiry as u64)
+        .min()
+        .map(|expiry| Duration::from_millis(expiry.saturating_sub(now)));
+    let mut live: Vec<String> = live.into_iter().map(|(name, _)| name).collect();
     live.sort_unstable();
     Ok(View {
         live,
+        next_expiry,
         assignment: assignment::from_fields(generation, members.as_deref(), owners.as_deref()),
         partitions: partitions.filter(|&p| p > 0),
         maxlen,
