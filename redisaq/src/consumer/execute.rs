@@ -130,8 +130,9 @@ async fn call(
         .iter()
         .map(|d| d.job.clone().expect("only decodable deliveries run"))
         .collect::<Vec<_>>();
+    // A line per job is for debugging; at `info`, a line per batch call.
     for job in &jobs {
-        tracing::info!(
+        tracing::debug!(
             partition = job.meta.partition,
             "Consumer {} processing job {} (attempt {})",
             shared.consumer,
@@ -140,6 +141,13 @@ async fn call(
         );
     }
     let count = jobs.len();
+    if count > 1 {
+        tracing::info!(
+            "Consumer {} processing a batch of {count} jobs from partitions {:?}",
+            shared.consumer,
+            partitions.iter().map(|t| t.partition).collect::<Vec<_>>()
+        );
+    }
     let span = match jobs.as_slice() {
         [job] => tracing::info_span!(
             "job", topic = %shared.topic, partition = job.meta.partition,
