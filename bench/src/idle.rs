@@ -3,12 +3,12 @@
 //! Redis' command counts over 10 s, per consumer and second. Blocking reads are counted
 //! apart: each waits up to the block time for nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use serde::Serialize;
 
-use super::{command_calls, info, Bench};
+use super::{commands_over, Bench};
 
 /// Declares an idle topic with two groups.
 macro_rules! idle_topic {
@@ -82,12 +82,7 @@ pub(crate) async fn run(bench: &mut Bench) -> Idle {
         stops.push(stop);
     }
     tokio::time::sleep(SETTLE).await;
-    let mut conn = bench.conn.clone();
-    let before = command_calls(&info(&mut conn, &["commandstats"]).await);
-    let started = Instant::now();
-    tokio::time::sleep(MEASURED).await;
-    let after = command_calls(&info(&mut conn, &["commandstats"]).await);
-    let seconds = started.elapsed().as_secs_f64();
+    let (seconds, counts) = commands_over(&mut bench.conn.clone(), MEASURED).await;
     for stop in stops {
         let _ = stop.send(());
     }
@@ -95,19 +90,10 @@ pub(crate) async fn run(bench: &mut Bench) -> Idle {
         worker.await.unwrap().unwrap();
     }
 
-    let per_consumer_second = |n: u64| n as f64 / seconds / CONSUMERS as f64;
-    let mut by_command: Vec<(String, f64)> = after
-        .iter()
-        .map(|(name, &n)| {
-            let was = before.get(name).copied().unwrap_or(0);
-            // The INFO that measures is not the consumers'.
-            let own = u64::from(name == "info");
-            (name.clone(), n.saturating_sub(was + own))
-        })
-        .filter(|(_, n)| *n > 0)
-        .map(|(name, n)| (name, per_consumer_second(n)))
+    let by_command: Vec<(String, f64)> = counts
+        .into_iter()
+        .map(|(name, n)| (name, n as f64 / seconds / CONSUMERS as f64))
         .collect();
-    by_command.sort_by(|a, b| b.1.total_cmp(&a.1));
     let reads: f64 = by_command
         .iter()
         .filter(|(name, _)| name == "xreadgroup")

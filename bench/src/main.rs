@@ -6,6 +6,7 @@
 
 mod cluster;
 mod idle;
+mod scale;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -28,9 +29,9 @@ struct Args {
     /// Use this Redis instead of a private redis-server (nothing is flushed there).
     #[arg(long)]
     redis_url: Option<String>,
-    /// Jobs per second in the latency scenario.
-    #[arg(long, default_value_t = 5_000)]
-    rate: u64,
+    /// Jobs per second in the latency scenario, one run per rate (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [5_000, 20_000])]
+    rate: Vec<u64>,
     /// How long the latency scenario enqueues.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
@@ -50,6 +51,10 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Run N workers of the scale scenario's topic until stdin closes (the scale
+    /// scenario starts this program so).
+    #[arg(long, hide = true)]
+    scale_worker: Option<usize>,
 }
 
 /// The payload: small, like a typical job reference.
@@ -200,6 +205,31 @@ fn command_calls(info: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// The commands Redis ran over `span` (the measuring `INFO` left out), busiest first, and
+/// the seconds measured.
+async fn commands_over(
+    conn: &mut impl redis::aio::ConnectionLike,
+    span: Duration,
+) -> (f64, Vec<(String, u64)>) {
+    let before = command_calls(&info(conn, &["commandstats"]).await);
+    let started = Instant::now();
+    tokio::time::sleep(span).await;
+    let after = command_calls(&info(conn, &["commandstats"]).await);
+    let seconds = started.elapsed().as_secs_f64();
+    let mut counts: Vec<(String, u64)> = after
+        .into_iter()
+        .map(|(name, calls)| {
+            let was = before.get(&name).copied().unwrap_or(0);
+            let own = u64::from(name == "info");
+            let ran = calls.saturating_sub(was + own);
+            (name, ran)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    (seconds, counts)
+}
+
 /// CPU time of this process so far (all threads, user + system), from `/proc/self/stat`
 /// in clock ticks of 1/100 s (Linux's USER_HZ); 0 where that file does not exist.
 fn process_cpu_s() -> f64 {
@@ -232,6 +262,8 @@ struct Bench {
     mark: Option<Meter>,
     /// What the idle scenario measured.
     idle: Option<idle::Idle>,
+    /// What the scale scenario measured.
+    scale: Option<scale::Scale>,
 }
 
 impl Bench {
@@ -422,6 +454,81 @@ type Preload = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Vec<redisaq::JobId>, redisaq::Error>> + Send>,
 >;
 
+/// Enqueues `rate` jobs per second for the set time; enqueue → handler start.
+async fn latency(bench: &mut Bench, rate: u64) {
+    bench.reset().await;
+    LATENCIES.lock().unwrap().clear();
+    let secs = bench.args.latency_secs;
+    let total = rate * secs;
+    let scenario = format!("latency {rate}/s");
+    let bar = bench.progress(&scenario, total);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = redisaq::Worker::new()
+        .redis_url(bench.url.clone())
+        .topics([bench_latency::TOPIC]);
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    // Let the worker take its partitions before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_tick = (rate / 1000).max(1);
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 * per_tick / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0;
+    let started = Instant::now();
+    while sent < total {
+        ticker.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            tokio::spawn(bench_latency::enqueue(payload(sent)));
+            sent += 1;
+        }
+        bar.set_position(sent);
+    }
+    let limit = Duration::from_secs(secs + 30);
+    while (LATENCIES.lock().unwrap().len() as u64) < total {
+        let handled = LATENCIES.lock().unwrap().len();
+        assert!(
+            started.elapsed() < limit,
+            "latency: only {handled} of {total} jobs reached their handler; the run is invalid"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
+    let mut latencies = LATENCIES.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let figures: HashMap<String, f64> = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)]
+        .into_iter()
+        .map(|(name, p)| (name.to_string(), percentile(&latencies, p)))
+        .collect();
+    eprintln!(
+        "{:>16}: {total} jobs at {rate}/s, enqueue to handler start p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        scenario, figures["p50"], figures["p90"], figures["p99"], figures["max"]
+    );
+    bench.outcomes.push(Outcome {
+        scenario,
+        jobs: total,
+        seconds: elapsed.as_secs_f64(),
+        jobs_per_second: total as f64 / elapsed.as_secs_f64(),
+        ratio_to_raw: None,
+        latency_ms: Some(figures),
+        cost: None,
+    });
+}
+
+/// The six busiest commands of `by_command` but blocking reads, as `name rate, …`.
+fn busiest(by_command: &[(String, f64)]) -> String {
+    let busiest: Vec<String> = by_command
+        .iter()
+        .filter(|(name, _)| name != "xreadgroup")
+        .take(6)
+        .map(|(name, n)| format!("{name} {n:.2}"))
+        .collect();
+    busiest.join(", ")
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -444,6 +551,9 @@ async fn main() {
     if args.quick {
         args.jobs = 10_000;
         args.latency_secs = 2;
+    }
+    if let (Some(workers), Some(url)) = (args.scale_worker, &args.redis_url) {
+        return scale::worker(url.clone(), workers).await;
     }
     let (url, _server) = match &args.redis_url {
         Some(url) => (url.clone(), None),
@@ -468,6 +578,7 @@ async fn main() {
         cluster_shards: None,
         mark: None,
         idle: None,
+        scale: None,
     };
     let jobs = bench.args.jobs;
     eprintln!(
@@ -591,71 +702,17 @@ async fn main() {
         .await;
     }
     if bench.wants("latency") {
-        bench.reset().await;
-        LATENCIES.lock().unwrap().clear();
-        let rate = bench.args.rate;
-        let secs = bench.args.latency_secs;
-        let total = rate * secs;
-        let bar = bench.progress("latency", total);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let worker = redisaq::Worker::new()
-            .redis_url(bench.url.clone())
-            .topics([bench_latency::TOPIC]);
-        let running = tokio::spawn(worker.run_until(async {
-            let _ = stop_rx.await;
-        }));
-        // Let the worker take its partitions before the clock starts.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let per_tick = (rate / 1000).max(1);
-        let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 * per_tick / rate));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut sent = 0;
-        let started = Instant::now();
-        while sent < total {
-            ticker.tick().await;
-            for _ in 0..per_tick.min(total - sent) {
-                tokio::spawn(bench_latency::enqueue(payload(sent)));
-                sent += 1;
-            }
-            bar.set_position(sent);
+        for rate in bench.args.rate.clone() {
+            latency(&mut bench, rate).await;
         }
-        let limit = Duration::from_secs(secs + 30);
-        while (LATENCIES.lock().unwrap().len() as u64) < total {
-            let handled = LATENCIES.lock().unwrap().len();
-            assert!(
-                started.elapsed() < limit,
-                "latency: only {handled} of {total} jobs reached their handler; the run is invalid"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let elapsed = started.elapsed();
-        bar.finish_and_clear();
-        let _ = stop_tx.send(());
-        running.await.unwrap().unwrap();
-        let mut latencies = LATENCIES.lock().unwrap().clone();
-        latencies.sort_unstable();
-        let figures: HashMap<String, f64> =
-            [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)]
-                .into_iter()
-                .map(|(name, p)| (name.to_string(), percentile(&latencies, p)))
-                .collect();
-        eprintln!(
-            "{:>16}: {total} jobs at {rate}/s, enqueue to handler start p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            "latency", figures["p50"], figures["p90"], figures["p99"], figures["max"]
-        );
-        bench.outcomes.push(Outcome {
-            scenario: "latency".into(),
-            jobs: total,
-            seconds: elapsed.as_secs_f64(),
-            jobs_per_second: total as f64 / elapsed.as_secs_f64(),
-            ratio_to_raw: None,
-            latency_ms: Some(figures),
-            cost: None,
-        });
     }
 
     if bench.wants("idle") {
         bench.idle = Some(idle::run(&mut bench).await);
+    }
+
+    if bench.wants("scale") {
+        bench.scale = Some(scale::run(&mut bench).await);
     }
 
     if bench.args.cluster {
@@ -701,20 +758,29 @@ async fn main() {
         );
     }
     if let Some(idle) = &bench.idle {
-        let busiest: Vec<String> = idle
-            .by_command
-            .iter()
-            .filter(|(name, _)| name != "xreadgroup")
-            .take(6)
-            .map(|(name, n)| format!("{name} {n:.2}"))
-            .collect();
         println!(
             "idle: {:.2} commands/s per consumer ({}), plus {:.2} blocking reads/s, over {} consumers",
             idle.commands_per_consumer_second,
-            busiest.join(", "),
+            busiest(&idle.by_command),
             idle.blocking_reads_per_consumer_second,
             idle.consumers
         );
+    }
+    if let Some(scale) = &bench.scale {
+        println!(
+            "scale: {} partitions, {} consumers in {} processes: settled {:.2} s after the \
+             start, {:.2} s after a join, {:.2} s after a kill -9; {:.0} jobs/s; idle {:.2} \
+             commands/s per consumer",
+            scale.partitions,
+            scale.consumers,
+            scale.processes,
+            scale.settle_from_start_s,
+            scale.settle_after_join_s,
+            scale.settle_after_kill_s,
+            scale.jobs_per_second,
+            scale.idle_commands_per_consumer_second
+        );
+        println!("scale, idle: {}", busiest(&scale.idle_by_command));
     }
     if let Some(bytes) = bench.memory_per_1000 {
         println!(
@@ -730,6 +796,7 @@ async fn main() {
             "redis_bytes_per_1000_jobs": bench.memory_per_1000,
             "cluster_shards": bench.cluster_shards,
             "idle": bench.idle,
+            "scale": bench.scale,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap())
             .expect("write --json file");
