@@ -54,10 +54,10 @@ pub fn topics() -> String {
     format!("{}:topics", prefix())
 }
 
-/// Change counters, one field per topic (a hint that a topic's groups should look again
-/// at their assignment; see `store::changes`).
-pub fn changes() -> String {
-    format!("{}:changes", prefix())
+/// The pub/sub channel that tells a topic's consumers to look at their groups again (see
+/// `store::changes`). A channel, not a key.
+pub fn changes(topic: &str) -> String {
+    format!("{}:changes:{topic}", prefix())
 }
 
 /// The hash with a topic's settings (`partitions`, `maxlen`).

@@ -163,11 +163,7 @@ impl Worker {
         }
         let hints_stop = CancellationToken::new();
         let _hints_guard = hints_stop.clone().drop_guard();
-        tokio::spawn(hints.run(
-            store::conn::client(&config.redis_url)?,
-            consumer::coordinator_tick(&config),
-            hints_stop,
-        ));
+        tokio::spawn(hints.run(store::conn::client(&config.redis_url)?, hints_stop));
         tokio::pin!(stop);
         let mut outcome = Ok(());
         loop {

@@ -103,7 +103,7 @@ pub(crate) async fn run(
 }
 
 /// How often a consumer looks at its group while partitions move.
-pub(crate) fn tick(config: &crate::config::Config) -> Duration {
+fn tick(config: &crate::config::Config) -> Duration {
     (config.heartbeat_interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))
 }
 

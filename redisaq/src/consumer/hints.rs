@@ -1,14 +1,18 @@
 //! Following the change hints of a worker's topics ([`crate::store::changes`]): one task
-//! per worker reads the counters of all its topics in one command every tick, and wakes
-//! the coordinators of the topics whose counter moved.
+//! per worker listens on its topics' channels and wakes the coordinators of the topic a
+//! hint names.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{self, conn::Target};
+
+/// How long to wait before listening again after the connection failed.
+const RECONNECT: Duration = Duration::from_secs(1);
 
 /// The hints of a worker's topics.
 pub(crate) struct Hints {
@@ -33,28 +37,40 @@ impl Hints {
         )
     }
 
-    /// Polls every `tick` until `stop`. Failures are only logged: without hints the
-    /// coordinators still look every heartbeat interval.
-    pub(crate) async fn run(self, target: Target, tick: Duration, stop: CancellationToken) {
+    fn wake(&self, topic: &str) {
+        if let Some(sender) = self.topics.get(topic) {
+            sender.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Listens until `stop`. A lost connection is only logged and listened to again:
+    /// without hints the coordinators still look every heartbeat interval.
+    pub(crate) async fn run(self, target: Target, stop: CancellationToken) {
         let topics: Vec<&'static str> = self.topics.keys().copied().collect();
-        let mut conn = None;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(tick) => {}
-                () = stop.cancelled() => return,
-            }
-            if conn.is_none() {
-                conn = target.connect(Duration::from_secs(5), 1).await.ok();
-            }
-            let Some(conn) = conn.as_mut() else { continue };
-            match store::changes::counters(conn, &topics).await {
-                Ok(counters) => {
-                    for (topic, counter) in topics.iter().zip(counters) {
-                        self.topics[topic]
-                            .send_if_modified(|seen| std::mem::replace(seen, counter) != counter);
+            match store::changes::listen(&target, &topics).await {
+                Ok(hints) => {
+                    // Whatever changed while nobody listened is looked at now.
+                    for topic in &topics {
+                        self.wake(topic);
                     }
+                    tokio::pin!(hints);
+                    loop {
+                        tokio::select! {
+                            hint = hints.next() => match hint {
+                                Some(topic) => self.wake(topic),
+                                None => break,
+                            },
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                    tracing::debug!("the change hints' connection closed; listening again");
                 }
-                Err(e) => tracing::debug!(error = %e, "could not read the change hints"),
+                Err(e) => tracing::debug!(error = %e, "could not listen for change hints"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RECONNECT) => {}
+                () = stop.cancelled() => return,
             }
         }
     }

@@ -28,8 +28,6 @@ mod readers;
 mod retries;
 mod takeover;
 
-pub(crate) use coordinator::tick as coordinator_tick;
-
 use crate::store::conn::Conn;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -327,6 +327,19 @@ impl Target {
         ))
     }
 
+    /// A pub/sub connection to the first node that answers (on a cluster, any node hears
+    /// every message).
+    pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub, Error> {
+        let mut last = None;
+        for node in self.nodes.iter() {
+            match node.get_async_pubsub().await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one node").into())
+    }
+
     /// A connection for one-off tools: fails at once when nothing answers.
     pub(crate) async fn connect_now(&self) -> Result<Conn, Error> {
         let conn = self.connect(Duration::from_secs(10), 0).await?;

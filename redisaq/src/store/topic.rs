@@ -193,7 +193,10 @@ pub(crate) async fn raise(
                 .await?;
             spread_groups(conn, topic, previous, partitions).await?;
             if previous < partitions {
-                super::changes::announce(conn, topic).await?;
+                // Only a hint: the workers see the raise within a heartbeat interval anyway.
+                if let Err(e) = super::changes::announce(conn, topic).await {
+                    tracing::debug!(topic, error = %e, "could not publish the change hint");
+                }
             }
             Ok(previous)
         }
