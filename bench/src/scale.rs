@@ -23,6 +23,9 @@ const PER_PROCESS: usize = 4;
 const CONSUMERS: usize = PROCESSES * PER_PROCESS;
 /// How long the idle group is measured.
 const MEASURED: Duration = Duration::from_secs(10);
+/// More than a heartbeat interval (default 5 s): every consumer has looked after its
+/// partitions since the group last changed.
+const AFTER_CHANGE: Duration = Duration::from_secs(7);
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
@@ -207,6 +210,10 @@ pub(crate) async fn run(bench: &mut Bench) -> Scale {
     joiner.kill();
     let settle_after_kill_s = settle(&mut conn, CONSUMERS).await;
 
+    // Each consumer looks once more at every partition it holds after the membership
+    // changed (the dead are removed there): let that pass before measuring what idling
+    // costs.
+    tokio::time::sleep(AFTER_CHANGE).await;
     let (seconds, counts) = commands_over(&mut conn, MEASURED).await;
     let per_consumer_second = |n: u64| n as f64 / seconds / CONSUMERS as f64;
     let idle_by_command: Vec<(String, f64)> = counts
