@@ -224,9 +224,11 @@ async fn join(
 /// Removes this consumer from the Redis consumer group on every partition where it
 /// holds nothing (where it still does, the next owner claims that and removes it), so a
 /// clean stop leaves no dead consumer behind for `redisaq monitor` to report.
+/// Leaves the Redis group on the partitions this consumer held, the only ones where it
+/// can be a consumer of the group.
 async fn leave_redis_group(shared: &Shared) {
     let mut conn = shared.conn.clone();
-    for partition in 0..shared.known_partitions() {
+    for partition in shared.held.ever_held() {
         let stream = keys::partition(&shared.topic, partition);
         let removed = crate::store::group::remove_consumer_if_idle(
             &mut conn,

@@ -3,7 +3,7 @@
 //! coordinator and the keeper share it; locally a consumer stops fetching a partition and
 //! abandons its running jobs once its lease may have expired.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,6 +66,9 @@ pub(crate) struct Partitions {
     /// Entries (partition, id) that ran here but whose ack was refused: taken again,
     /// they start a new attempt.
     ran_unacked: Mutex<HashSet<(u32, String)>>,
+    /// Every partition held since the start: where this consumer may be in the Redis
+    /// group.
+    ever_held: Mutex<BTreeSet<u32>>,
 }
 
 /// What a running call needs to stop when one of its partitions is lost.
@@ -75,6 +78,12 @@ pub(crate) struct Guard {
 }
 
 impl Partitions {
+    /// Every partition held since the start, ascending.
+    pub(crate) fn ever_held(&self) -> Vec<u32> {
+        let ever = self.ever_held.lock().expect("ever_held lock");
+        ever.iter().copied().collect()
+    }
+
     /// Remembers entries that ran here but whose ack was refused.
     pub(crate) fn ran_unacked(&self, partition: u32, ids: &[String]) {
         let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
@@ -98,6 +107,10 @@ impl Partitions {
 
     /// Records a freshly acquired lease with its epoch, valid until `valid_until`.
     pub(crate) fn hold(&self, partition: u32, epoch: u64, valid_until: Instant) {
+        self.ever_held
+            .lock()
+            .expect("ever_held lock")
+            .insert(partition);
         let tenure = epoch;
         let replaced = self.with(|slots| {
             slots.insert(
