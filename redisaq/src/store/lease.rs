@@ -53,6 +53,21 @@ end
 return 0
 ";
 
+/// [`RENEW`] for every lease in `KEYS` (their tokens in `ARGV[2..]`, the TTL in
+/// `ARGV[1]`): one call per renewal on one node, where all keys share a server.
+const RENEW_ALL: &str = r"
+local renewed = {}
+for i, lease in ipairs(KEYS) do
+  if redis.call('GET', lease) == ARGV[i + 1] then
+    redis.call('PEXPIRE', lease, ARGV[1])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
+";
+
 /// Deletes the lease if this holding still has it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -73,6 +88,7 @@ const FENCED: &str = concat!(
 
 static FENCED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FENCED));
 static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
+static RENEW_ALL_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_ALL));
 
 /// The script behind [`fenced`], to load when Redis forgot it.
 pub(crate) fn fenced_script() -> &'static redis::Script {
@@ -170,32 +186,79 @@ pub(crate) struct Renewal {
 
 /// Renews the heartbeat (`heartbeat`, from [`crate::store::members::heartbeat_cmd`]) and
 /// every holding's lease by `ttl`, in one round trip. Each renewal counts alone: a
-/// refused heartbeat must not cost the leases.
+/// refused heartbeat must not cost the leases. On one node the leases go in one script
+/// call; on a cluster, one call each (each lease is in a slot of its own).
 pub(crate) async fn renew(
     conn: &mut Conn,
     heartbeat: (redis::Cmd, &redis::Script),
     holdings: &[Holding],
     ttl: Duration,
 ) -> Result<Renewal, Error> {
+    let ttl_ms = ttl.as_millis() as u64;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     pipe.add_command(heartbeat.0);
-    for holding in holdings {
-        pipe.add_command(
-            scripts::evalsha(&RENEW_SCRIPT, &[&holding.lease])
-                .arg(&holding.token)
-                .arg(ttl.as_millis() as u64)
-                .to_owned(),
-        );
+    let together = !conn.is_cluster() && !holdings.is_empty();
+    if together {
+        let leases: Vec<&str> = holdings.iter().map(|h| h.lease.as_str()).collect();
+        let mut all = scripts::evalsha(&RENEW_ALL_SCRIPT, &leases);
+        all.arg(ttl_ms);
+        for holding in holdings {
+            all.arg(&holding.token);
+        }
+        pipe.add_command(all);
+    } else {
+        for holding in holdings {
+            pipe.add_command(
+                scripts::evalsha(&RENEW_SCRIPT, &[&holding.lease])
+                    .arg(&holding.token)
+                    .arg(ttl_ms)
+                    .to_owned(),
+            );
+        }
     }
-    let mut replies = scripts::query_pipeline(conn, &pipe, &[heartbeat.1, &RENEW_SCRIPT])
+    let script = if together {
+        &*RENEW_ALL_SCRIPT
+    } else {
+        &*RENEW_SCRIPT
+    };
+    let mut replies = scripts::query_pipeline(conn, &pipe, &[heartbeat.1, script])
         .await?
         .into_iter();
     let heartbeat = replies.next().map_or(Ok(()), |r| r.map(drop));
-    let leases = replies
-        .map(|renewed| renewed.and_then(|v| Ok(redis::from_redis_value::<i64>(v)? == 1)))
-        .collect();
+    let renewed = |v: redis::Value| Ok(redis::from_redis_value::<i64>(v)? == 1);
+    let leases = if together {
+        match replies.next() {
+            Some(Ok(answers)) => match redis::from_redis_value::<Vec<redis::Value>>(answers) {
+                Ok(answers) if answers.len() == holdings.len() => {
+                    answers.into_iter().map(renewed).collect()
+                }
+                Ok(_) => unexpected(holdings.len()),
+                Err(e) => {
+                    let e = redis::RedisError::from(e);
+                    holdings.iter().map(|_| Err(e.clone())).collect()
+                }
+            },
+            Some(Err(e)) => holdings.iter().map(|_| Err(e.clone())).collect(),
+            None => unexpected(holdings.len()),
+        }
+    } else {
+        replies.map(|reply| reply.and_then(renewed)).collect()
+    };
     Ok(Renewal { heartbeat, leases })
+}
+
+/// Every lease's outcome when the renewal's answer had the wrong shape: unknown, so the
+/// keeper tries again.
+fn unexpected(count: usize) -> Vec<Result<bool, redis::RedisError>> {
+    (0..count)
+        .map(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected answer to the lease renewal",
+            )))
+        })
+        .collect()
 }
 
 /// Who holds a partition's lease for a group (`consumer epoch`), if anyone.
