@@ -52,8 +52,9 @@ impl Coalescer {
         Self { singles }
     }
 
-    /// Queues a job; its answer comes on the job's `answer` channel (which is dropped
-    /// unanswered if the coalescer is gone, and then nothing was sent).
+    /// Queues a job; its answer comes on the job's `answer` channel. If the coalescer is
+    /// gone (its runtime shut down) the channel is dropped unanswered, and the job's
+    /// `sending` mark tells whether it may have reached Redis.
     pub(super) fn send(&self, single: Single) {
         let _ = self.singles.send(single);
     }
