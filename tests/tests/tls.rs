@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::tls::TlsFiles;
-use redisaq_tests::{eventually, id_set, pending, Calls};
+use redisaq_tests::{id_set, pending, run_worker_until, Calls};
 
 /// The id of every call.
 static SEEN: Calls<String> = Calls::new();
@@ -50,12 +50,7 @@ async fn jobs_go_through_a_tls_redis_with_a_private_ca() {
         .heartbeat_interval(Duration::from_millis(500))
         .heartbeat_ttl(Duration::from_secs(10));
     let expected = ids.clone();
-    worker
-        .run_until(async move {
-            eventually(Duration::from_secs(60), || SEEN.distinct() == expected).await;
-        })
-        .await
-        .expect("the worker ran over TLS");
+    run_worker_until(worker, move || SEEN.distinct() == expected).await;
     let seen = SEEN.all();
     assert_eq!(seen.len(), 20, "each job once: {seen:?}");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
