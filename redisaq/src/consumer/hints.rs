@@ -29,18 +29,13 @@ impl Hints {
         }
     }
 
-    /// What a consumer of `topic` waits on.
+    /// What a consumer of `topic` (one of those given to [`Hints::new`]) waits on.
     pub(crate) fn subscribe(&self, topic: &'static str) -> watch::Receiver<u64> {
-        self.topics.get(topic).map_or_else(
-            || watch::Sender::new(0).subscribe(),
-            watch::Sender::subscribe,
-        )
+        self.topics[topic].subscribe()
     }
 
     fn wake(&self, topic: &str) {
-        if let Some(sender) = self.topics.get(topic) {
-            sender.send_modify(|n| *n += 1);
-        }
+        self.topics[topic].send_modify(|n| *n += 1);
     }
 
     /// Listens until `stop`. A lost connection is only logged and listened to again:
