@@ -150,15 +150,19 @@ async fn look_after(shared: &Shared, view: &mut View, partition: u32) -> Result<
         };
     }
     // Trimming is what frees memory on a full Redis; only the group's reading on can let
-    // more go here (other groups' owners trim when they read on).
+    // more go here (other groups' owners trim when they read on). A pass looks at a
+    // bounded number of entries, so the position counts as done only once a pass at it
+    // found nothing left to trim.
     if view.maxlen > 0 && looked.trimmed_at.as_ref() != Some(&row.last_delivered) {
-        crate::store::trim::trim(
+        let trimmed = crate::store::trim::trim(
             &mut shared.conn.clone(),
             &keys::partition(&shared.topic, partition),
             view.maxlen,
         )
         .await?;
-        looked.trimmed_at = Some(row.last_delivered.clone());
+        if trimmed == 0 {
+            looked.trimmed_at = Some(row.last_delivered.clone());
+        }
     }
     if row.pending > 0 {
         takeover::claim_orphans(shared, partition, Orphans::OfOthers).await?;
