@@ -1,17 +1,19 @@
 //! The e-mail example: a producer enqueues batches of 2–5 e-mails every 0.5–2 s to
-//! `send_email`; consumers in `email_group` send them; a consumer in `email_group_v2`,
-//! started later, reconsumes every e-mail from the beginning.
+//! `send_email`, and with every third batch a reminder delayed by 3 s to `remind`;
+//! consumers in `email_group` send them; a consumer in `email_group_v2`, started later,
+//! reconsumes every e-mail from the beginning.
 //!
 //! `cargo run -p redisaq-examples --bin email` runs all of it for 15 seconds against
 //! `REDIS_URL` (or a private `redis-server` when nothing answers there). The parts run
-//! alone too: `email producer`, `email worker --name consumer_1 [--group email_group_v2]`.
+//! alone too: `email producer`, `email worker --name consumer_1 [--group email_group_v2]`
+//! (`--group` may be given several times).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rand::Rng;
-use redisaq::{job, Job, JobError};
+use redisaq::{job, EnqueueOptions, Job, JobError};
 use serde::{Deserialize, Serialize};
 
 /// An e-mail to send.
@@ -39,6 +41,21 @@ pub async fn send_email(job: Job<Email>) -> Result<(), JobError> {
         email.to,
         email.subject,
         job.id()
+    );
+    Ok(())
+}
+
+/// A reminder, enqueued with a delay: it runs when due, once however often it was
+/// enqueued (its id is given).
+#[job(topic = "remind", group = "reminder_group", partitions = 2)]
+pub async fn send_reminder(job: Job<Email>) -> Result<(), JobError> {
+    let waited = job.enqueued_at().elapsed().unwrap_or_default();
+    tracing::info!(
+        "Sent reminder to {} about {:?} (job {}, {:.1} s after it was enqueued)",
+        job.payload().to,
+        job.payload().subject,
+        job.id(),
+        waited.as_secs_f64()
     );
     Ok(())
 }
@@ -88,9 +105,9 @@ enum Part {
         /// Consumer name prefix.
         #[arg(long, default_value = "consumer_1")]
         name: String,
-        /// Only this group's handler.
+        /// Only these groups' handlers (all when none is given).
         #[arg(long)]
-        group: Option<String>,
+        group: Vec<String>,
     },
 }
 
@@ -114,8 +131,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut worker = redisaq::Worker::new()
                 .redis_url(args.redis_url)
                 .consumer_name(name);
-            if let Some(group) = group {
-                worker = worker.groups([group]);
+            if !group.is_empty() {
+                worker = worker.groups(group);
             }
             Ok(worker.run().await?)
         }
@@ -135,6 +152,19 @@ async fn produce(batches: Option<u32>) -> Result<(), Box<dyn std::error::Error>>
         let ids = send_email::enqueue_batch(emails).await?;
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         tracing::info!("Enqueued batch of {} jobs: {:?}", ids.len(), ids);
+        if sent % 3 == 0 {
+            let reminder = Email {
+                to: "user1@example.com".into(),
+                subject: format!("Did you read newsletter #{sent}?"),
+            };
+            // Enqueued twice (as a retried request would): the id keeps it to one job.
+            let options = EnqueueOptions::new()
+                .delay(Duration::from_secs(3))
+                .id(format!("reminder-{sent}-{}", std::process::id()));
+            send_reminder::enqueue_with(reminder.clone(), options.clone()).await?;
+            let id = send_reminder::enqueue_with(reminder, options).await?;
+            tracing::info!("Enqueued reminder {id}, due in 3 s");
+        }
         sent += 1;
         let pause = Duration::from_millis(rand::rng().random_range(500..=2000));
         tokio::select! {
@@ -162,8 +192,24 @@ async fn demo(redis_url: &str, seconds: u64) -> Result<(), Box<dyn std::error::E
             .spawn()
     };
     let mut children = vec![
-        spawn(&["worker", "--name", "consumer_1", "--group", "email_group"])?,
-        spawn(&["worker", "--name", "consumer_2", "--group", "email_group"])?,
+        spawn(&[
+            "worker",
+            "--name",
+            "consumer_1",
+            "--group",
+            "email_group",
+            "--group",
+            "reminder_group",
+        ])?,
+        spawn(&[
+            "worker",
+            "--name",
+            "consumer_2",
+            "--group",
+            "email_group",
+            "--group",
+            "reminder_group",
+        ])?,
         spawn(&["producer"])?,
     ];
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;

@@ -5,6 +5,7 @@
 //! `cargo run --release -p redisaq-bench -- [--jobs N] [--only a,b] [--json PATH]`
 
 mod cluster;
+mod delayed;
 mod idle;
 mod scale;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use redis::aio::MultiplexedConnection;
-use redisaq::{job, Job, JobError};
+use redisaq::{job, EnqueueOptions, Job, JobError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
@@ -617,6 +618,25 @@ async fn main() {
         let after = bench.used_memory().await;
         bench.memory_per_1000 = Some(after.saturating_sub(before) as f64 / (jobs as f64 / 1000.0));
     }
+    if bench.wants("enqueue-idempotent") {
+        bench.reset().await;
+        let bar = bench.progress("enqueue-idempotent", jobs);
+        let started = bench.start().await;
+        let mut n = 0;
+        while n < jobs {
+            let chunk: Vec<_> = (n..(n + 1_000).min(jobs))
+                .map(|i| (payload(i), EnqueueOptions::new().id(format!("job-{i}"))))
+                .collect();
+            n += chunk.len() as u64;
+            bench_enqueue::enqueue_batch_with(chunk).await.unwrap();
+            bar.set_position(n);
+        }
+        let elapsed = started.elapsed();
+        bar.finish_and_clear();
+        bench
+            .record("enqueue-idempotent", jobs, elapsed, Some("enqueue-batch"))
+            .await;
+    }
     if bench.wants("enqueue-single") {
         bench.reset().await;
         let bar = bench.progress("enqueue-single", jobs);
@@ -705,6 +725,10 @@ async fn main() {
         for rate in bench.args.rate.clone() {
             latency(&mut bench, rate).await;
         }
+    }
+
+    if bench.wants("delayed") {
+        delayed::run(&mut bench).await;
     }
 
     if bench.wants("idle") {

@@ -90,6 +90,31 @@ enum Command {
         /// The topics; all when none is given.
         topics: Vec<String>,
     },
+    /// Cancel a delayed job before it runs (exit 1 if no such job waits).
+    Cancel {
+        /// The topic.
+        topic: String,
+        /// The job id that enqueue returned.
+        #[arg(long)]
+        id: String,
+    },
+    /// Pause a topic, or one group of it: workers start no new job within a heartbeat
+    /// interval; running jobs finish. Lasts until `resume`, across restarts.
+    Pause {
+        /// The topic.
+        topic: String,
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Resume what `pause` paused (give the same --group).
+    Resume {
+        /// The topic.
+        topic: String,
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Raise a topic's partition count (lowering is refused).
     Partitions {
         /// The topic.
@@ -153,6 +178,15 @@ fn age(ms: Option<u64>) -> String {
     }
 }
 
+/// The paused column of `topics`: the whole topic, or which groups.
+fn paused_text(topic: bool, groups: &[String]) -> String {
+    match (topic, groups.is_empty()) {
+        (true, _) => "yes".into(),
+        (false, true) => "no".into(),
+        (false, false) => groups.join(" "),
+    }
+}
+
 fn short(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()
@@ -211,7 +245,9 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                     "lengths",
                     "oldest",
                     "newest",
+                    "delayed",
                     "dead letters",
+                    "paused",
                 ]);
                 for t in &topics {
                     let lengths: Vec<String> =
@@ -224,7 +260,9 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                         lengths.join(" "),
                         age(oldest),
                         age(newest),
+                        t.delayed.to_string(),
                         t.dead_letters.to_string(),
+                        paused_text(t.paused, &t.paused_groups),
                     ]);
                 }
                 table
@@ -241,6 +279,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                     "consumers",
                     "generation",
                     "assignment",
+                    "paused",
                 ]);
                 for g in &groups {
                     let assignment: Vec<String> = g
@@ -256,6 +295,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                         g.consumers.join(" "),
                         g.generation.to_string(),
                         assignment.join(" "),
+                        if g.paused { "yes" } else { "no" }.into(),
                     ]);
                 }
                 table
@@ -427,6 +467,38 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 }
                 table
             });
+        }
+        Command::Cancel { topic, id } => {
+            let cancelled = admin
+                .cancel(&topic, &redisaq::JobId::from(id.as_str()))
+                .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": id, "cancelled": cancelled })
+                );
+            } else if cancelled {
+                println!("cancelled delayed job {id} of topic `{topic}`");
+            } else {
+                eprintln!("no delayed job `{id}` waits on topic `{topic}` (it never was delayed, was cancelled, or is due and runs)");
+            }
+            if !cancelled {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Pause { topic, group } => {
+            admin.pause(&topic, group.as_deref()).await?;
+            let what = group.map_or(format!("topic `{topic}`"), |g| {
+                format!("group `{g}` of topic `{topic}`")
+            });
+            println!("paused {what}: workers start no new job of it within a heartbeat interval; `redisaq resume` undoes it");
+        }
+        Command::Resume { topic, group } => {
+            admin.resume(&topic, group.as_deref()).await?;
+            let what = group.map_or(format!("topic `{topic}`"), |g| {
+                format!("group `{g}` of topic `{topic}`")
+            });
+            println!("resumed {what}");
         }
         Command::Partitions { topic, set } => {
             let previous = admin.set_partitions(&topic, set).await?;

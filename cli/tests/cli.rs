@@ -964,3 +964,95 @@ fn no_output_shows_the_password_in_redis_url() {
         assert!(!all.contains("topsecret"), "{args:?}: {all}");
     }
 }
+
+/// (job id) of every call of `scheduled`.
+static SCHEDULED: Calls<String> = Calls::new();
+
+#[job(topic = "cli_schedule", group = "cli_schedule_group", partitions = 2)]
+async fn scheduled(job: Job<Mail>) -> Result<(), JobError> {
+    SCHEDULED.push(job.id().to_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_pause_and_resume_from_the_tool() {
+    let _server = SERVER.read().await;
+    setup();
+    let later = redisaq::EnqueueOptions::new().delay(Duration::from_secs(600));
+    let mail = |to: &str| Mail { to: to.into() };
+    let kept = scheduled::enqueue_with(mail("kept"), later.clone())
+        .await
+        .unwrap();
+    let dropped = scheduled::enqueue_with(mail("dropped"), later)
+        .await
+        .unwrap();
+    let topics = json(&["topics"]);
+    let topic = topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "cli_schedule")
+        .unwrap();
+    assert_eq!(topic["delayed"], 2, "{topic}");
+    assert_eq!(topic["paused"], false);
+
+    let out = redisaq_cli(&["cancel", "cli_schedule", "--id", dropped.as_str()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("cancelled delayed job"),
+        "{}",
+        out.stdout
+    );
+    let again = redisaq_cli(&["cancel", "cli_schedule", "--id", dropped.as_str()]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("no delayed job"), "{}", again.stderr);
+    let unknown = redisaq_cli(&["cancel", "no_such_topic", "--id", "x"]);
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("no topic"), "{}", unknown.stderr);
+
+    let out = redisaq_cli(&["pause", "cli_schedule", "--group", "cli_schedule_group"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let topics = json(&["topics"]);
+    let topic = topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "cli_schedule")
+        .unwrap();
+    assert_eq!(
+        topic["paused_groups"],
+        serde_json::json!(["cli_schedule_group"])
+    );
+    let table = redisaq_cli(&["topics"]).stdout;
+    assert!(
+        table.contains("delayed") && table.contains("cli_schedule_group"),
+        "{table}"
+    );
+
+    // A paused group runs nothing, however long the worker runs; resumed, it runs.
+    let running = Background::start(worker("cli_schedule"));
+    let now = scheduled::enqueue(mail("now")).await.unwrap();
+    let pending_now = eventually(Duration::from_secs(30), || {
+        try_json(&["groups", "cli_schedule"]).is_some_and(|groups| {
+            groups[0]["paused"] == true
+                && groups[0]["consumers"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+        })
+    })
+    .await;
+    assert!(pending_now, "the group shows paused with its consumer");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(SCHEDULED.is_empty(), "a paused group ran a job");
+    let out = redisaq_cli(&["resume", "cli_schedule", "--group", "cli_schedule_group"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let ran = eventually(Duration::from_secs(30), || {
+        SCHEDULED.all().contains(&now.to_string())
+    })
+    .await;
+    assert!(ran, "the resumed group ran the job");
+    running.stop().await.unwrap();
+    // The cancelled job never ran; the other still waits.
+    assert!(!SCHEDULED.all().contains(&dropped.to_string()));
+    assert!(!SCHEDULED.all().contains(&kept.to_string()));
+}

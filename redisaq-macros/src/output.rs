@@ -56,6 +56,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let concurrency = option_literal(options.concurrency.map(Literal::u32_unsuffixed));
     let timeout_ms = option_literal(options.timeout_ms.map(Literal::u64_unsuffixed));
     let dlq_maxlen = option_literal(options.dlq_maxlen.map(Literal::u64_unsuffixed));
+    let dedupe_window_s = option_literal(options.dedupe_window_s.map(Literal::u64_unsuffixed));
     let call = call_expression(def);
 
     quote! {
@@ -81,6 +82,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                 topic: TOPIC,
                 partitions: #partitions,
                 maxlen: #maxlen,
+                dedupe_window_s: #dedupe_window_s,
             };
 
             /// Enqueues one job; resolves to its id once Redis stored it.
@@ -112,6 +114,19 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
             > + ::core::marker::Send
                    + 'static {
                 #krate::__private::enqueue_batch(&SPEC, payloads)
+            }
+
+            /// Enqueues many jobs, each with its options, in one pipelined round trip; ids
+            /// in input order.
+            pub fn enqueue_batch_with<
+                I: ::core::iter::IntoIterator<Item = (Payload, #krate::EnqueueOptions)>,
+            >(
+                items: I,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<::std::vec::Vec<#krate::JobId>, #krate::Error>,
+            > + ::core::marker::Send
+                   + 'static {
+                #krate::__private::enqueue_batch_with(&SPEC, items)
             }
         }
 

@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::error::Error;
 pub use crate::store::dlq::DeadLetterEntry;
 use crate::store::topic;
-use crate::store::{self, dlq, stream};
+use crate::store::{self, dlq, schedule, stream};
+use crate::JobId;
 use crate::{keys, wire};
 
 /// A connection for administration.
@@ -53,6 +54,12 @@ pub struct TopicStatus {
     pub streams: Vec<StreamStatus>,
     /// Dead letters waiting.
     pub dead_letters: u64,
+    /// Delayed jobs waiting to be due.
+    pub delayed: u64,
+    /// Whether the whole topic is paused ([`Admin::pause`]).
+    pub paused: bool,
+    /// Groups paused on their own.
+    pub paused_groups: Vec<String>,
 }
 
 /// One partition stream.
@@ -85,6 +92,8 @@ pub struct GroupStatus {
     pub generation: u64,
     /// The owner of each partition, by partition number.
     pub owners: Vec<String>,
+    /// Whether the group (or its whole topic) is paused ([`Admin::pause`]).
+    pub paused: bool,
 }
 
 /// A consumer of a group, as the monitor sees it.
@@ -287,11 +296,19 @@ impl Admin {
                 });
             }
             let dead_letters = dlq::count(&mut conn, &name, partitions).await?;
+            let mut delayed = 0;
+            for partition in 0..partitions {
+                delayed += schedule::delayed_count(&mut conn, &name, partition).await?;
+            }
+            let (paused, paused_groups) = topic::paused(&mut conn, &name).await?;
             topics.push(TopicStatus {
                 topic: name,
                 partitions,
                 streams,
                 dead_letters,
+                delayed,
+                paused,
+                paused_groups,
             });
         }
         Ok(topics)
@@ -323,18 +340,64 @@ impl Admin {
                         consumers: Vec::new(),
                         generation: 0,
                         owners: Vec::new(),
+                        paused: false,
                     });
                 status.lag += lag;
                 status.pending += row.pending;
             }
         }
+        let (topic_paused, paused_groups) = topic::paused(&mut conn, topic).await?;
         for status in groups.values_mut() {
+            status.paused = topic_paused || paused_groups.contains(&status.group);
             status.consumers = store::members::live(&mut conn, topic, &status.group).await?;
             let assignment = store::assignment::load(&mut conn, topic, &status.group).await?;
             status.generation = assignment.generation;
             status.owners = assignment.owners;
         }
         Ok(groups.into_values().collect())
+    }
+
+    /// Cancels a delayed job of `topic` before it runs; true if it was waiting, false if
+    /// there is no such delayed job (it never was, was cancelled, or is due and runs).
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: redisaq::admin::Admin, id: redisaq::JobId) -> Result<(), redisaq::Error> {
+    /// if admin.cancel("send_email", &id).await? {
+    ///     println!("cancelled {id}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel(&self, topic: &str, id: &JobId) -> Result<bool, Error> {
+        let partitions = self.partitions(topic).await?;
+        let mut conn = self.conn.clone();
+        let mut cancelled = false;
+        for partition in 0..partitions {
+            cancelled |= schedule::cancel(&mut conn, topic, partition, id.as_str()).await?;
+        }
+        Ok(cancelled)
+    }
+
+    /// Pauses `topic`, or only `group` on it: its workers start no new job within a
+    /// heartbeat interval (at once, unless a hint is lost); running jobs finish. The
+    /// state lives in Redis, so it outlasts restarts, until [`resume`](Self::resume).
+    /// Enqueueing goes on, and delayed jobs still become due.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: redisaq::admin::Admin) -> Result<(), redisaq::Error> {
+    /// admin.pause("send_email", Some("email_group")).await?;
+    /// admin.resume("send_email", Some("email_group")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn pause(&self, topic: &str, group: Option<&str>) -> Result<(), Error> {
+        self.partitions(topic).await?;
+        topic::set_paused(&mut self.conn.clone(), topic, group, true).await
+    }
+
+    /// Resumes what [`pause`](Self::pause) paused, with the same `group`. A group
+    /// paused on its own stays paused when its topic resumes, and the other way round.
+    pub async fn resume(&self, topic: &str, group: Option<&str>) -> Result<(), Error> {
+        self.partitions(topic).await?;
+        topic::set_paused(&mut self.conn.clone(), topic, group, false).await
     }
 
     /// Dead letters of a topic, oldest first, optionally of one group, at most `limit`:

@@ -64,6 +64,19 @@ impl PartialEq<String> for JobId {
     }
 }
 
+/// A job id as the tools take it (e.g. to cancel a delayed job).
+impl From<&str> for JobId {
+    fn from(id: &str) -> Self {
+        JobId(id.into())
+    }
+}
+
+impl From<String> for JobId {
+    fn from(id: String) -> Self {
+        JobId(id.into())
+    }
+}
+
 impl AsRef<str> for JobId {
     fn as_ref(&self) -> &str {
         &self.0

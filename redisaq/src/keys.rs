@@ -8,7 +8,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `redisaq:topics` | set | names of all topics |
-//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen`, `layout` |
+//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen`, `layout`; `paused` and `paused:{group}` while paused |
 //! | `redisaq:{topic:N}` | stream | the jobs of partition `N`; one consumer group per handler group |
 //! | `redisaq:{topic:N}:dlq` | stream | dead-lettered jobs of partition `N`, all groups |
 //! | `redisaq:{topic}:dlq` | stream | layout 1's dead letters (one stream per topic); `redisaq migrate` moves them |
@@ -18,6 +18,9 @@
 //! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
 //! | `redisaq:{topic:N}:due:{group}` | sorted set | entries of partition `N` pending in the group that wait to run again (a retry's backoff), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
+//! | `redisaq:{topic:N}:delayed` | sorted set | delayed jobs of partition `N` (job id), scored by when they are due (ms) |
+//! | `redisaq:{topic:N}:delayed:jobs` | hash | job id → the delayed job's entry fields (a JSON list) |
+//! | `redisaq:{topic:N}:ids` | sorted set | ids given with `EnqueueOptions::id`, scored by their first enqueue (ms), kept for the dedupe window |
 
 use std::sync::OnceLock;
 
@@ -135,6 +138,22 @@ pub fn due(topic: &str, partition: u32, group: &str) -> String {
 /// Dead-letter ids already replayed into one partition, so a replay runs once.
 pub fn replayed(topic: &str, partition: u32) -> String {
     format!("{}:{{{topic}:{partition}}}:replayed", prefix())
+}
+
+/// Delayed jobs of one partition, scored by when they are due.
+pub fn delayed(topic: &str, partition: u32) -> String {
+    format!("{}:{{{topic}:{partition}}}:delayed", prefix())
+}
+
+/// The entry fields of one partition's delayed jobs, by job id.
+pub fn delayed_jobs(topic: &str, partition: u32) -> String {
+    format!("{}:{{{topic}:{partition}}}:delayed:jobs", prefix())
+}
+
+/// Ids given to one partition's jobs (`EnqueueOptions::id`), scored by their first
+/// enqueue: what makes enqueueing one again store nothing.
+pub fn ids(topic: &str, partition: u32) -> String {
+    format!("{}:{{{topic}:{partition}}}:ids", prefix())
 }
 
 /// The partition number of a partition stream key, if it is one of `topic`'s.

@@ -60,7 +60,7 @@ pub use worker::{run, Worker};
 pub mod __private {
     pub use crate::handler::{assert_payload, call_batch, call_single, JobPayload};
     pub use crate::job::RawJob;
-    pub use crate::producer::{enqueue, enqueue_batch};
+    pub use crate::producer::{enqueue, enqueue_batch, enqueue_batch_with};
     pub use crate::registry::{HandlerDef, HandlerFn, TopicSpec};
     pub use inventory;
 

@@ -44,6 +44,8 @@ pub(crate) struct Metrics {
     pub retried: Family<HandlerLabels, Counter>,
     pub dead_lettered: Family<HandlerLabels, Counter>,
     pub lost: Family<HandlerLabels, Counter>,
+    pub promoted: Family<HandlerLabels, Counter>,
+    pub paused: Family<HandlerLabels, Gauge>,
     pub duration: Family<HandlerLabels, Histogram, fn() -> Histogram>,
     pub owned_partitions: Family<HandlerLabels, Gauge>,
     pub lag: Family<PartitionLabels, Gauge>,
@@ -60,6 +62,8 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         retried: Family::default(),
         dead_lettered: Family::default(),
         lost: Family::default(),
+        promoted: Family::default(),
+        paused: Family::default(),
         duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
         owned_partitions: Family::default(),
         lag: Family::default(),
@@ -94,6 +98,16 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Pending entries found deleted from their stream (XDEL, or trimming by someone \
              else): their jobs cannot run",
             metrics.lost.clone(),
+        );
+        registry.register(
+            "jobs_promoted",
+            "Delayed jobs moved into their partition stream when due",
+            metrics.promoted.clone(),
+        );
+        registry.register(
+            "paused",
+            "1 while the handler's topic or group is paused (`redisaq pause`)",
+            metrics.paused.clone(),
         );
         registry.register(
             "handler_duration_seconds",
@@ -134,6 +148,8 @@ pub(crate) struct HandlerMetrics {
     pub retried: Counter,
     pub dead_lettered: Counter,
     pub lost: Counter,
+    pub promoted: Counter,
+    pub paused: Gauge,
     pub duration: Histogram,
 }
 
@@ -149,6 +165,8 @@ impl HandlerMetrics {
             retried: METRICS.retried.get_or_create(&labels).clone(),
             dead_lettered: METRICS.dead_lettered.get_or_create(&labels).clone(),
             lost: METRICS.lost.get_or_create(&labels).clone(),
+            promoted: METRICS.promoted.get_or_create(&labels).clone(),
+            paused: METRICS.paused.get_or_create(&labels).clone(),
             duration: METRICS.duration.get_or_create(&labels).clone(),
             labels,
         }

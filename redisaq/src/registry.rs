@@ -23,6 +23,8 @@ pub struct TopicSpec {
     pub partitions: Option<u32>,
     /// Retention of processed entries per partition stream.
     pub maxlen: Option<u64>,
+    /// How long an id given at enqueue is remembered, in seconds.
+    pub dedupe_window_s: Option<u64>,
 }
 
 /// One registered `#[job]` function. `None` fields take the runtime's defaults.
@@ -62,6 +64,8 @@ pub const DEFAULT_MAXLEN: u64 = 100_000;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 100;
 /// Default number of dead letters kept per partition; the oldest go first.
 pub const DEFAULT_DLQ_MAXLEN: u64 = 10_000;
+/// Default dedupe window of ids given at enqueue: 24 hours.
+pub const DEFAULT_DEDUPE_WINDOW_S: u64 = 24 * 60 * 60;
 /// Default time one call may run before it is cancelled: 30 minutes.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
@@ -103,6 +107,11 @@ impl TopicSpec {
 
     pub(crate) fn maxlen(&self) -> u64 {
         self.maxlen.unwrap_or(DEFAULT_MAXLEN)
+    }
+
+    /// How long an id given at enqueue is remembered, default applied.
+    pub(crate) fn dedupe_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.dedupe_window_s.unwrap_or(DEFAULT_DEDUPE_WINDOW_S))
     }
 }
 

@@ -492,6 +492,24 @@ pub fn starts(conn: &mut redis::Connection, topic: &str) -> std::collections::Ha
         .expect("HGETALL starts")
 }
 
+/// When the test workers first started each job of `name` (a topic or a group the
+/// handler records under), by Redis' clock in ms.
+pub fn started_ms(
+    conn: &mut redis::Connection,
+    name: &str,
+) -> std::collections::HashMap<String, u64> {
+    redis::cmd("HGETALL")
+        .arg(format!("redisaq-test:started_ms:{name}"))
+        .query(conn)
+        .expect("HGETALL started_ms")
+}
+
+/// The Redis server's clock, in ms.
+pub fn server_ms(conn: &mut redis::Connection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn).expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
 /// One handler run recorded by a test worker.
 #[derive(Debug, Clone)]
 pub struct Interval {

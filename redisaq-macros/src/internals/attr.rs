@@ -31,6 +31,8 @@ pub(crate) struct Options {
     pub(crate) timeout_ms: Option<u64>,
     /// Dead letters kept per partition.
     pub(crate) dlq_maxlen: Option<u64>,
+    /// How long ids given at enqueue are remembered, in seconds.
+    pub(crate) dedupe_window_s: Option<u64>,
     /// Where the generated code finds redisaq, when not at `::redisaq` (re-exported).
     pub(crate) krate: Option<syn::Path>,
 }
@@ -47,11 +49,12 @@ pub(crate) enum Opt {
     Maxlen,
     TimeoutMs,
     DlqMaxlen,
+    DedupeWindowS,
     Crate,
 }
 
 impl Opt {
-    const ALL: [Opt; 11] = [
+    const ALL: [Opt; 12] = [
         Opt::Topic,
         Opt::Group,
         Opt::Partitions,
@@ -62,6 +65,7 @@ impl Opt {
         Opt::Maxlen,
         Opt::TimeoutMs,
         Opt::DlqMaxlen,
+        Opt::DedupeWindowS,
         Opt::Crate,
     ];
 
@@ -77,6 +81,7 @@ impl Opt {
             Opt::Maxlen => "maxlen",
             Opt::TimeoutMs => "timeout_ms",
             Opt::DlqMaxlen => "dlq_maxlen",
+            Opt::DedupeWindowS => "dedupe_window_s",
             Opt::Crate => "crate",
         }
     }
@@ -94,6 +99,7 @@ impl Opt {
             Opt::Maxlen => "maxlen = 100_000",
             Opt::TimeoutMs => "timeout_ms = 30_000",
             Opt::DlqMaxlen => "dlq_maxlen = 10_000",
+            Opt::DedupeWindowS => "dedupe_window_s = 86_400",
             Opt::Crate => "crate = \"::my_app::redisaq\"",
         }
     }
@@ -107,7 +113,9 @@ impl Opt {
             Opt::Retries => Some((0, u32_max)),
             Opt::MaxWaitMs => Some((0, u64_max)),
             Opt::Partitions | Opt::Batch | Opt::Concurrency => Some((1, u32_max)),
-            Opt::Maxlen | Opt::TimeoutMs | Opt::DlqMaxlen => Some((1, u64_max)),
+            Opt::Maxlen | Opt::TimeoutMs | Opt::DlqMaxlen | Opt::DedupeWindowS => {
+                Some((1, u64_max))
+            }
         }
     }
 }
@@ -255,6 +263,7 @@ pub(crate) fn parse_option(
         Opt::Maxlen => options.maxlen = int_value(opt, &value, errors),
         Opt::TimeoutMs => options.timeout_ms = int_value(opt, &value, errors),
         Opt::DlqMaxlen => options.dlq_maxlen = int_value(opt, &value, errors),
+        Opt::DedupeWindowS => options.dedupe_window_s = int_value(opt, &value, errors),
         Opt::Crate => options.krate = path_value(&value, errors),
     }
 }
@@ -426,6 +435,9 @@ fn int_value<T: TryFrom<u128>>(opt: Opt, value: &Value, errors: &mut Errors) -> 
                 .to_string(),
             Opt::DlqMaxlen => "`dlq_maxlen` must be at least 1: it is how many dead letters \
                                each partition keeps"
+                .to_string(),
+            Opt::DedupeWindowS => "`dedupe_window_s` must be at least 1: it is how many \
+                                   seconds an id given at enqueue is remembered"
                 .to_string(),
             _ => format!("`{name}` must be at least {min}"),
         };

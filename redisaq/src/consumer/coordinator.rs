@@ -210,6 +210,7 @@ async fn follow(shared: &Shared, view: &mut View) -> Result<bool, Error> {
     let mut seen =
         store::view::read(&mut conn, &shared.topic, shared.group, shared.script_flags).await?;
     topic::check_layout(&shared.topic, seen.layout)?;
+    shared.set_paused(seen.paused);
     let (partitions, maxlen) = match (seen.partitions, seen.maxlen) {
         (Some(partitions), Some(maxlen)) => (partitions, maxlen),
         // The topic's record is gone (a restart without persistence): write it again.

@@ -54,6 +54,10 @@ pub(crate) async fn run(
             delivery = deliveries.recv() => match delivery { Some(d) => d, None => return },
             () = shared.shutdown.cancelled() => return,
         };
+        // Paused: what was read ahead waits (pending in Redis) until resumed.
+        if !shared.unpaused().await {
+            return;
+        }
         let mut batch = vec![first];
         if batch_size > 1 {
             let deadline = Instant::now() + max_wait;

@@ -38,6 +38,9 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
         for tenure in std::mem::take(&mut lost_read) {
             recover_lost_read(&shared, tenure).await;
         }
+        if !shared.unpaused().await {
+            return Ok(());
+        }
         let partitions = shared.held.fetchable();
         if partitions.is_empty() {
             tokio::select! {

@@ -6,7 +6,8 @@
 //! gathers them into calls (one job, or a batch) within the concurrency limit and applies
 //! each result → [`ack`] acknowledges in coalesced, fenced pipelines, or [`retries`]
 //! records when the job runs again (it waits in Redis; the fetch loop of whoever owns the
-//! partition then claims it), or `execute` writes a dead letter.
+//! partition then claims it), or `execute` writes a dead letter. Delayed jobs wait beside
+//! the stream until the partition's owner moves them in when they are due ([`delayed`]).
 //!
 //! Which partitions a consumer owns: [`membership`] (heartbeats) → [`assignment`] (who
 //! owns what, per generation) → leases ([`crate::store::lease`]: fenced ownership of one
@@ -18,6 +19,7 @@ mod ack;
 mod assignment;
 mod clock;
 mod coordinator;
+mod delayed;
 mod execute;
 mod fetch;
 pub(crate) mod hints;
@@ -122,6 +124,8 @@ pub(crate) struct Shared {
     pub ownership_changed: Notify,
     /// Wakes the coordinator before its next look (a lease was lost).
     pub coordinator_wake: Notify,
+    /// Whether the topic or the group is paused: no job starts, nothing is read.
+    pub paused: tokio::sync::watch::Sender<bool>,
     /// This handler's metric series.
     pub metrics: crate::metrics::HandlerMetrics,
     pub config: Config,
@@ -156,6 +160,30 @@ impl Shared {
             );
             self.ownership_changed.notify_one();
             self.coordinator_wake.notify_one();
+        }
+    }
+
+    /// Follows the paused state the coordinator read.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        let changed = self
+            .paused
+            .send_if_modified(|was| std::mem::replace(was, paused) != paused);
+        if changed {
+            self.metrics.paused.set(i64::from(paused));
+            tracing::info!(
+                topic = %self.topic, group = self.group,
+                "Consumer {} {}", self.consumer,
+                if paused { "paused: no new job starts until resumed" } else { "resumed" }
+            );
+        }
+    }
+
+    /// Returns at once unless paused; else once resumed, or false at shutdown.
+    pub(crate) async fn unpaused(&self) -> bool {
+        let mut paused = self.paused.subscribe();
+        tokio::select! {
+            resumed = paused.wait_for(|p| !p) => resumed.is_ok(),
+            () = self.shutdown.cancelled() => false,
         }
     }
 
@@ -248,7 +276,7 @@ async fn leave_redis_group(shared: &Shared) {
 pub(crate) async fn run(
     def: &'static HandlerDef,
     config: Config,
-    hints: tokio::sync::watch::Receiver<u64>,
+    hints: hints::TopicHints,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let target = store::conn::client(&config.redis_url)?;
@@ -275,6 +303,7 @@ pub(crate) async fn run(
         script_flags,
         ownership_changed: Notify::new(),
         coordinator_wake: Notify::new(),
+        paused: tokio::sync::watch::Sender::new(false),
         metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
         conn: conn.clone(),
         acks: ack_tx,
@@ -304,9 +333,14 @@ pub(crate) async fn run(
     let acker = AbortOnDropHandle::new(tokio::spawn(acker.run(ack_rx, stopped.clone())));
     let keeper = keeper::spawn(shared.clone(), target.clone(), background.clone())
         .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
+    let mover = AbortOnDropHandle::new(tokio::spawn(delayed::run(
+        shared.clone(),
+        hints.looks.clone(),
+        hints.delayed,
+    )));
     let coordinator = AbortOnDropHandle::new(tokio::spawn(coordinator::run(
         shared.clone(),
-        hints,
+        hints.looks,
         background.clone(),
     )));
     let calls = Arc::new(execute::Calls {
@@ -332,6 +366,7 @@ pub(crate) async fn run(
     let running = concurrency - calls.concurrency.available_permits();
     background.cancel();
     let _ = coordinator.await;
+    let _ = mover.await;
     let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
     // Hand everything back at once: the others need not wait for lease or heartbeat TTLs.
     // (Partitions with calls still running past the deadline keep their lease until it

@@ -39,6 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
     let mut reading: BTreeMap<Tenure, usize> = BTreeMap::new();
     let mut lost_read: Vec<Tenure> = Vec::new();
     let mut failures = 0u32;
+    let mut paused = shared.paused.subscribe();
     loop {
         // What a read delivered unseen is claimed back once no read of that partition is
         // in flight (one would deliver what the claim also takes).
@@ -53,6 +54,11 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
         conns.retain(|partition, _| partitions.iter().any(|t| t.partition == *partition));
         let asked: usize = reading.values().sum();
         let mut room = shared.deliveries.capacity().saturating_sub(asked);
+        // Paused: no new reads or claims; the reads in flight finish.
+        let is_paused = *paused.borrow_and_update();
+        if is_paused {
+            room = 0;
+        }
         room = claim_due_retries(&shared, &partitions, room).await;
         let idle: Vec<Tenure> = partitions
             .iter()
@@ -84,7 +90,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
         let max = shared.deliveries.max_capacity();
         let asked: usize = reading.values().sum();
         let wanted = (asked + (max / 2).max(1)).min(max);
-        let starved = asked < max && idle.iter().any(|t| !reading.contains_key(t));
+        let starved = !is_paused && asked < max && idle.iter().any(|t| !reading.contains_key(t));
         // Wake for a due retry even while every read blocks.
         let next_due = due_in(&shared, &partitions).max(Duration::from_millis(1));
         let done = tokio::select! {
@@ -94,6 +100,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
                 Err(_) => return Ok(()),
             },
             () = shared.ownership_changed.notified() => continue,
+            _ = paused.changed() => continue,
             () = tokio::time::sleep(next_due) => continue,
             () = shared.shutdown.cancelled() => return Ok(()),
         };

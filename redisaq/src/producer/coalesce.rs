@@ -10,12 +10,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::TopicState;
 use crate::job::JobId;
 use crate::store::conn::Conn;
+use crate::store::schedule::{Scheduled, When};
 use crate::store::stream::{self, NewJob};
 use crate::wire::JobFields;
 
@@ -32,6 +34,8 @@ pub(super) struct Single {
     pub payload: String,
     pub enqueued_at_ms: u64,
     pub key: Option<String>,
+    /// When it runs and its dedupe window, if more than an append.
+    pub scheduled: Option<(Option<When>, Option<Duration>)>,
     /// Set once the job is on its way: from then on, a lost answer means "unknown".
     pub sending: Arc<AtomicBool>,
     /// `Ok(None)`: stored; `Ok(Some(e))`: refused; `Err(e)`: the round trip failed.
@@ -107,6 +111,12 @@ async fn send(conn: &mut Conn, batch: Vec<Single>) {
                 key: single.key.as_deref(),
                 for_group: None,
             },
+            scheduled: single.scheduled.map(|(when, window)| Scheduled {
+                topic: single.topic.topic,
+                partition: single.partition,
+                when,
+                window,
+            }),
         })
         .collect();
     let added = stream::add(conn, &jobs, None).await;

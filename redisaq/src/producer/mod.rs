@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -18,6 +18,7 @@ use crate::job::{now_ms, JobId};
 use crate::keys;
 use crate::registry::TopicSpec;
 use crate::store;
+use crate::store::schedule::{Scheduled, When};
 use crate::store::stream::{self, NewJob};
 use crate::store::topic;
 use crate::wire::JobFields;
@@ -37,6 +38,8 @@ pub struct EnqueueOptions {
     key: Option<String>,
     timeout: Option<Duration>,
     wait_replicas: Option<u32>,
+    id: Option<String>,
+    when: Option<When>,
 }
 
 impl EnqueueOptions {
@@ -70,6 +73,73 @@ impl EnqueueOptions {
     pub fn wait_replicas(mut self, replicas: u32) -> Self {
         self.wait_replicas = Some(replicas).filter(|&n| n > 0);
         self
+    }
+
+    /// The job becomes runnable `delay` after Redis stored it (by Redis' clock), not
+    /// before. Until then it waits beside its partition, shows in `redisaq topics` and
+    /// can be cancelled ([`crate::admin::Admin::cancel`]); when it is due, the partition's
+    /// owner moves it into the stream, for every group of the topic.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let options = redisaq::EnqueueOptions::new().delay(Duration::from_secs(60));
+    /// ```
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.when = Some(When::In(delay));
+        self
+    }
+
+    /// The job becomes runnable at `at` (a time in the past: at once); see
+    /// [`delay`](Self::delay).
+    ///
+    /// ```
+    /// # use std::time::{Duration, SystemTime};
+    /// let options = redisaq::EnqueueOptions::new().at(SystemTime::now() + Duration::from_secs(3600));
+    /// ```
+    pub fn at(mut self, at: SystemTime) -> Self {
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        self.when = Some(When::At(ms));
+        self
+    }
+
+    /// Idempotent enqueue: the job's [`JobId`] is `id`, and enqueueing an id the topic
+    /// already holds stores nothing and returns the same id. The topic holds an id while
+    /// its job is delayed and for the dedupe window after its first enqueue (default
+    /// 24 h, `#[job(dedupe_window_s = N)]`). Without a [`key`](Self::key), the id routes
+    /// the job to its partition as a key would; the check and the add are one step in
+    /// Redis.
+    ///
+    /// ```
+    /// let options = redisaq::EnqueueOptions::new().id("order-42");
+    /// ```
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The job's id: the one given, else a new one.
+    fn job_id(&self) -> Result<JobId, Error> {
+        match self.id.as_deref() {
+            None => Ok(JobId::generate()),
+            Some("") => Err(Error::config(
+                "EnqueueOptions::id(\"\") is empty: give the job a non-empty id (e.g. \"order-42\"), \
+                 or leave it out for a generated one",
+            )),
+            Some(id) => Ok(JobId::from_stored(id)),
+        }
+    }
+
+    /// What routes the job: its key, else its own id.
+    fn routing_key(&self) -> Option<&str> {
+        self.key.as_deref().or(self.id.as_deref())
+    }
+
+    /// What makes the job more than an append, if anything.
+    fn scheduled(&self, spec: &TopicSpec) -> Option<(Option<When>, Option<Duration>)> {
+        let window = self.id.as_ref().map(|_| spec.dedupe_window());
+        (self.when.is_some() || window.is_some()).then_some((self.when, window))
     }
 }
 
@@ -197,6 +267,7 @@ fn explain(error: &Error) -> String {
 }
 
 struct TopicState {
+    topic: &'static str,
     partitions: u32,
     /// The partition streams' keys, by partition.
     streams: Vec<String>,
@@ -319,6 +390,7 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
         s.next.load(Ordering::Relaxed) as u16
     });
     let state = Arc::new(TopicState {
+        topic: spec.topic,
         partitions: info.partitions,
         streams: (0..info.partitions)
             .map(|p| keys::partition(spec.topic, p))
@@ -359,12 +431,13 @@ pub fn enqueue<T: JobPayload>(
     async move {
         let json = json?;
         let timeout = deadline(options.timeout)?;
-        let id = JobId::generate();
+        let id = options.job_id()?;
         let ids = [id.clone()];
         let sending = Arc::new(AtomicBool::new(false));
+        let scheduled = options.scheduled(spec);
         within_deadline(timeout, &ids, &sending, async {
             let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
-            let partition = route(&state, options.key.as_deref());
+            let partition = route(&state, options.routing_key());
             let enqueued_at_ms = now_ms();
             if let Some(replicas) = options.wait_replicas {
                 let job = NewJob {
@@ -376,6 +449,12 @@ pub fn enqueue<T: JobPayload>(
                         key: options.key.as_deref(),
                         for_group: None,
                     },
+                    scheduled: scheduled.map(|(when, window)| Scheduled {
+                        topic: spec.topic,
+                        partition,
+                        when,
+                        window,
+                    }),
                 };
                 // Leave the WAIT a little of the deadline to answer in. (Not coalesced:
                 // a WAIT holds the connection, and the jobs sharing it would wait too.)
@@ -390,6 +469,7 @@ pub fn enqueue<T: JobPayload>(
                 payload: json,
                 enqueued_at_ms,
                 key: options.key,
+                scheduled,
                 sending: sending.clone(),
                 answer,
             });
@@ -457,36 +537,66 @@ pub fn enqueue_batch<T: JobPayload, I: IntoIterator<Item = T>>(
     spec: &'static TopicSpec,
     payloads: I,
 ) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send + 'static {
-    let jsons: Result<Vec<String>, serde_json::Error> = payloads
+    enqueue_batch_with(
+        spec,
+        payloads
+            .into_iter()
+            .map(|payload| (payload, EnqueueOptions::new())),
+    )
+}
+
+/// Enqueues many jobs, each with its options, in one pipelined round trip (what
+/// `my_job::enqueue_batch_with` calls). The batch's deadline is the longest of the
+/// items' timeouts; with `wait_replicas`, it waits for the most any item asks.
+pub fn enqueue_batch_with<T: JobPayload, I: IntoIterator<Item = (T, EnqueueOptions)>>(
+    spec: &'static TopicSpec,
+    items: I,
+) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send + 'static {
+    let items: Result<Vec<(String, EnqueueOptions)>, serde_json::Error> = items
         .into_iter()
-        .map(|p| serde_json::to_string(&p))
+        .map(|(payload, options)| Ok((serde_json::to_string(&payload)?, options)))
         .collect();
     async move {
-        let jsons = jsons?;
-        if jsons.is_empty() {
+        let items = items?;
+        if items.is_empty() {
             return Ok(Vec::new());
         }
-        let timeout = deadline(None)?;
-        let ids: Vec<JobId> = jsons.iter().map(|_| JobId::generate()).collect();
+        let timeout = deadline(items.iter().filter_map(|(_, o)| o.timeout).max())?;
+        let replicas = items.iter().filter_map(|(_, o)| o.wait_replicas).max();
+        let ids: Vec<JobId> = items
+            .iter()
+            .map(|(_, options)| options.job_id())
+            .collect::<Result<_, _>>()?;
         let sending = AtomicBool::new(false);
         within_deadline(timeout, &ids, &sending, async {
             let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
             let enqueued_at_ms = now_ms();
             let jobs: Vec<NewJob> = ids
                 .iter()
-                .zip(&jsons)
-                .map(|(id, json)| NewJob {
-                    stream: &state.streams[route(&state, None) as usize],
-                    fields: JobFields {
-                        id: id.as_str(),
-                        payload: json,
-                        enqueued_at_ms,
-                        key: None,
-                        for_group: None,
-                    },
+                .zip(&items)
+                .map(|(id, (json, options))| {
+                    let partition = route(&state, options.routing_key());
+                    NewJob {
+                        stream: &state.streams[partition as usize],
+                        fields: JobFields {
+                            id: id.as_str(),
+                            payload: json,
+                            enqueued_at_ms,
+                            key: options.key.as_deref(),
+                            for_group: None,
+                        },
+                        scheduled: options.scheduled(spec).map(|(when, window)| Scheduled {
+                            topic: spec.topic,
+                            partition,
+                            when,
+                            window,
+                        }),
+                    }
                 })
                 .collect();
-            send(&mut link.conn.clone(), &jobs, None, &sending).await
+            // Leave the WAIT a little of the deadline to answer in.
+            let wait = replicas.map(|n| (n, timeout.mul_f64(0.8)));
+            send(&mut link.conn.clone(), &jobs, wait, &sending).await
         })
         .await?;
         Ok(ids)
@@ -513,6 +623,7 @@ mod tests {
     #[test]
     fn keys_route_stably_and_round_robin_spreads() {
         let state = TopicState {
+            topic: "t",
             partitions: 4,
             streams: Vec::new(),
             checked_at: Instant::now(),

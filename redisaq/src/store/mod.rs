@@ -5,7 +5,7 @@
 //! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
 //! (heartbeats), [`assignment`], [`view`] (what a coordinator reads each step),
 //! [`changes`] (hints that a topic's assignment moved), [`group`] (consumer groups),
-//! [`due`] (entries waiting to run again), [`dlq`] (dead letters), [`trim`], [`topic`]
+//! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`dlq`] (dead letters), [`trim`], [`topic`]
 //! (settings and layout), [`scripts`] (sent by hash) and [`conn`] (connections).
 
 pub(crate) mod assignment;
@@ -15,6 +15,7 @@ pub(crate) mod dlq;
 pub(crate) mod due;
 pub(crate) mod group;
 pub(crate) mod members;
+pub(crate) mod schedule;
 pub(crate) mod scripts;
 pub(crate) mod stream;
 pub(crate) mod topic;

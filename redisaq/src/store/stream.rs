@@ -248,6 +248,8 @@ pub(crate) async fn consumers(
 pub(crate) struct NewJob<'a> {
     pub stream: &'a str,
     pub fields: wire::JobFields<'a>,
+    /// A delay, or an id stored once: then a script adds it ([`super::schedule`]).
+    pub scheduled: Option<super::schedule::Scheduled<'a>>,
 }
 
 /// What became of an [`add`].
@@ -277,7 +279,7 @@ pub(crate) async fn add(
     let mut slots = Vec::with_capacity(order.len()); // reply index → job index
     for (n, &i) in order.iter().enumerate() {
         let job = &jobs[i];
-        pipe.cmd("XADD").arg(job.stream).arg("*").arg(job.fields);
+        pipe.add_command(add_cmd(job));
         slots.push(Some(i));
         let last_of_partition = order
             .get(n + 1)
@@ -289,7 +291,8 @@ pub(crate) async fn add(
             slots.push(None);
         }
     }
-    let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    let mut results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    resend_unknown_scripts(conn, jobs, &slots, &mut results).await?;
     let mut refusals: Vec<Option<redis::RedisError>> = jobs.iter().map(|_| None).collect();
     let mut replicas: Option<u64> = None;
     for (slot, result) in slots.into_iter().zip(results) {
@@ -302,6 +305,49 @@ pub(crate) async fn add(
         }
     }
     Ok(Added { refusals, replicas })
+}
+
+fn add_cmd(job: &NewJob<'_>) -> redis::Cmd {
+    match &job.scheduled {
+        None => {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(job.stream).arg("*").arg(job.fields);
+            cmd
+        }
+        Some(scheduled) => super::schedule::add_cmd(job.stream, &job.fields, scheduled),
+    }
+}
+
+/// Sends again, after loading their script, the scheduled adds that Redis refused for
+/// not knowing it (after a restart or failover): only those, since the plain adds of the
+/// same pipeline were stored.
+async fn resend_unknown_scripts(
+    conn: &mut impl ConnectionLike,
+    jobs: &[NewJob<'_>],
+    slots: &[Option<usize>],
+    results: &mut [redis::RedisResult<redis::Value>],
+) -> Result<(), redis::RedisError> {
+    let unknown: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(e) if scripts::is_noscript(e)))
+        .map(|(n, _)| n)
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    super::schedule::add_script().load_async(conn).await?;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for &n in &unknown {
+        let job = slots[n].expect("only adds are scripts");
+        pipe.add_command(add_cmd(&jobs[job]));
+    }
+    let again: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    for (n, result) in unknown.into_iter().zip(again) {
+        results[n] = result;
+    }
+    Ok(())
 }
 
 /// How many entries `stream` holds.

@@ -266,3 +266,53 @@ pub(crate) async fn names(conn: &mut impl ConnectionLike) -> Result<Vec<String>,
     names.sort();
     Ok(names)
 }
+
+/// The meta field that pauses `group`, or the whole topic.
+fn pause_field(group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("paused:{group}"),
+        None => "paused".to_string(),
+    }
+}
+
+/// Pauses (or resumes) `topic`, or only `group` on it: recorded in the topic's meta hash,
+/// which every consumer's coordinator reads each heartbeat interval, and announced so
+/// they follow at once.
+pub(crate) async fn set_paused(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    group: Option<&str>,
+    paused: bool,
+) -> Result<(), Error> {
+    let field = pause_field(group);
+    let cmd = if paused {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(keys::meta(topic)).arg(field).arg(1);
+        cmd
+    } else {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(keys::meta(topic)).arg(field);
+        cmd
+    };
+    let _: i64 = cmd.query_async(conn).await?;
+    super::changes::announce(conn, topic).await
+}
+
+/// What is paused on `topic`: the whole topic, and which groups.
+pub(crate) async fn paused(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+) -> Result<(bool, Vec<String>), Error> {
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(keys::meta(topic))
+        .query_async(conn)
+        .await?;
+    let whole = fields.iter().any(|f| f == "paused");
+    let mut groups: Vec<String> = fields
+        .iter()
+        .filter_map(|f| f.strip_prefix("paused:"))
+        .map(str::to_string)
+        .collect();
+    groups.sort_unstable();
+    Ok((whole, groups))
+}

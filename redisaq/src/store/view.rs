@@ -1,5 +1,6 @@
 //! What a consumer's coordinator reads on each step, in one read-only script: the group's
-//! live members, its stored assignment and the topic's settings.
+//! live members, its stored assignment and the topic's settings (whether it or the group
+//! is paused among them).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -15,7 +16,7 @@ const VIEW: &str = concat!(
     lua_now!(),
     r"local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local assignment = redis.call('HMGET', KEYS[2], 'generation', 'members', 'owners')
-local meta = redis.call('HMGET', KEYS[3], 'partitions', 'maxlen', 'layout')
+local meta = redis.call('HMGET', KEYS[3], 'partitions', 'maxlen', 'layout', 'paused', 'paused:' .. ARGV[1])
 return {live, assignment, meta, now}
 "
 );
@@ -35,6 +36,8 @@ pub(crate) struct View {
     pub partitions: Option<u32>,
     pub maxlen: Option<u64>,
     pub layout: Option<u32>,
+    /// Whether the topic or the group is paused (`Admin::pause`).
+    pub paused: bool,
 }
 
 /// Reads the view of `group` on `topic`.
@@ -45,7 +48,7 @@ pub(crate) async fn read(
     script_flags: bool,
 ) -> Result<View, Error> {
     let script = VIEW_SCRIPT.script(script_flags);
-    let cmd = scripts::evalsha(
+    let mut cmd = scripts::evalsha(
         script,
         &[
             &keys::members(topic, group),
@@ -53,14 +56,25 @@ pub(crate) async fn read(
             &keys::meta(topic),
         ],
     );
+    cmd.arg(group);
     type Reply = (
         Vec<(String, f64)>,
         (Option<u64>, Option<String>, Option<String>),
-        (Option<u32>, Option<u64>, Option<u32>),
+        (
+            Option<u32>,
+            Option<u64>,
+            Option<u32>,
+            Option<String>,
+            Option<String>,
+        ),
         u64,
     );
-    let (live, (generation, members, owners), (partitions, maxlen, layout), now): Reply =
-        scripts::query(conn, &cmd, script).await?;
+    let (
+        live,
+        (generation, members, owners),
+        (partitions, maxlen, layout, topic_paused, group_paused),
+        now,
+    ): Reply = scripts::query(conn, &cmd, script).await?;
     let next_expiry = live
         .iter()
         .map(|(_, expiry)| *expiry as u64)
@@ -75,5 +89,6 @@ pub(crate) async fn read(
         partitions: partitions.filter(|&p| p > 0),
         maxlen,
         layout,
+        paused: topic_paused.is_some() || group_paused.is_some(),
     })
 }

@@ -240,6 +240,58 @@ pub async fn shutdown_slow(job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Records, once per job, when its first call started by Redis' clock (ms), in
+/// `redisaq-test:started_ms:{name}`, then records the call as [`record_as`] does: the
+/// scheduling tests judge "not before it was due" by the clock Redis keeps due times by.
+async fn record_started(job: &Job<Work>, name: &str) -> Result<(), JobError> {
+    let mut conn = recorder().await;
+    let mut stamp = redis::pipe();
+    stamp
+        .cmd("EVAL")
+        .arg(
+            "local t = redis.call('TIME') \
+             redis.call('HSETNX', KEYS[1], ARGV[1], t[1] * 1000 + math.floor(t[2] / 1000))",
+        )
+        .arg(1)
+        .arg(format!("redisaq-test:started_ms:{name}"))
+        .arg(job.id().as_str());
+    save(&mut conn, &stamp).await?;
+    record_as(job, name).await
+}
+
+/// Delayed jobs of the scheduling tests.
+#[job(
+    topic = "delayed",
+    group = "delayed_group",
+    partitions = 4,
+    concurrency = 8
+)]
+pub async fn delayed(job: Job<Work>) -> Result<(), JobError> {
+    record_started(&job, "delayed").await
+}
+
+/// Jobs enqueued with ids of their own.
+#[job(
+    topic = "once",
+    group = "once_group",
+    partitions = 4,
+    dedupe_window_s = 3600
+)]
+pub async fn once(job: Job<Work>) -> Result<(), JobError> {
+    record(&job).await
+}
+
+/// Jobs of the pause tests, in two groups.
+#[job(topic = "paused", group = "paused_a", partitions = 2)]
+pub async fn paused_a(job: Job<Work>) -> Result<(), JobError> {
+    record_started(&job, "paused_a").await
+}
+
+#[job(topic = "paused", group = "paused_b", partitions = 2)]
+pub async fn paused_b(job: Job<Work>) -> Result<(), JobError> {
+    record_started(&job, "paused_b").await
+}
+
 /// The payload number that aborts the worker process in the crash-loop handlers.
 pub const POISON: u64 = 999_999;
 
