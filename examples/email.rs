@@ -1,7 +1,8 @@
 //! The e-mail example: a producer enqueues batches of 2–5 e-mails every 0.5–2 s to
 //! `send_email`, and with every third batch a reminder delayed by 3 s to `remind`;
 //! consumers in `email_group` send them; a consumer in `email_group_v2`, started later,
-//! reconsumes every e-mail from the beginning.
+//! reconsumes every e-mail from the beginning. The workers also keep the nightly digest's
+//! cron schedule (`redisaq schedules` shows it).
 //!
 //! `cargo run -p redisaq-examples --bin email` runs all of it for 15 seconds against
 //! `REDIS_URL` (or a private `redis-server` when nothing answers there). The parts run
@@ -56,6 +57,23 @@ pub async fn send_reminder(job: Job<Email>) -> Result<(), JobError> {
         job.payload().subject,
         job.id(),
         waited.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The nightly digest: one job per night at 03:00 Berlin time, however many workers
+/// run.
+#[job(
+    topic = "nightly_digest",
+    group = "digest_group",
+    cron = "0 0 3 * * *",
+    tz = "Europe/Berlin"
+)]
+pub async fn nightly_digest(job: Job<redisaq::Tick>) -> Result<(), JobError> {
+    tracing::info!(
+        "Sending the nightly digest of {:?} (job {})",
+        job.payload().scheduled_at(),
+        job.id()
     );
     Ok(())
 }
@@ -200,6 +218,8 @@ async fn demo(redis_url: &str, seconds: u64) -> Result<(), Box<dyn std::error::E
             "email_group",
             "--group",
             "reminder_group",
+            "--group",
+            "digest_group",
         ])?,
         spawn(&[
             "worker",

@@ -90,6 +90,9 @@ enum Command {
         /// The topics; all when none is given.
         topics: Vec<String>,
     },
+    /// Cron schedules (`#[job(cron = ...)]`): topic, expression, time zone, last and next
+    /// fire time.
+    Schedules,
     /// Cancel a delayed job before it runs (exit 1 if no such job waits).
     Cancel {
         /// The topic.
@@ -176,6 +179,14 @@ fn age(ms: Option<u64>) -> String {
         Some(ms) if ms < 7_200_000 => format!("{:.1} min", ms as f64 / 60_000.0),
         Some(ms) => format!("{:.1} h", ms as f64 / 3_600_000.0),
     }
+}
+
+/// A Unix time in ms as UTC, to the second: `2026-12-06 03:00:00 UTC`.
+fn utc(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 /// The paused column of `topics`: the whole topic, or which groups.
@@ -463,6 +474,23 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                         topic.topic.clone(),
                         topic.layout.to_string(),
                         topic.dead_letters_moved.to_string(),
+                    ]);
+                }
+                table
+            });
+        }
+        Command::Schedules => {
+            let schedules = admin.schedules().await?;
+            print(cli.json, &schedules, || {
+                let mut table = Table::new();
+                table.set_header(["topic", "cron", "tz", "last fire", "next fire"]);
+                for s in &schedules {
+                    table.add_row([
+                        s.topic.clone(),
+                        s.cron.clone(),
+                        s.tz.clone(),
+                        s.last_fire_ms.map_or("-".into(), utc),
+                        s.next_fire_ms.map_or("-".into(), utc),
                     ]);
                 }
                 table

@@ -58,6 +58,14 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let dlq_maxlen = option_literal(options.dlq_maxlen.map(Literal::u64_unsuffixed));
     let dedupe_window_s = option_literal(options.dedupe_window_s.map(Literal::u64_unsuffixed));
     let call = call_expression(def);
+    let cron = option_literal(options.cron.as_deref().map(Literal::string));
+    let tz = option_literal(options.tz.as_deref().map(Literal::string));
+    // A cron job's payload is the tick the schedule makes; said at the payload type.
+    let assert_tick = options.cron.as_ref().map(|_| {
+        quote_spanned! {payload_span=>
+            let () = #krate::__private::assert_tick::<#payload>();
+        }
+    });
 
     quote! {
         #item
@@ -133,6 +141,7 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
         #krate::__private::submit_handler! {
             {
                 #assert_payload
+                #assert_tick
                 #krate::__private::HandlerDef {
                     spec: &#name::SPEC,
                     group: #name::GROUP,
@@ -143,6 +152,8 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                     concurrency: #concurrency,
                     timeout_ms: #timeout_ms,
                     dlq_maxlen: #dlq_maxlen,
+                    cron: #cron,
+                    tz: #tz,
                     call: |jobs| #call,
                 }
             }

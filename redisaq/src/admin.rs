@@ -76,6 +76,22 @@ pub struct StreamStatus {
     pub newest_age_ms: Option<u64>,
 }
 
+/// A cron schedule ([`Admin::schedules`]).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ScheduleStatus {
+    /// The topic its jobs go to.
+    pub topic: String,
+    /// The cron expression.
+    pub cron: String,
+    /// Its time zone.
+    pub tz: String,
+    /// The last fire time enqueued (Unix ms); `None` before the first.
+    pub last_fire_ms: Option<u64>,
+    /// The next fire time (Unix ms).
+    pub next_fire_ms: Option<u64>,
+}
+
 /// A consumer group of a topic.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -355,6 +371,28 @@ impl Admin {
             status.owners = assignment.owners;
         }
         Ok(groups.into_values().collect())
+    }
+
+    /// Every cron schedule a worker has recorded, by topic, with its last and next fire
+    /// time.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>, Error> {
+        let stored = store::cron::list(&mut self.conn.clone()).await?;
+        let now_ms = store::server_ms(&mut self.conn.clone()).await?;
+        Ok(stored
+            .into_iter()
+            .map(|s| {
+                let next_fire_ms = crate::cron::Schedule::parse(&s.expression, Some(&s.tz))
+                    .ok()
+                    .and_then(|schedule| schedule.next_after(now_ms.max(s.last_ms.unwrap_or(0))));
+                ScheduleStatus {
+                    topic: s.topic,
+                    cron: s.expression,
+                    tz: s.tz,
+                    last_fire_ms: s.last_ms,
+                    next_fire_ms,
+                }
+            })
+            .collect())
     }
 
     /// Cancels a delayed job of `topic` before it runs; true if it was waiting, false if

@@ -20,6 +20,8 @@
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
 //! | `redisaq:{topic:N}:delayed` | sorted set | delayed jobs of partition `N` (job id), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:delayed:jobs` | hash | job id → the delayed job's entry fields (a JSON list) |
+//! | `redisaq:schedules` | set | names of topics with a cron schedule |
+//! | `redisaq:{topic:0}:cron` | hash | the topic's cron schedule: `cron`, `tz`, `last` (the last fire time enqueued, ms) |
 //! | `redisaq:{topic:N}:ids` | sorted set | ids given with `EnqueueOptions::id`, scored by their first enqueue (ms), kept for the dedupe window |
 
 use std::sync::OnceLock;
@@ -138,6 +140,16 @@ pub fn due(topic: &str, partition: u32, group: &str) -> String {
 /// Dead-letter ids already replayed into one partition, so a replay runs once.
 pub fn replayed(topic: &str, partition: u32) -> String {
     format!("{}:{{{topic}:{partition}}}:replayed", prefix())
+}
+
+/// The set of topics with a cron schedule.
+pub fn schedules() -> String {
+    format!("{}:schedules", prefix())
+}
+
+/// A topic's cron schedule, beside partition 0's stream (its jobs go there).
+pub fn cron(topic: &str) -> String {
+    format!("{}:{{{topic}:0}}:cron", prefix())
 }
 
 /// Delayed jobs of one partition, scored by when they are due.

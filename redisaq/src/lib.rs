@@ -35,6 +35,7 @@
 pub mod admin;
 mod config;
 mod consumer;
+mod cron;
 mod error;
 mod handler;
 mod job;
@@ -47,6 +48,7 @@ mod store;
 mod wire;
 mod worker;
 
+pub use cron::Tick;
 pub use error::{BoxError, Error, JobError};
 pub use job::{Job, JobId};
 pub use producer::set_partitions;
@@ -58,6 +60,7 @@ pub use worker::{run, Worker};
 /// notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cron::{assert_tick, IsTick};
     pub use crate::handler::{assert_payload, call_batch, call_single, JobPayload};
     pub use crate::job::RawJob;
     pub use crate::producer::{enqueue, enqueue_batch, enqueue_batch_with};

@@ -48,6 +48,10 @@ pub struct HandlerDef {
     pub timeout_ms: Option<u64>,
     /// Dead letters kept per partition; the oldest go first.
     pub dlq_maxlen: Option<u64>,
+    /// A cron schedule: the workers enqueue one [`crate::Tick`] per fire time.
+    pub cron: Option<&'static str>,
+    /// The time zone of `cron` (default UTC).
+    pub tz: Option<&'static str>,
     /// Calls the function.
     pub call: HandlerFn,
 }

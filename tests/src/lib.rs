@@ -504,6 +504,14 @@ pub fn started_ms(
         .expect("HGETALL started_ms")
 }
 
+/// How many times the test workers ran each fire time (ms) of a cron topic.
+pub fn ticks(conn: &mut redis::Connection, topic: &str) -> std::collections::BTreeMap<u64, u64> {
+    redis::cmd("HGETALL")
+        .arg(format!("redisaq-test:ticks:{topic}"))
+        .query(conn)
+        .expect("HGETALL ticks")
+}
+
 /// The Redis server's clock, in ms.
 pub fn server_ms(conn: &mut redis::Connection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn).expect("TIME");

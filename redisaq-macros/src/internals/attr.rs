@@ -33,6 +33,10 @@ pub(crate) struct Options {
     pub(crate) dlq_maxlen: Option<u64>,
     /// How long ids given at enqueue are remembered, in seconds.
     pub(crate) dedupe_window_s: Option<u64>,
+    /// A cron schedule: one job per fire time, enqueued by the workers.
+    pub(crate) cron: Option<String>,
+    /// The time zone of `cron`.
+    pub(crate) tz: Option<String>,
     /// Where the generated code finds redisaq, when not at `::redisaq` (re-exported).
     pub(crate) krate: Option<syn::Path>,
 }
@@ -50,11 +54,13 @@ pub(crate) enum Opt {
     TimeoutMs,
     DlqMaxlen,
     DedupeWindowS,
+    Cron,
+    Tz,
     Crate,
 }
 
 impl Opt {
-    const ALL: [Opt; 12] = [
+    const ALL: [Opt; 14] = [
         Opt::Topic,
         Opt::Group,
         Opt::Partitions,
@@ -66,6 +72,8 @@ impl Opt {
         Opt::TimeoutMs,
         Opt::DlqMaxlen,
         Opt::DedupeWindowS,
+        Opt::Cron,
+        Opt::Tz,
         Opt::Crate,
     ];
 
@@ -82,6 +90,8 @@ impl Opt {
             Opt::TimeoutMs => "timeout_ms",
             Opt::DlqMaxlen => "dlq_maxlen",
             Opt::DedupeWindowS => "dedupe_window_s",
+            Opt::Cron => "cron",
+            Opt::Tz => "tz",
             Opt::Crate => "crate",
         }
     }
@@ -100,6 +110,8 @@ impl Opt {
             Opt::TimeoutMs => "timeout_ms = 30_000",
             Opt::DlqMaxlen => "dlq_maxlen = 10_000",
             Opt::DedupeWindowS => "dedupe_window_s = 86_400",
+            Opt::Cron => "cron = \"0 0 3 * * *\"",
+            Opt::Tz => "tz = \"Europe/Berlin\"",
             Opt::Crate => "crate = \"::my_app::redisaq\"",
         }
     }
@@ -109,7 +121,7 @@ impl Opt {
         let u32_max = u128::from(u32::MAX);
         let u64_max = u128::from(u64::MAX);
         match self {
-            Opt::Topic | Opt::Group | Opt::Crate => None,
+            Opt::Topic | Opt::Group | Opt::Cron | Opt::Tz | Opt::Crate => None,
             Opt::Retries => Some((0, u32_max)),
             Opt::MaxWaitMs => Some((0, u64_max)),
             Opt::Partitions | Opt::Batch | Opt::Concurrency => Some((1, u32_max)),
@@ -126,6 +138,8 @@ pub(crate) struct Seen {
     first: [Option<Span>; Opt::ALL.len()],
     /// The whole `max_wait_ms = ...`, which is an error without `batch`.
     pub(crate) max_wait_ms: Option<TokenStream>,
+    /// The whole `tz = ...`, which is an error without `cron`.
+    pub(crate) tz: Option<TokenStream>,
 }
 
 impl Seen {
@@ -219,6 +233,8 @@ pub(crate) fn parse_option(
     seen.first[opt as usize] = Some(name.span());
     if opt == Opt::MaxWaitMs {
         seen.max_wait_ms = Some(whole);
+    } else if opt == Opt::Tz {
+        seen.tz = Some(whole);
     }
 
     let eq = match tokens.next() {
@@ -264,6 +280,8 @@ pub(crate) fn parse_option(
         Opt::TimeoutMs => options.timeout_ms = int_value(opt, &value, errors),
         Opt::DlqMaxlen => options.dlq_maxlen = int_value(opt, &value, errors),
         Opt::DedupeWindowS => options.dedupe_window_s = int_value(opt, &value, errors),
+        Opt::Cron => options.cron = cron_value(&value, errors),
+        Opt::Tz => options.tz = tz_value(&value, errors),
         Opt::Crate => options.krate = path_value(&value, errors),
     }
 }
@@ -393,6 +411,54 @@ fn string_value(opt: Opt, value: &Value, errors: &mut Errors) -> Option<String> 
         return None;
     }
     Some(text)
+}
+
+/// A cron expression as the runtime reads it: 5 fields (minute first) or 6 (seconds
+/// first), checked here so a mistake is a compile error at the literal.
+fn cron_value(value: &Value, errors: &mut Errors) -> Option<String> {
+    let Lit::Str(lit) = &value.lit else {
+        return None;
+    };
+    let text = lit.value();
+    let parser = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build();
+    match parser.parse(&text) {
+        Ok(_) => Some(text),
+        Err(e) => {
+            errors.over(
+                &value.tokens,
+                format!(
+                    "`cron = {text:?}` is not a cron expression ({e}): write 5 fields (minute \
+                     hour day-of-month month day-of-week) or 6 (seconds first), e.g. \
+                     `cron = \"0 0 3 * * *\"` for 03:00:00 every day"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A time zone of the IANA database, checked here so a typo is a compile error.
+fn tz_value(value: &Value, errors: &mut Errors) -> Option<String> {
+    let Lit::Str(lit) = &value.lit else {
+        return None;
+    };
+    let text = lit.value();
+    match text.parse::<chrono_tz::Tz>() {
+        Ok(_) => Some(text),
+        Err(_) => {
+            errors.over(
+                &value.tokens,
+                format!(
+                    "`tz = {text:?}` is not a time zone of the IANA database: write e.g. \
+                     `tz = \"Europe/Berlin\"` or `tz = \"UTC\"`"
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn int_value<T: TryFrom<u128>>(opt: Opt, value: &Value, errors: &mut Errors) -> Option<T> {

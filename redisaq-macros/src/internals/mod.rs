@@ -66,6 +66,14 @@ pub(crate) fn parse(args: TokenStream, item: TokenStream) -> Result<JobDef, syn:
         ));
     }
 
+    if let (Some(tz), false) = (&seen.tz, seen.has(Opt::Cron)) {
+        errors.push(syn::Error::new_spanned(
+            tz,
+            "`tz` is the time zone of a cron schedule, so it needs `cron = \"...\"`: add \
+             e.g. `cron = \"0 0 3 * * *\"` (and take `Job<redisaq::Tick>`) or remove `tz`",
+        ));
+    }
+
     let function = match syn::parse2::<FnHeader>(item) {
         Ok(function) => function,
         Err(error) => {

@@ -19,6 +19,7 @@ mod ack;
 mod assignment;
 mod clock;
 mod coordinator;
+mod cron;
 mod delayed;
 mod execute;
 mod fetch;
@@ -280,6 +281,10 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let target = store::conn::client(&config.redis_url)?;
+    let schedule = def
+        .cron
+        .map(|expression| crate::cron::Schedule::parse(expression, def.tz))
+        .transpose()?;
     let Some((conn, info, script_flags)) = join(def, &target, &shutdown).await? else {
         return Ok(()); // stopped before Redis could be reached
     };
@@ -333,6 +338,8 @@ pub(crate) async fn run(
     let acker = AbortOnDropHandle::new(tokio::spawn(acker.run(ack_rx, stopped.clone())));
     let keeper = keeper::spawn(shared.clone(), target.clone(), background.clone())
         .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
+    let scheduler = schedule
+        .map(|schedule| AbortOnDropHandle::new(tokio::spawn(cron::run(shared.clone(), schedule))));
     let mover = AbortOnDropHandle::new(tokio::spawn(delayed::run(
         shared.clone(),
         hints.looks.clone(),
@@ -367,6 +374,9 @@ pub(crate) async fn run(
     background.cancel();
     let _ = coordinator.await;
     let _ = mover.await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
     let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
     // Hand everything back at once: the others need not wait for lease or heartbeat TTLs.
     // (Partitions with calls still running past the deadline keep their lease until it

@@ -5,12 +5,13 @@
 //! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
 //! (heartbeats), [`assignment`], [`view`] (what a coordinator reads each step),
 //! [`changes`] (hints that a topic's assignment moved), [`group`] (consumer groups),
-//! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`dlq`] (dead letters), [`trim`], [`topic`]
+//! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`cron`] (schedules), [`dlq`] (dead letters), [`trim`], [`topic`]
 //! (settings and layout), [`scripts`] (sent by hash) and [`conn`] (connections).
 
 pub(crate) mod assignment;
 pub(crate) mod changes;
 pub(crate) mod conn;
+pub(crate) mod cron;
 pub(crate) mod dlq;
 pub(crate) mod due;
 pub(crate) mod group;

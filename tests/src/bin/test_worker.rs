@@ -14,7 +14,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
-use redisaq::{job, Job, JobError};
+use redisaq::{job, Job, JobError, Tick};
 use redisaq_tests::Work;
 use tokio::sync::OnceCell;
 
@@ -290,6 +290,40 @@ pub async fn paused_a(job: Job<Work>) -> Result<(), JobError> {
 #[job(topic = "paused", group = "paused_b", partitions = 2)]
 pub async fn paused_b(job: Job<Work>) -> Result<(), JobError> {
     record_started(&job, "paused_b").await
+}
+
+/// Counts a cron job's fire time in `redisaq-test:ticks:{name}` (fire ms → calls).
+async fn record_tick(job: &Job<Tick>, name: &str) -> Result<(), JobError> {
+    let fired = job
+        .payload()
+        .scheduled_at()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut conn = recorder().await;
+    let mut tick = redis::pipe();
+    tick.cmd("HINCRBY")
+        .arg(format!("redisaq-test:ticks:{name}"))
+        .arg(fired)
+        .arg(1);
+    save(&mut conn, &tick).await
+}
+
+/// A cron job every second.
+#[job(topic = "cron_each_second", group = "cron_group", cron = "* * * * * *")]
+pub async fn each_second(job: Job<Tick>) -> Result<(), JobError> {
+    record_tick(&job, "cron_each_second").await
+}
+
+/// A cron job every minute, at second 0 (in a zone with whole-hour offsets).
+#[job(
+    topic = "cron_each_minute",
+    group = "cron_group",
+    cron = "0 * * * * *",
+    tz = "Europe/Berlin"
+)]
+pub async fn each_minute(job: Job<Tick>) -> Result<(), JobError> {
+    record_tick(&job, "cron_each_minute").await
 }
 
 /// The payload number that aborts the worker process in the crash-loop handlers.
