@@ -189,6 +189,23 @@ fn utc(ms: u64) -> String {
     )
 }
 
+/// The rate column of `groups`: the limit and what the current period used of it, and
+/// the limit per key.
+fn rate_text(group: &redisaq::admin::GroupStatus) -> String {
+    let mut parts = Vec::new();
+    if let (Some(rate), Some(used)) = (&group.rate, group.rate_used) {
+        parts.push(format!("{rate} ({used} started in the last period)"));
+    }
+    if let Some(key_rate) = &group.key_rate {
+        parts.push(format!("{key_rate} per key"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The paused column of `topics`: the whole topic, or which groups.
 fn paused_text(topic: bool, groups: &[String]) -> String {
     match (topic, groups.is_empty()) {
@@ -291,6 +308,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                     "generation",
                     "assignment",
                     "paused",
+                    "rate",
                 ]);
                 for g in &groups {
                     let assignment: Vec<String> = g
@@ -307,6 +325,7 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                         g.generation.to_string(),
                         assignment.join(" "),
                         if g.paused { "yes" } else { "no" }.into(),
+                        rate_text(g),
                     ]);
                 }
                 table

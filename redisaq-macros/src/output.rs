@@ -60,6 +60,8 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
     let call = call_expression(def);
     let cron = option_literal(options.cron.as_deref().map(Literal::string));
     let tz = option_literal(options.tz.as_deref().map(Literal::string));
+    let rate = option_literal(options.rate.as_deref().map(Literal::string));
+    let key_rate = option_literal(options.key_rate.as_deref().map(Literal::string));
     // A cron job's payload is the tick the schedule makes; said at the payload type.
     let assert_tick = options.cron.as_ref().map(|_| {
         quote_spanned! {payload_span=>
@@ -154,6 +156,8 @@ pub(crate) fn expand(def: &JobDef, item: TokenStream) -> TokenStream {
                     dlq_maxlen: #dlq_maxlen,
                     cron: #cron,
                     tz: #tz,
+                    rate: #rate,
+                    key_rate: #key_rate,
                     call: |jobs| #call,
                 }
             }

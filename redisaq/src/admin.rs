@@ -110,6 +110,12 @@ pub struct GroupStatus {
     pub owners: Vec<String>,
     /// Whether the group (or its whole topic) is paused ([`Admin::pause`]).
     pub paused: bool,
+    /// Its rate limit (`#[job(rate = "100/s")]`), as its workers declare it.
+    pub rate: Option<String>,
+    /// Its rate limit per job key (`#[job(key_rate = "5/s")]`).
+    pub key_rate: Option<String>,
+    /// With a `rate`: the jobs started within the last period, out of its limit.
+    pub rate_used: Option<u64>,
 }
 
 /// A consumer of a group, as the monitor sees it.
@@ -357,6 +363,9 @@ impl Admin {
                         generation: 0,
                         owners: Vec::new(),
                         paused: false,
+                        rate: None,
+                        key_rate: None,
+                        rate_used: None,
                     });
                 status.lag += lag;
                 status.pending += row.pending;
@@ -365,6 +374,11 @@ impl Admin {
         let (topic_paused, paused_groups) = topic::paused(&mut conn, topic).await?;
         for status in groups.values_mut() {
             status.paused = topic_paused || paused_groups.contains(&status.group);
+            let (rate, key_rate, used) =
+                store::rate::status(&mut conn, topic, &status.group).await?;
+            status.rate_used = rate.map(|_| used);
+            status.rate = rate.map(|r| r.to_string());
+            status.key_rate = key_rate.map(|r| r.to_string());
             status.consumers = store::members::live(&mut conn, topic, &status.group).await?;
             let assignment = store::assignment::load(&mut conn, topic, &status.group).await?;
             status.generation = assignment.generation;

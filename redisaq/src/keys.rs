@@ -8,7 +8,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `redisaq:topics` | set | names of all topics |
-//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen`, `layout`; `paused` and `paused:{group}` while paused |
+//! | `redisaq:{topic}:meta` | hash | `partitions`, `maxlen`, `layout`; `paused` and `paused:{group}` while paused; `rate:{group}`, `key_rate:{group}` as the workers declare them |
 //! | `redisaq:{topic:N}` | stream | the jobs of partition `N`; one consumer group per handler group |
 //! | `redisaq:{topic:N}:dlq` | stream | dead-lettered jobs of partition `N`, all groups |
 //! | `redisaq:{topic}:dlq` | stream | layout 1's dead letters (one stream per topic); `redisaq migrate` moves them |
@@ -20,6 +20,8 @@
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
 //! | `redisaq:{topic:N}:delayed` | sorted set | delayed jobs of partition `N` (job id), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:delayed:jobs` | hash | job id → the delayed job's entry fields (a JSON list) |
+//! | `redisaq:{topic}:rate:{group}` | sorted set | the group's job starts within the last period of its `rate` (Redis ms), with a TTL of one period |
+//! | `redisaq:{topic}:rate:{group}:key:{key}` | sorted set | the same per job key, for `key_rate` |
 //! | `redisaq:schedules` | set | names of topics with a cron schedule |
 //! | `redisaq:{topic:0}:cron` | hash | the topic's cron schedule: `cron`, `tz`, `last` (the last fire time enqueued, ms) |
 //! | `redisaq:{topic:N}:ids` | sorted set | ids given with `EnqueueOptions::id`, scored by their first enqueue (ms), kept for the dedupe window |
@@ -140,6 +142,16 @@ pub fn due(topic: &str, partition: u32, group: &str) -> String {
 /// Dead-letter ids already replayed into one partition, so a replay runs once.
 pub fn replayed(topic: &str, partition: u32) -> String {
     format!("{}:{{{topic}:{partition}}}:replayed", prefix())
+}
+
+/// A group's job starts within the last period of its rate limit.
+pub fn rate(topic: &str, group: &str) -> String {
+    format!("{}:{{{topic}}}:rate:{group}", prefix())
+}
+
+/// A group's starts of jobs with key `key` within the last period of its key rate.
+pub fn key_rate(topic: &str, group: &str, key: &str) -> String {
+    format!("{}:{{{topic}}}:rate:{group}:key:{key}", prefix())
 }
 
 /// The set of topics with a cron schedule.

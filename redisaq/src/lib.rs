@@ -42,6 +42,7 @@ mod job;
 pub mod keys;
 mod metrics;
 mod producer;
+mod rate;
 mod registry;
 mod retry;
 mod store;

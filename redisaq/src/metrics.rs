@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     pub lost: Family<HandlerLabels, Counter>,
     pub promoted: Family<HandlerLabels, Counter>,
     pub paused: Family<HandlerLabels, Gauge>,
+    pub throttled: Family<HandlerLabels, Counter>,
+    pub throttled_waiting: Family<HandlerLabels, Gauge>,
     pub duration: Family<HandlerLabels, Histogram, fn() -> Histogram>,
     pub owned_partitions: Family<HandlerLabels, Gauge>,
     pub lag: Family<PartitionLabels, Gauge>,
@@ -64,6 +66,8 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         lost: Family::default(),
         promoted: Family::default(),
         paused: Family::default(),
+        throttled: Family::default(),
+        throttled_waiting: Family::default(),
         duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
         owned_partitions: Family::default(),
         lag: Family::default(),
@@ -110,6 +114,16 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             metrics.paused.clone(),
         );
         registry.register(
+            "jobs_throttled",
+            "Job starts a rate limit (rate, key_rate) held back; each waits, spending no attempt",
+            metrics.throttled.clone(),
+        );
+        registry.register(
+            "throttled_jobs",
+            "Jobs waiting now for their rate limit",
+            metrics.throttled_waiting.clone(),
+        );
+        registry.register(
             "handler_duration_seconds",
             "Time a handler call took (one job or one batch)",
             metrics.duration.clone(),
@@ -150,6 +164,8 @@ pub(crate) struct HandlerMetrics {
     pub lost: Counter,
     pub promoted: Counter,
     pub paused: Gauge,
+    pub throttled: Counter,
+    pub throttled_waiting: Gauge,
     pub duration: Histogram,
 }
 
@@ -167,6 +183,8 @@ impl HandlerMetrics {
             lost: METRICS.lost.get_or_create(&labels).clone(),
             promoted: METRICS.promoted.get_or_create(&labels).clone(),
             paused: METRICS.paused.get_or_create(&labels).clone(),
+            throttled: METRICS.throttled.get_or_create(&labels).clone(),
+            throttled_waiting: METRICS.throttled_waiting.get_or_create(&labels).clone(),
             duration: METRICS.duration.get_or_create(&labels).clone(),
             labels,
         }

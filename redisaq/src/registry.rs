@@ -52,6 +52,10 @@ pub struct HandlerDef {
     pub cron: Option<&'static str>,
     /// The time zone of `cron` (default UTC).
     pub tz: Option<&'static str>,
+    /// At most this many of the group's jobs start per period (`"100/s"`).
+    pub rate: Option<&'static str>,
+    /// At most this many jobs of one key start per period (`"5/s"`).
+    pub key_rate: Option<&'static str>,
     /// Calls the function.
     pub call: HandlerFn,
 }

@@ -37,6 +37,10 @@ pub(crate) struct Options {
     pub(crate) cron: Option<String>,
     /// The time zone of `cron`.
     pub(crate) tz: Option<String>,
+    /// The group's job starts per period (`"100/s"`).
+    pub(crate) rate: Option<String>,
+    /// Job starts per period of one key.
+    pub(crate) key_rate: Option<String>,
     /// Where the generated code finds redisaq, when not at `::redisaq` (re-exported).
     pub(crate) krate: Option<syn::Path>,
 }
@@ -56,11 +60,13 @@ pub(crate) enum Opt {
     DedupeWindowS,
     Cron,
     Tz,
+    Rate,
+    KeyRate,
     Crate,
 }
 
 impl Opt {
-    const ALL: [Opt; 14] = [
+    const ALL: [Opt; 16] = [
         Opt::Topic,
         Opt::Group,
         Opt::Partitions,
@@ -74,6 +80,8 @@ impl Opt {
         Opt::DedupeWindowS,
         Opt::Cron,
         Opt::Tz,
+        Opt::Rate,
+        Opt::KeyRate,
         Opt::Crate,
     ];
 
@@ -92,6 +100,8 @@ impl Opt {
             Opt::DedupeWindowS => "dedupe_window_s",
             Opt::Cron => "cron",
             Opt::Tz => "tz",
+            Opt::Rate => "rate",
+            Opt::KeyRate => "key_rate",
             Opt::Crate => "crate",
         }
     }
@@ -112,6 +122,8 @@ impl Opt {
             Opt::DedupeWindowS => "dedupe_window_s = 86_400",
             Opt::Cron => "cron = \"0 0 3 * * *\"",
             Opt::Tz => "tz = \"Europe/Berlin\"",
+            Opt::Rate => "rate = \"100/s\"",
+            Opt::KeyRate => "key_rate = \"5/s\"",
             Opt::Crate => "crate = \"::my_app::redisaq\"",
         }
     }
@@ -121,7 +133,13 @@ impl Opt {
         let u32_max = u128::from(u32::MAX);
         let u64_max = u128::from(u64::MAX);
         match self {
-            Opt::Topic | Opt::Group | Opt::Cron | Opt::Tz | Opt::Crate => None,
+            Opt::Topic
+            | Opt::Group
+            | Opt::Cron
+            | Opt::Tz
+            | Opt::Rate
+            | Opt::KeyRate
+            | Opt::Crate => None,
             Opt::Retries => Some((0, u32_max)),
             Opt::MaxWaitMs => Some((0, u64_max)),
             Opt::Partitions | Opt::Batch | Opt::Concurrency => Some((1, u32_max)),
@@ -282,6 +300,8 @@ pub(crate) fn parse_option(
         Opt::DedupeWindowS => options.dedupe_window_s = int_value(opt, &value, errors),
         Opt::Cron => options.cron = cron_value(&value, errors),
         Opt::Tz => options.tz = tz_value(&value, errors),
+        Opt::Rate => options.rate = rate_value(opt, &value, errors),
+        Opt::KeyRate => options.key_rate = rate_value(opt, &value, errors),
         Opt::Crate => options.krate = path_value(&value, errors),
     }
 }
@@ -459,6 +479,32 @@ fn tz_value(value: &Value, errors: &mut Errors) -> Option<String> {
             None
         }
     }
+}
+
+/// A rate: `N/s`, `N/m` or `N/h` with N at least 1, as the runtime reads it.
+fn rate_value(opt: Opt, value: &Value, errors: &mut Errors) -> Option<String> {
+    let Lit::Str(lit) = &value.lit else {
+        return None;
+    };
+    let text = lit.value();
+    let valid = text.split_once('/').is_some_and(|(limit, unit)| {
+        limit.trim().parse::<u32>().is_ok_and(|n| n > 0) && matches!(unit.trim(), "s" | "m" | "h")
+    });
+    if valid {
+        return Some(text);
+    }
+    errors.over(
+        &value.tokens,
+        format!(
+            "`{} = {text:?}` is not a rate: write how many jobs may start per second, minute \
+             or hour, e.g. `{}`, `{} = \"30/m\"` or `{} = \"1000/h\"`",
+            opt.name(),
+            opt.example(),
+            opt.name(),
+            opt.name()
+        ),
+    );
+    None
 }
 
 fn int_value<T: TryFrom<u128>>(opt: Opt, value: &Value, errors: &mut Errors) -> Option<T> {

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::ack::Ack;
 use super::clock;
 use super::partitions::{self, Guard};
+use super::throttle::Throttle;
 use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
 use crate::job::now_ms;
@@ -42,6 +43,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     calls: Arc<Calls>,
     mut deliveries: mpsc::Receiver<Delivery>,
+    mut throttle: Throttle,
 ) {
     let batch_size = shared.def.batch_size();
     let max_wait = Duration::from_millis(shared.def.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS));
@@ -50,9 +52,19 @@ pub(crate) async fn run(
             permit = calls.concurrency.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             () = shared.shutdown.cancelled() => return,
         };
-        let first = tokio::select! {
-            delivery = deliveries.recv() => match delivery { Some(d) => d, None => return },
-            () = shared.shutdown.cancelled() => return,
+        let first = match throttle.ready() {
+            Some(delivery) => delivery,
+            None => {
+                let wake = throttle.next_wake();
+                tokio::select! {
+                    delivery = deliveries.recv(), if throttle.has_room() => match delivery {
+                        Some(d) => d,
+                        None => return,
+                    },
+                    () = sleep_until_some(wake) => continue,
+                    () = shared.shutdown.cancelled() => return,
+                }
+            }
         };
         // Paused: what was read ahead waits (pending in Redis) until resumed.
         if !shared.unpaused().await {
@@ -62,8 +74,12 @@ pub(crate) async fn run(
         if batch_size > 1 {
             let deadline = Instant::now() + max_wait;
             while batch.len() < batch_size {
+                if let Some(delivery) = throttle.ready() {
+                    batch.push(delivery);
+                    continue;
+                }
                 tokio::select! {
-                    delivery = deliveries.recv() => match delivery {
+                    delivery = deliveries.recv(), if throttle.has_room() => match delivery {
                         Some(d) => batch.push(d),
                         None => break,
                     },
@@ -72,9 +88,21 @@ pub(crate) async fn run(
                 }
             }
         }
+        let batch = throttle.admit(&shared, batch).await;
+        if batch.is_empty() {
+            continue;
+        }
         calls
             .running
             .spawn(call(shared.clone(), calls.clone(), batch, permit));
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

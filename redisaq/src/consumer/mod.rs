@@ -30,6 +30,7 @@ mod partitions;
 mod readers;
 mod retries;
 mod takeover;
+mod throttle;
 
 use crate::store::conn::Conn;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -281,6 +282,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let target = store::conn::client(&config.redis_url)?;
+    let throttle = throttle::Throttle::new(def.rate, def.key_rate)?;
     let schedule = def
         .cron
         .map(|expression| crate::cron::Schedule::parse(expression, def.tz))
@@ -359,10 +361,17 @@ pub(crate) async fn run(
             max: shared.config.retry_backoff_max,
         },
     });
+    let (rate, key_rate) = throttle.limits();
+    if let Err(e) =
+        store::rate::record(&mut conn.clone(), def.spec.topic, def.group, rate, key_rate).await
+    {
+        tracing::warn!(error = %e, "could not record the rate limits for the tools");
+    }
     let executor = AbortOnDropHandle::new(tokio::spawn(execute::run(
         shared.clone(),
         calls.clone(),
         delivery_rx,
+        throttle,
     )));
     let fetched = fetch::run(shared.clone(), &target).await;
 

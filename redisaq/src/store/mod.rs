@@ -5,7 +5,7 @@
 //! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
 //! (heartbeats), [`assignment`], [`view`] (what a coordinator reads each step),
 //! [`changes`] (hints that a topic's assignment moved), [`group`] (consumer groups),
-//! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`cron`] (schedules), [`dlq`] (dead letters), [`trim`], [`topic`]
+//! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`cron`] (schedules), [`rate`] (rate limits), [`dlq`] (dead letters), [`trim`], [`topic`]
 //! (settings and layout), [`scripts`] (sent by hash) and [`conn`] (connections).
 
 pub(crate) mod assignment;
@@ -16,6 +16,7 @@ pub(crate) mod dlq;
 pub(crate) mod due;
 pub(crate) mod group;
 pub(crate) mod members;
+pub(crate) mod rate;
 pub(crate) mod schedule;
 pub(crate) mod scripts;
 pub(crate) mod stream;

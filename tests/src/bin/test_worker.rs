@@ -292,6 +292,30 @@ pub async fn paused_b(job: Job<Work>) -> Result<(), JobError> {
     record_started(&job, "paused_b").await
 }
 
+/// Jobs of the group-rate test: at most 20 start per second across all workers.
+#[job(
+    topic = "rate_group",
+    group = "rate_g",
+    partitions = 4,
+    concurrency = 8,
+    rate = "20/s"
+)]
+pub async fn rate_group(job: Job<Work>) -> Result<(), JobError> {
+    record_started(&job, "rate_group").await
+}
+
+/// Jobs of the key-rate test: at most 5 of one key start per second.
+#[job(
+    topic = "rate_key",
+    group = "rate_k",
+    partitions = 2,
+    concurrency = 8,
+    key_rate = "5/s"
+)]
+pub async fn rate_key(job: Job<Work>) -> Result<(), JobError> {
+    record_started(&job, "rate_key").await
+}
+
 /// Counts a cron job's fire time in `redisaq-test:ticks:{name}` (fire ms → calls).
 async fn record_tick(job: &Job<Tick>, name: &str) -> Result<(), JobError> {
     let fired = job
