@@ -327,3 +327,134 @@ async fn a_master_failover_is_survived() {
         assert!(worker.exited().is_none(), "the workers stay up");
     }
 }
+
+/// The test workers' scheduling topics, declared here to enqueue into them.
+#[job(topic = "delayed", group = "producer_only", partitions = 4)]
+async fn delayed(_job: Job<Work>) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[job(
+    topic = "once",
+    group = "producer_only",
+    partitions = 4,
+    dedupe_window_s = 3600
+)]
+async fn once(_job: Job<Work>) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[job(topic = "rate_group", group = "producer_only", partitions = 4)]
+async fn rate_group(_job: Job<Work>) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Delayed jobs, ids stored once, a cron schedule, a rate limit and a pause, with every
+/// key on the partition's or the topic's slot: all of it on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_and_flow_control_work_on_the_cluster() {
+    use redisaq::EnqueueOptions;
+    let _alone = ALONE.lock().await;
+    let cluster = cluster();
+    redisaq::set_redis_url(&cluster.url()).unwrap();
+    let admin = redisaq::admin::Admin::connect(&cluster.url())
+        .await
+        .unwrap();
+    let mut recorded = records().connection();
+
+    let before_ms = redisaq_tests::server_ms(&mut recorded);
+    let later = EnqueueOptions::new().delay(Duration::from_millis(1500));
+    let mut due = HashSet::new();
+    for n in 0..20 {
+        due.insert(
+            delayed::enqueue_with(Work { n }, later.clone())
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let cancelled = delayed::enqueue_with(
+        Work { n: 99 },
+        EnqueueOptions::new().delay(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    assert!(admin.cancel("delayed", &cancelled).await.unwrap());
+    for n in 0..6 {
+        let id = format!("cluster-order-{}", n % 3);
+        once::enqueue_with(Work { n }, EnqueueOptions::new().id(id))
+            .await
+            .unwrap();
+    }
+    admin.pause("once", None).await.unwrap();
+
+    let _worker = KillOnDrop::spawn(
+        worker_command_at(
+            WORKER,
+            &cluster.url(),
+            "sched",
+            "delayed,once,cron_each_second,rate_group",
+            0,
+        )
+        .env("TEST_RECORD_URL", records().url())
+        .env("REDISAQ_HEARTBEAT_INTERVAL_MS", "500")
+        .env("REDISAQ_HEARTBEAT_TTL_MS", "5000")
+        .stdout(std::process::Stdio::null()),
+    );
+    let ran = eventually(Duration::from_secs(60), || {
+        let done: HashSet<String> = calls(&mut recorded, "delayed").into_keys().collect();
+        due.is_subset(&done)
+    })
+    .await;
+    assert!(ran, "the delayed jobs ran");
+    let started = redisaq_tests::started_ms(&mut recorded, "delayed");
+    assert!(
+        due.iter().all(|id| started[id] >= before_ms + 1500),
+        "a delayed job started early"
+    );
+    assert!(
+        !started.contains_key(cancelled.as_str()),
+        "the cancelled job ran"
+    );
+
+    let ticks = eventually(Duration::from_secs(60), || {
+        redisaq_tests::ticks(&mut recorded, "cron_each_second").len() >= 3
+    })
+    .await;
+    assert!(ticks, "the cron schedule fired");
+    assert!(redisaq_tests::ticks(&mut recorded, "cron_each_second")
+        .values()
+        .all(|&n| n == 1));
+
+    // Paused: nothing of `once` ran; resumed, each id ran once.
+    assert!(
+        calls(&mut recorded, "once").is_empty(),
+        "a paused topic ran a job"
+    );
+    admin.resume("once", None).await.unwrap();
+    let once_ran = eventually(Duration::from_secs(60), || {
+        calls(&mut recorded, "once").len() == 3
+    })
+    .await;
+    assert!(once_ran, "ran: {:?}", calls(&mut recorded, "once"));
+    assert!(calls(&mut recorded, "once").values().all(|&n| n == 1));
+
+    // A rate limit on the cluster: 30 jobs at 20/s take more than a second.
+    rate_group::enqueue_batch((0..30).map(|n| Work { n }))
+        .await
+        .unwrap();
+    let limited = eventually(Duration::from_secs(60), || {
+        redisaq_tests::started_ms(&mut recorded, "rate_group").len() == 30
+    })
+    .await;
+    assert!(limited, "the rate-limited jobs ran");
+    let mut starts: Vec<u64> = redisaq_tests::started_ms(&mut recorded, "rate_group")
+        .into_values()
+        .collect();
+    starts.sort_unstable();
+    assert!(
+        starts[29] - starts[0] >= 500,
+        "30 jobs at 20/s started within {} ms",
+        starts[29] - starts[0]
+    );
+}

@@ -304,12 +304,13 @@ pub async fn rate_group(job: Job<Work>) -> Result<(), JobError> {
     record_started(&job, "rate_group").await
 }
 
-/// Jobs of the key-rate test: at most 5 of one key start per second.
+/// Jobs of the key-rate test: at most 5 of one key start per second; one at a time, so
+/// one key's jobs run in order.
 #[job(
     topic = "rate_key",
     group = "rate_k",
     partitions = 2,
-    concurrency = 8,
+    concurrency = 1,
     key_rate = "5/s"
 )]
 pub async fn rate_key(job: Job<Work>) -> Result<(), JobError> {
