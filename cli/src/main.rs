@@ -90,6 +90,21 @@ enum Command {
         /// The topics; all when none is given.
         topics: Vec<String>,
     },
+    /// Serve the web dashboard (loopback unless told otherwise).
+    Dashboard {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Every change (replay, purge, pause, cancel) needs this token.
+        #[arg(long, env = "REDISAQ_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Show no change buttons and refuse every change.
+        #[arg(long)]
+        read_only: bool,
+        /// Show job payloads (they may hold personal data).
+        #[arg(long)]
+        show_payloads: bool,
+    },
     /// Cron schedules (`#[job(cron = ...)]`): topic, expression, time zone, last and next
     /// fire time.
     Schedules,
@@ -497,6 +512,50 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 }
                 table
             });
+        }
+        Command::Dashboard {
+            listen,
+            token,
+            read_only,
+            show_payloads,
+        } => {
+            if !listen.ip().is_loopback() && token.is_none() && !read_only {
+                eprintln!(
+                    "redisaq: the dashboard on {listen} is reachable from other machines and \
+                     anyone there could replay, purge or pause: give --token (or \
+                     REDISAQ_DASHBOARD_TOKEN), --read-only, or listen on 127.0.0.1"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let options = redisaq::dashboard::Options::new()
+                .read_only(read_only)
+                .show_payloads(show_payloads);
+            let options = match token {
+                Some(token) => options.token(token),
+                None => options,
+            };
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    eprintln!("redisaq: cannot listen on {listen}: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            println!(
+                "redisaq dashboard on http://{}/",
+                listener.local_addr().unwrap_or(listen)
+            );
+            let app = redisaq::dashboard::router(admin, options);
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                eprintln!("redisaq: the dashboard stopped: {e}");
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Schedules => {
             let schedules = admin.schedules().await?;

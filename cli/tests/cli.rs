@@ -1056,3 +1056,34 @@ async fn cancel_pause_and_resume_from_the_tool() {
     assert!(!SCHEDULED.all().contains(&dropped.to_string()));
     assert!(!SCHEDULED.all().contains(&kept.to_string()));
 }
+
+#[test]
+fn the_dashboard_serves_on_loopback_and_refuses_an_open_address_without_a_token() {
+    let _server = SERVER.blocking_read();
+    let open = redisaq_cli(&["dashboard", "--listen", "0.0.0.0:0"]);
+    assert_eq!(open.code, 2);
+    assert!(open.stderr.contains("--token"), "{}", open.stderr);
+
+    let port = redisaq_tests::free_port();
+    let mut child = cli_command(&["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the dashboard");
+    let mut page = String::new();
+    for _ in 0..100 {
+        use std::io::{Read, Write};
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            stream.read_to_string(&mut page).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<h1>Topics</h1>"), "{page}");
+}

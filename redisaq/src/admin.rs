@@ -76,6 +76,18 @@ pub struct StreamStatus {
     pub newest_age_ms: Option<u64>,
 }
 
+/// A delayed job waiting to be due ([`Admin::delayed`]).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct DelayedJob {
+    /// Its id.
+    pub id: JobId,
+    /// The partition it waits beside.
+    pub partition: u32,
+    /// When it is due (Unix ms, Redis' clock).
+    pub due_ms: u64,
+}
+
 /// A cron schedule ([`Admin::schedules`]).
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -385,6 +397,25 @@ impl Admin {
             status.owners = assignment.owners;
         }
         Ok(groups.into_values().collect())
+    }
+
+    /// The delayed jobs of `topic` that are due first, soonest first, at most `limit`.
+    pub async fn delayed(&self, topic: &str, limit: usize) -> Result<Vec<DelayedJob>, Error> {
+        let partitions = self.partitions(topic).await?;
+        let mut conn = self.conn.clone();
+        let mut jobs = Vec::new();
+        for partition in 0..partitions {
+            for (id, due_ms) in schedule::first_due(&mut conn, topic, partition, limit).await? {
+                jobs.push(DelayedJob {
+                    id: JobId::from(id),
+                    partition,
+                    due_ms,
+                });
+            }
+        }
+        jobs.sort_by_key(|job| job.due_ms);
+        jobs.truncate(limit);
+        Ok(jobs)
     }
 
     /// Every cron schedule a worker has recorded, by topic, with its last and next fire

@@ -36,6 +36,8 @@ pub mod admin;
 mod config;
 mod consumer;
 mod cron;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod error;
 mod handler;
 mod job;

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -203,6 +201,8 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `addr` until `stop`. Binding fails at start with a message
 /// naming the setting.
+/// Serves `GET /metrics` on `addr` until `stop`, on axum (keep-alive, `HEAD`, slow
+/// clients and size limits come with it).
 pub(crate) async fn serve(
     addr: SocketAddr,
     stop: CancellationToken,
@@ -213,42 +213,25 @@ pub(crate) async fn serve(
         ))
     })?;
     tracing::info!(%addr, "serving metrics at /metrics");
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/", axum::routing::get(metrics));
     Ok(tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(_) => continue,
-                },
-                () = stop.cancelled() => return,
-            };
-            tokio::spawn(async move {
-                // Only the request line matters; answer once the headers are in.
-                let mut request = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-                    match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut chunk))
-                        .await
-                    {
-                        Ok(Ok(n)) if n > 0 => request.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                }
-                let wanted =
-                    request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ");
-                let response = if wanted {
-                    let body = METRICS.render();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_string()
-                };
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
         }
     }))
+}
+
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
 }

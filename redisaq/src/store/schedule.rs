@@ -229,6 +229,26 @@ pub(crate) async fn delayed_count(
         .await?)
 }
 
+/// The first `limit` delayed jobs of a partition to be due: (id, due ms).
+pub(crate) async fn first_due(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partition: u32,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, Error> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys::delayed(topic, partition))
+        .arg(0)
+        .arg(limit - 1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(id, due)| (id, due as u64)).collect())
+}
+
 /// A change-channel message that says partition `partition`'s next delayed job is due
 /// in `wait`: `delayed <partition> <ms>`.
 pub(crate) fn parse_hint(message: &[u8]) -> Option<(u32, Duration)> {
