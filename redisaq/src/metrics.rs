@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     pub lag: Family<PartitionLabels, Gauge>,
     pub pending: Family<PartitionLabels, Gauge>,
     pub stuck_calls: Family<PartitionLabels, Gauge>,
+    pub delayed: Family<PartitionLabels, Gauge>,
     registry: Mutex<Registry>,
 }
 
@@ -71,6 +72,7 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         lag: Family::default(),
         pending: Family::default(),
         stuck_calls: Family::default(),
+        delayed: Family::default(),
         registry: Mutex::new(Registry::with_prefix("redisaq")),
     };
     {
@@ -110,6 +112,11 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "paused",
             "1 while the handler's topic or group is paused (`redisaq pause`)",
             metrics.paused.clone(),
+        );
+        registry.register(
+            "delayed_jobs",
+            "Delayed jobs waiting beside an owned partition, as of the last move of due ones",
+            metrics.delayed.clone(),
         );
         registry.register(
             "jobs_throttled",

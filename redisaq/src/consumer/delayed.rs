@@ -102,6 +102,10 @@ async fn promote(shared: &Shared, partition: u32) -> Option<Instant> {
     .await
     {
         Ok(promoted) => {
+            crate::metrics::METRICS
+                .delayed
+                .get_or_create(&shared.partition_labels(partition))
+                .set(promoted.waiting as i64);
             if promoted.moved > 0 {
                 shared.metrics.promoted.inc_by(promoted.moved);
                 tracing::debug!(partition, moved = promoted.moved, "delayed jobs are due");

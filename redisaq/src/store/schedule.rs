@@ -71,8 +71,8 @@ static ADD_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(ADD));
 
 /// Moves up to `ARGV[1]` due jobs of delayed set `KEYS[1]` (fields in `KEYS[2]`) into
-/// stream `KEYS[3]`. Answers how many it moved and the ms until the next one is due (-1:
-/// none).
+/// stream `KEYS[3]`. Answers how many it moved, the ms until the next one is due (-1:
+/// none) and how many still wait.
 const PROMOTE: &str = concat!(
     lua_now!(),
     r"local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -89,7 +89,7 @@ local wait = -1
 if next[2] then
   wait = math.max(0, tonumber(next[2]) - now)
 end
-return {#due, wait}
+return {#due, wait, redis.call('ZCARD', KEYS[1])}
 "
 );
 
@@ -176,6 +176,8 @@ pub(crate) struct Promoted {
     pub moved: u64,
     /// How long until the next delayed job is due; `None` when none waits.
     pub next: Option<Duration>,
+    /// How many delayed jobs still wait.
+    pub waiting: u64,
 }
 
 /// Moves up to `limit` due delayed jobs of a partition into its stream.
@@ -186,7 +188,7 @@ pub(crate) async fn promote(
     limit: usize,
     script_flags: bool,
 ) -> Result<Promoted, Error> {
-    let (moved, wait): (u64, i64) = PROMOTE_SCRIPT
+    let (moved, wait, waiting): (u64, i64, u64) = PROMOTE_SCRIPT
         .script(script_flags)
         .key(keys::delayed(topic, partition))
         .key(keys::delayed_jobs(topic, partition))
@@ -197,6 +199,7 @@ pub(crate) async fn promote(
     Ok(Promoted {
         moved,
         next: u64::try_from(wait).ok().map(Duration::from_millis),
+        waiting,
     })
 }
 
