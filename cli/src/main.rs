@@ -105,6 +105,14 @@ enum Command {
         #[arg(long)]
         show_payloads: bool,
     },
+    /// Where a job is: delayed, or per group waiting, pending or done; its dead letters
+    /// (exit 1 if it is nowhere).
+    Job {
+        /// The topic.
+        topic: String,
+        /// The job id that enqueue returned.
+        id: String,
+    },
     /// Cron schedules (`#[job(cron = ...)]`): topic, expression, time zone, last and next
     /// fire time.
     Schedules,
@@ -554,6 +562,49 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 .await
             {
                 eprintln!("redisaq: the dashboard stopped: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Job { topic, id } => {
+            let status = admin
+                .job(&topic, &redisaq::JobId::from(id.as_str()))
+                .await?;
+            print(cli.json, &status, || {
+                let mut table = Table::new();
+                table.set_header(["where", "state", "consumer", "deliveries"]);
+                if let Some(due) = status.due_ms {
+                    table.add_row([
+                        "delayed".into(),
+                        format!("due {}", utc(due)),
+                        "-".into(),
+                        "-".into(),
+                    ]);
+                }
+                for g in &status.groups {
+                    table.add_row([
+                        format!(
+                            "group {} (partition {}, entry {})",
+                            g.group,
+                            status.partition.unwrap_or_default(),
+                            status.entry_id.as_deref().unwrap_or("-")
+                        ),
+                        g.state.to_string(),
+                        g.consumer.clone().unwrap_or_else(|| "-".into()),
+                        g.deliveries.map_or("-".into(), |d| d.to_string()),
+                    ]);
+                }
+                for l in &status.dead_letters {
+                    table.add_row([
+                        format!("dead letter of {}", l.group),
+                        short(&l.error, 60),
+                        "-".into(),
+                        l.attempts.to_string(),
+                    ]);
+                }
+                table
+            });
+            if !status.found() {
+                eprintln!("job `{id}` is not in topic `{topic}`: not delayed, not in a stream (trimmed, or never enqueued), not dead-lettered");
                 return Ok(ExitCode::from(1));
             }
         }

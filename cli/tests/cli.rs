@@ -996,6 +996,15 @@ async fn cancel_pause_and_resume_from_the_tool() {
     assert_eq!(topic["delayed"], 2, "{topic}");
     assert_eq!(topic["paused"], false);
 
+    let found = json(&["job", "cli_schedule", kept.as_str()]);
+    assert!(found["due_ms"].is_u64(), "{found}");
+    let nowhere = redisaq_cli(&["job", "cli_schedule", "no-such-job"]);
+    assert_eq!(nowhere.code, 1);
+    assert!(
+        nowhere.stderr.contains("is not in topic"),
+        "{}",
+        nowhere.stderr
+    );
     let out = redisaq_cli(&["cancel", "cli_schedule", "--id", dropped.as_str()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(

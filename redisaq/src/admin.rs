@@ -74,6 +74,75 @@ pub struct StreamStatus {
     pub oldest_age_ms: Option<u64>,
     /// Age of the newest entry, in ms.
     pub newest_age_ms: Option<u64>,
+    /// Entries ever added (Redis 7 counts them; `None` before): two readings give the
+    /// enqueue rate.
+    pub added: Option<u64>,
+}
+
+/// Where a job is ([`Admin::job`]).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's id.
+    pub id: JobId,
+    /// The topic.
+    pub topic: String,
+    /// Delayed: when it is due (Unix ms, Redis' clock).
+    pub due_ms: Option<u64>,
+    /// Its partition, once it is in a stream.
+    pub partition: Option<u32>,
+    /// Its stream entry, while the stream retains it.
+    pub entry_id: Option<String>,
+    /// When it was enqueued (Unix ms).
+    pub enqueued_at_ms: Option<u64>,
+    /// Where it is in each group of the partition.
+    pub groups: Vec<JobInGroup>,
+    /// Its dead letters (one per group that gave up on it).
+    pub dead_letters: Vec<DeadLetterEntry>,
+}
+
+impl JobStatus {
+    /// Whether it was found anywhere.
+    pub fn found(&self) -> bool {
+        self.due_ms.is_some() || self.entry_id.is_some() || !self.dead_letters.is_empty()
+    }
+}
+
+/// A job in one group ([`JobStatus::groups`]).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct JobInGroup {
+    /// The group.
+    pub group: String,
+    /// Where the job is in it.
+    pub state: JobState,
+    /// The consumer it was delivered to, while pending.
+    pub consumer: Option<String>,
+    /// Deliveries so far, while pending.
+    pub deliveries: Option<u64>,
+}
+
+/// Where a job is in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Not yet delivered to the group.
+    Waiting,
+    /// Delivered and not acknowledged: running, or waiting for its retry.
+    Pending,
+    /// Acknowledged: processed (or, if a dead letter of the group is listed, given up).
+    Done,
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Waiting => "waiting",
+            JobState::Pending => "pending",
+            JobState::Done => "done",
+        })
+    }
 }
 
 /// A delayed job waiting to be due ([`Admin::delayed`]).
@@ -327,6 +396,7 @@ impl Admin {
                     length: stream::length(&mut conn, &stream).await?,
                     oldest_age_ms: self.edge_age(&stream, false, now_ms).await?,
                     newest_age_ms: self.edge_age(&stream, true, now_ms).await?,
+                    added: stream::entries_added(&mut conn, &stream).await?,
                 });
             }
             let dead_letters = dlq::count(&mut conn, &name, partitions).await?;
@@ -397,6 +467,130 @@ impl Admin {
             status.owners = assignment.owners;
         }
         Ok(groups.into_values().collect())
+    }
+
+    /// Where job `id` of `topic` is: delayed, or in which partition and, per group,
+    /// waiting, pending (with its consumer and deliveries) or done; and its dead letters.
+    /// A job is found by the time in its id (a generated id is a UUIDv7, whose first 48
+    /// bits are the enqueue time in ms) with a short `XRANGE` around it, so no index is
+    /// kept; an id of its own (`EnqueueOptions::id`) or a delayed job moved in later is
+    /// looked for in the first 100,000 entries of its partition, then of the others (the
+    /// whole stream at the default `maxlen`).
+    pub async fn job(&self, topic: &str, id: &JobId) -> Result<JobStatus, Error> {
+        let partitions = self.partitions(topic).await?;
+        let mut conn = self.conn.clone();
+        let mut status = JobStatus {
+            id: id.clone(),
+            topic: topic.to_string(),
+            due_ms: None,
+            partition: None,
+            entry_id: None,
+            enqueued_at_ms: None,
+            groups: Vec::new(),
+            dead_letters: Vec::new(),
+        };
+        for partition in 0..partitions {
+            if let Some(due) = schedule::due_of(&mut conn, topic, partition, id.as_str()).await? {
+                status.due_ms = Some(due);
+                status.partition = Some(partition);
+            }
+        }
+        if status.due_ms.is_none() {
+            if let Some((partition, entry)) = self.find_entry(topic, partitions, id).await? {
+                status.partition = Some(partition);
+                status.enqueued_at_ms = entry
+                    .field(wire::field::ENQUEUED_AT)
+                    .and_then(|t| t.parse().ok());
+                status.groups = self.job_in_groups(topic, partition, &entry.id).await?;
+                status.entry_id = Some(entry.id);
+            }
+        }
+        status.dead_letters = self
+            .dead_letters(topic, None, usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|l| l.id == *id)
+            .collect();
+        Ok(status)
+    }
+
+    /// The partition and entry of job `id`, if a stream still holds it.
+    async fn find_entry(
+        &self,
+        topic: &str,
+        partitions: u32,
+        id: &JobId,
+    ) -> Result<Option<(u32, wire::StreamEntry)>, Error> {
+        const AROUND_MS: u64 = 60_000;
+        const DEEP: usize = 100_000;
+        let mut conn = self.conn.clone();
+        let enqueued_ms = uuid::Uuid::parse_str(id.as_str())
+            .ok()
+            .filter(|u| u.get_version_num() == 7)
+            .and_then(|u| u.get_timestamp())
+            .map(|t| t.to_unix().0 * 1000 + u64::from(t.to_unix().1) / 1_000_000);
+        if let Some(ms) = enqueued_ms {
+            let (from, to) = (
+                format!("{}-0", ms.saturating_sub(AROUND_MS)),
+                format!("{}-0", ms + AROUND_MS),
+            );
+            for partition in 0..partitions {
+                let stream = keys::partition(topic, partition);
+                if let Some(entry) =
+                    stream::find_job(&mut conn, &stream, id.as_str(), &from, &to, DEEP).await?
+                {
+                    return Ok(Some((partition, entry)));
+                }
+            }
+        }
+        // An id of its own routes like a key (unless a key was given too): look there
+        // first, then everywhere.
+        let routed = (crate::producer::key_hash(id.as_str()) % u64::from(partitions.max(1))) as u32;
+        let order = std::iter::once(routed).chain((0..partitions).filter(|&p| p != routed));
+        for partition in order {
+            let stream = keys::partition(topic, partition);
+            if let Some(entry) =
+                stream::find_job(&mut conn, &stream, id.as_str(), "-", "+", DEEP).await?
+            {
+                return Ok(Some((partition, entry)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where entry `entry_id` of a partition is in each of its groups.
+    async fn job_in_groups(
+        &self,
+        topic: &str,
+        partition: u32,
+        entry_id: &str,
+    ) -> Result<Vec<JobInGroup>, Error> {
+        let mut conn = self.conn.clone();
+        let stream = keys::partition(topic, partition);
+        let entry = wire::parse_stream_id(entry_id);
+        let mut groups = Vec::new();
+        for row in stream::groups(&mut conn, &stream).await? {
+            let delivered = wire::parse_stream_id(&row.last_delivered);
+            let (state, consumer, deliveries) = if entry > delivered {
+                (JobState::Waiting, None, None)
+            } else {
+                let pending = stream::pending_page(&mut conn, &stream, &row.name, entry_id, 1)
+                    .await?
+                    .into_iter()
+                    .find(|p| p.id == entry_id);
+                match pending {
+                    Some(p) => (JobState::Pending, Some(p.consumer), Some(p.deliveries)),
+                    None => (JobState::Done, None, None),
+                }
+            };
+            groups.push(JobInGroup {
+                group: row.name,
+                state,
+                consumer,
+                deliveries,
+            });
+        }
+        Ok(groups)
     }
 
     /// The delayed jobs of `topic` that are due first, soonest first, at most `limit`.

@@ -399,6 +399,16 @@ pub(crate) fn parse_groups(value: &Value) -> Result<Vec<GroupRow>, RedisError> {
         .collect()
 }
 
+/// `entries-added` of an `XINFO STREAM` reply: every entry ever added (Redis 7).
+pub(crate) fn parse_entries_added(value: &Value) -> Option<u64> {
+    let props = key_values(value)?;
+    props
+        .iter()
+        .find(|(k, _)| k == "entries-added")
+        .and_then(|(_, v)| int(v))
+        .map(|n| n as u64)
+}
+
 fn key_values(value: &Value) -> Option<Vec<(String, &Value)>> {
     match value {
         Value::Map(pairs) => pairs.iter().map(|(k, v)| Some((text(k)?, v))).collect(),

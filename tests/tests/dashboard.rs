@@ -198,10 +198,41 @@ async fn pages_show_the_topic_and_changes_need_a_form_of_ours_and_the_token() {
     );
     assert_eq!(get(&open, "/schedules").await.status, StatusCode::OK);
 
+    // Where a job is: done in its group, delayed, dead-lettered, nowhere.
+    let processed = admin.job("dash", &ids[0]).await.unwrap();
+    assert_eq!(processed.groups.len(), 1, "{processed:?}");
+    assert_eq!(processed.groups[0].state, redisaq::admin::JobState::Done);
+    assert!(processed.entry_id.is_some() && processed.dead_letters.is_empty());
+    let waiting = admin.job("dash", &delayed).await.unwrap();
+    assert!(
+        waiting.due_ms.is_some() && waiting.entry_id.is_none(),
+        "{waiting:?}"
+    );
+    let failed = admin.job("dash", &ids[1]).await.unwrap();
+    assert_eq!(failed.dead_letters.len(), 1, "{failed:?}");
+    assert!(!admin
+        .job("dash", &redisaq::JobId::from("nope"))
+        .await
+        .unwrap()
+        .found());
+    let found = get(&open, &format!("/topics/dash/job?id={}", ids[0])).await;
+    assert!(
+        found.body.contains("done") && found.body.contains("dash_group"),
+        "{}",
+        found.body
+    );
+    let found = get(&open, &format!("/topics/dash/job?id={delayed}")).await;
+    assert!(found.body.contains("due in"), "{}", found.body);
+    let found = get(&open, &format!("/topics/dash/job?id={}", ids[1])).await;
+    assert!(found.body.contains("declined"), "{}", found.body);
+    let found = get(&open, "/topics/dash/job?id=nope").await;
+    assert!(found.body.contains("is not in dash"), "{}", found.body);
+
     // A change from elsewhere (no form cookie) is refused; from our form it works.
     let (cookie, csrf) = form_cookie(&letters);
     let ours = [cookie.clone()];
-    let id = one.dead_letter_id.as_str();
+    // Job ids: dead-letter ids are entry ids of per-partition streams and may repeat.
+    let id = one.id.as_str();
     let forged = post(
         &open,
         "/topics/dash/dead-letters/replay",

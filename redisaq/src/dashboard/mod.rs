@@ -22,6 +22,7 @@
 
 mod auth;
 mod pages;
+mod rates;
 
 use std::sync::Arc;
 
@@ -79,17 +80,23 @@ impl Options {
 struct Dashboard {
     admin: Admin,
     options: Options,
+    rates: rates::Rates,
 }
 
 type Shared = State<Arc<Dashboard>>;
 
 /// The dashboard as a router, to serve on its own or nest in an app.
 pub fn router(admin: Admin, options: Options) -> Router {
-    let state = Arc::new(Dashboard { admin, options });
+    let state = Arc::new(Dashboard {
+        admin,
+        options,
+        rates: rates::Rates::default(),
+    });
     Router::new()
         .route("/", get(overview))
         .route("/schedules", get(schedules))
         .route("/topics/{topic}", get(topic))
+        .route("/topics/{topic}/job", get(job))
         .route("/topics/{topic}/pause", post(pause))
         .route("/topics/{topic}/resume", post(resume))
         .route("/topics/{topic}/delayed/{id}/cancel", post(cancel))
@@ -150,7 +157,9 @@ async fn overview(State(state): Shared, headers: HeaderMap) -> Page {
     let mut rows = Vec::with_capacity(topics.len());
     for topic in topics {
         let groups = state.admin.groups(&topic.topic).await.unwrap_or_default();
-        rows.push((topic, groups));
+        let added: Option<u64> = topic.streams.iter().map(|s| s.added).sum();
+        let rate = added.and_then(|added| state.rates.note(&topic.topic, added));
+        rows.push((topic, groups, rate));
     }
     Ok(page(&headers, |_| pages::overview(&rows)))
 }
@@ -182,6 +191,31 @@ async fn topic(State(state): Shared, Path(topic): Path<String>, headers: HeaderM
     let view = view(&state);
     Ok(page(&headers, |csrf| {
         pages::topic(&view, csrf, &status, &groups, &consumers, &delayed)
+    }))
+}
+
+/// The job page's query.
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    id: Option<String>,
+}
+
+async fn job(
+    State(state): Shared,
+    Path(topic): Path<String>,
+    Query(query): Query<JobQuery>,
+    headers: HeaderMap,
+) -> Page {
+    let id = query
+        .id
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty());
+    let status = match &id {
+        Some(id) => Some(state.admin.job(&topic, &JobId::from(id.as_str())).await?),
+        None => None,
+    };
+    Ok(page(&headers, |_| {
+        pages::job(&topic, id.as_deref(), status.as_ref())
     }))
 }
 

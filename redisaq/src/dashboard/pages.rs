@@ -6,9 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
+use super::rates::Rate;
+
 use crate::admin::{
-    ConsumerState, ConsumerStatus, DeadLetterEntry, DelayedJob, GroupStatus, ScheduleStatus,
-    TopicStatus,
+    ConsumerState, ConsumerStatus, DeadLetterEntry, DelayedJob, GroupStatus, JobState, JobStatus,
+    ScheduleStatus, TopicStatus,
 };
 
 /// What the pages may show.
@@ -46,7 +48,7 @@ button { font: inherit; padding: .25rem .7rem; border-radius: 5px; border: 1px s
 button.danger { border-color: var(--bad); color: var(--bad); }
 .toolbar { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: .6rem 0; }
 input[type=text], input[type=password], select { font: inherit; padding: .25rem .5rem;
-  border: 1px solid var(--line); border-radius: 5px; }
+  border: 1px solid var(--line); border-radius: 5px; max-width: 100%; }
 pre { white-space: pre-wrap; word-break: break-all; background: #fff; padding: .7rem;
   border: 1px solid var(--line); border-radius: 6px; }
 .error { color: var(--bad); }
@@ -145,7 +147,7 @@ pub(super) fn failure(status: StatusCode, message: &str) -> Markup {
     )
 }
 
-pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>)]) -> Markup {
+pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>, Option<Rate>)]) -> Markup {
     layout(
         "Topics",
         true,
@@ -156,17 +158,23 @@ pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>)]) -> Markup {
             } @else {
                 div class="scroll" { table {
                     thead { tr {
-                        th { "topic" } th { "partitions" } th { "stored" } th { "waiting" }
+                        th { "topic" } th { "partitions" } th { "enqueued" } th { "stored" } th { "waiting" }
                         th { "pending" } th { "delayed" } th { "dead letters" } th { "groups" } th { "state" }
                     } }
                     tbody {
-                        @for (topic, groups) in topics {
+                        @for (topic, groups, rate) in topics {
                             @let stored: u64 = topic.streams.iter().map(|s| s.length).sum();
                             @let waiting: u64 = groups.iter().map(|g| g.lag).sum();
                             @let pending: u64 = groups.iter().map(|g| g.pending).sum();
                             tr {
                                 td { a href={ "/topics/" (topic.topic) } { (topic.topic) } }
                                 td class="num" { (topic.partitions) }
+                                td class="num" {
+                                    @if let Some(rate) = rate {
+                                        (format!("{:.0}", rate.per_minute)) "/min "
+                                        span class="muted" { "(last " (span(rate.over.as_millis() as u64)) ")" }
+                                    } @else { span class="muted" { "…" } }
+                                }
                                 td class="num" { (stored) }
                                 td class="num" { (waiting) }
                                 td class="num" { (pending) }
@@ -189,7 +197,7 @@ pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>)]) -> Markup {
                         }
                     }
                 } }
-                p class="muted" { "Waiting: entries not yet delivered to a group, summed over the groups; pending: delivered, not yet acknowledged." }
+                p class="muted" { "Enqueued: jobs per minute while this page was open (up to the last 5 min, from Redis' count of entries added). Waiting: entries not yet delivered to a group, summed over the groups; pending: delivered, not yet acknowledged." }
             }
         },
     )
@@ -248,6 +256,7 @@ pub(super) fn topic(
         true,
         html! {
             h1 { "Topic " (name) " " (paused_badge(topic.paused)) }
+            (job_search(name, None))
             div class="toolbar" {
                 a href={ "/topics/" (name) "/dead-letters" } { (topic.dead_letters) " dead letters" }
                 span class="muted" { (topic.delayed) " delayed" }
@@ -354,6 +363,71 @@ pub(super) fn topic(
     )
 }
 
+fn job_search(topic: &str, id: Option<&str>) -> Markup {
+    html! {
+        form class="toolbar" method="get" action={ "/topics/" (topic) "/job" } {
+            input type="text" name="id" placeholder="find a job by id" value=(id.unwrap_or("")) size="40";
+            button type="submit" { "Find" }
+        }
+    }
+}
+
+pub(super) fn job(topic: &str, id: Option<&str>, status: Option<&JobStatus>) -> Markup {
+    layout(
+        "Find a job",
+        false,
+        html! {
+            h1 { "Find a job in " a href={ "/topics/" (topic) } { (topic) } }
+            (job_search(topic, id))
+            @if let Some(status) = status {
+                @if !status.found() {
+                    p class="muted" { "Job " code { (status.id) } " is not in " (topic) ": not delayed, not in a stream (trimmed, or never enqueued), not dead-lettered." }
+                } @else {
+                    div class="scroll" { table { tbody {
+                        tr { th { "job id" } td { code { (status.id) } } }
+                        @if let Some(due) = status.due_ms { tr { th { "delayed" } td { "due " (when(due)) } } }
+                        @if let Some(partition) = status.partition { tr { th { "partition" } td { (partition) } } }
+                        @if let Some(entry) = &status.entry_id { tr { th { "stream entry" } td { code { (entry) } } } }
+                        @if let Some(at) = status.enqueued_at_ms { tr { th { "enqueued" } td { (when(at)) } } }
+                    } } }
+                    @if !status.groups.is_empty() {
+                        h2 { "In each group" }
+                        div class="scroll" { table {
+                            thead { tr { th { "group" } th { "state" } th { "consumer" } th { "deliveries" } } }
+                            tbody {
+                                @for g in &status.groups {
+                                    @let class = match g.state { JobState::Done => "ok", JobState::Pending => "warn", _ => "" };
+                                    tr {
+                                        td { (g.group) }
+                                        td { span class={ "badge " (class) } { (g.state.to_string()) } }
+                                        td { (g.consumer.as_deref().unwrap_or("-")) }
+                                        td class="num" { (g.deliveries.map_or("-".into(), |d| d.to_string())) }
+                                    }
+                                }
+                            }
+                        } }
+                    }
+                    @if !status.dead_letters.is_empty() {
+                        h2 { "Dead letters" }
+                        div class="scroll" { table {
+                            thead { tr { th { "group" } th { "attempts" } th { "error" } } }
+                            tbody {
+                                @for l in &status.dead_letters {
+                                    tr {
+                                        td { a href={ "/topics/" (topic) "/dead-letters/" (l.id) } { (l.group) } }
+                                        td class="num" { (l.attempts) }
+                                        td { (short(&l.error, 80)) }
+                                    }
+                                }
+                            }
+                        } }
+                    }
+                }
+            }
+        },
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dead_letters(
     view: &View,
@@ -398,8 +472,8 @@ pub(super) fn dead_letters(
                         tbody {
                             @for l in letters {
                                 tr {
-                                    @if view.can_change { td { input type="checkbox" name="ids" value=(l.dead_letter_id); } }
-                                    td { a href={ (here) "/" (l.dead_letter_id) } { code { (l.id) } } }
+                                    @if view.can_change { td { input type="checkbox" name="ids" value=(l.id); } }
+                                    td { a href={ (here) "/" (l.id) } { code { (l.id) } } }
                                     td { (l.group) }
                                     td class="num" { (l.partition) }
                                     td class="num" { (l.attempts) }
@@ -452,7 +526,7 @@ pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEn
             @if view.can_change {
                 form method="post" action={ (list) "/replay" } {
                     (form_fields(csrf, &list))
-                    input type="hidden" name="ids" value=(l.dead_letter_id);
+                    input type="hidden" name="ids" value=(l.id);
                     button type="submit" { "Replay in " (l.group) }
                 }
             }

@@ -407,7 +407,7 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
 }
 
 /// FNV-1a: stable across processes, platforms and releases, which `std`'s hasher is not.
-fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })

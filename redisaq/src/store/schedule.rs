@@ -232,6 +232,21 @@ pub(crate) async fn delayed_count(
         .await?)
 }
 
+/// When delayed job `id` of a partition is due, if it waits there.
+pub(crate) async fn due_of(
+    conn: &mut impl ConnectionLike,
+    topic: &str,
+    partition: u32,
+    id: &str,
+) -> Result<Option<u64>, Error> {
+    let due: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys::delayed(topic, partition))
+        .arg(id)
+        .query_async(conn)
+        .await?;
+    Ok(due.map(|d| d as u64))
+}
+
 /// The first `limit` delayed jobs of a partition to be due: (id, due ms).
 pub(crate) async fn first_due(
     conn: &mut impl ConnectionLike,

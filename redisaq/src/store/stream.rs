@@ -355,6 +355,67 @@ pub(crate) async fn length(conn: &mut impl ConnectionLike, stream: &str) -> Resu
     Ok(redis::cmd("XLEN").arg(stream).query_async(conn).await?)
 }
 
+/// The entry of job `id` in `stream` between stream ids `from` and `to`, looking at no
+/// more than `cap` entries, a page at a time.
+pub(crate) async fn find_job(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    id: &str,
+    from: &str,
+    to: &str,
+    cap: usize,
+) -> Result<Option<StreamEntry>, Error> {
+    const PAGE: usize = 1000;
+    let mut start = from.to_string();
+    let mut seen = 0;
+    while seen < cap {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg(to)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        let entries = wire::parse_entries(&reply)?;
+        seen += entries.len();
+        if let Some(found) = entries
+            .iter()
+            .find(|e| e.field(wire::field::ID) == Some(id))
+        {
+            return Ok(Some(found.clone()));
+        }
+        match entries
+            .last()
+            .and_then(|last| wire::next_stream_id(&last.id))
+        {
+            Some(next) if entries.len() == PAGE => start = next,
+            _ => break,
+        }
+    }
+    Ok(None)
+}
+
+/// How many entries were ever added to `stream`, if the server counts them (Redis 7).
+pub(crate) async fn entries_added(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+) -> Result<Option<u64>, Error> {
+    let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(conn)
+        .await;
+    match info {
+        Ok(info) => Ok(wire::parse_entries_added(&info)),
+        // No stream yet.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Ok(Some(0))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The id of the oldest (or, with `newest`, the newest) entry of `stream`.
 pub(crate) async fn edge(
     conn: &mut impl ConnectionLike,
