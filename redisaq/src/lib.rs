@@ -48,6 +48,8 @@ mod rate;
 mod registry;
 mod retry;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod wire;
 mod worker;
 

@@ -130,10 +130,15 @@ pub(crate) struct Selection {
     pub groups: Option<Vec<String>>,
 }
 
+/// Every registered handler, unchecked.
+pub(crate) fn all() -> Vec<&'static HandlerDef> {
+    inventory::iter::<HandlerDef>.into_iter().collect()
+}
+
 /// Every registered handler, checked (one per (topic, group)), narrowed to `selection`;
 /// at least one must remain.
 pub(crate) fn handlers(selection: &Selection) -> Result<Vec<&'static HandlerDef>, Error> {
-    let all: Vec<&'static HandlerDef> = inventory::iter::<HandlerDef>.into_iter().collect();
+    let all = all();
     let mut seen: HashMap<(&str, &str), &HandlerDef> = HashMap::new();
     for def in &all {
         if let Some(first) = seen.insert((def.spec.topic, def.group), def) {

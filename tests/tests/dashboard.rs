@@ -393,12 +393,36 @@ async fn pages_show_the_topic_and_changes_need_a_form_of_ours_and_the_token() {
     )
     .await;
     assert_eq!(unconfirmed.status, StatusCode::BAD_REQUEST);
-    let purged = post(
-        &open,
+    // With a token, replay and purge need it too.
+    let replay_no_token = post(
+        &guarded,
+        "/topics/dash/dead-letters/replay",
+        &ours,
+        &[("all", "1"), ("csrf", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(replay_no_token.status, StatusCode::UNAUTHORIZED);
+    let purge_no_token = post(
+        &guarded,
         "/topics/dash/dead-letters/purge",
         &ours,
         &[("confirm", "yes"), ("csrf", &csrf)],
         None,
+    )
+    .await;
+    assert_eq!(purge_no_token.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        dead_letter_count(&admin).await,
+        2,
+        "nothing replayed or purged without the token"
+    );
+    let purged = post(
+        &guarded,
+        "/topics/dash/dead-letters/purge",
+        &[],
+        &[("confirm", "yes")],
+        Some("s3cret"),
     )
     .await;
     assert_eq!(purged.status, StatusCode::SEE_OTHER);

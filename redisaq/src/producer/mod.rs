@@ -432,6 +432,10 @@ pub fn enqueue<T: JobPayload>(
         let json = json?;
         let timeout = deadline(options.timeout)?;
         let id = options.job_id()?;
+        #[cfg(feature = "testing")]
+        let Some(json) = crate::testing::store(spec, &id, json) else {
+            return Ok(id);
+        };
         let ids = [id.clone()];
         let sending = Arc::new(AtomicBool::new(false));
         let scheduled = options.scheduled(spec);
@@ -567,6 +571,19 @@ pub fn enqueue_batch_with<T: JobPayload, I: IntoIterator<Item = (T, EnqueueOptio
             .iter()
             .map(|(_, options)| options.job_id())
             .collect::<Result<_, _>>()?;
+        #[cfg(feature = "testing")]
+        let items = {
+            let mut kept = Vec::with_capacity(items.len());
+            for ((json, options), id) in items.into_iter().zip(&ids) {
+                if let Some(json) = crate::testing::store(spec, id, json) {
+                    kept.push((json, options));
+                }
+            }
+            if kept.is_empty() {
+                return Ok(ids);
+            }
+            kept
+        };
         let sending = AtomicBool::new(false);
         within_deadline(timeout, &ids, &sending, async {
             let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
