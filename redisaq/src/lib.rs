@@ -71,13 +71,31 @@ pub mod __private {
     pub use crate::producer::{enqueue, enqueue_batch, enqueue_batch_with};
     pub use crate::registry::{HandlerDef, HandlerFn, TopicSpec};
     pub use inventory;
+    #[cfg(feature = "linkme")]
+    pub use {crate::registry::HANDLERS, linkme};
 
     /// Registers a [`HandlerDef`] so that `run()` finds it.
+    #[cfg(not(feature = "linkme"))]
     #[macro_export]
     #[doc(hidden)]
     macro_rules! __redisaq_submit_handler {
         ($def:expr) => {
             $crate::__private::inventory::submit! { $def }
+        };
+    }
+
+    /// Registers a [`HandlerDef`] so that `run()` finds it (in a linkme distributed
+    /// slice: the definition is a `static`).
+    #[cfg(feature = "linkme")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __redisaq_submit_handler {
+        ($def:expr) => {
+            const _: () = {
+                #[$crate::__private::linkme::distributed_slice($crate::__private::HANDLERS)]
+                #[linkme(crate = $crate::__private::linkme)]
+                static HANDLER: $crate::__private::HandlerDef = $def;
+            };
         };
     }
     pub use crate::__redisaq_submit_handler as submit_handler;

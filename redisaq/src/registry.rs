@@ -1,7 +1,8 @@
 //! The handlers that `#[job]` registers, and how the runtime finds them.
 //!
 //! Registration goes through [`submit_handler!`](crate::__private::submit_handler) so the
-//! mechanism (today `inventory`) can change without touching generated code.
+//! mechanism (`inventory`, or with the cargo feature `linkme` a linkme distributed slice)
+//! can change without touching generated code.
 
 use std::collections::HashMap;
 
@@ -61,6 +62,11 @@ pub struct HandlerDef {
 }
 
 inventory::collect!(HandlerDef);
+
+/// The handlers registered through linkme (cargo feature `linkme`).
+#[cfg(feature = "linkme")]
+#[linkme::distributed_slice]
+pub static HANDLERS: [HandlerDef];
 
 /// Default partition count of a new topic.
 pub const DEFAULT_PARTITIONS: u32 = 4;
@@ -132,7 +138,10 @@ pub(crate) struct Selection {
 
 /// Every registered handler, unchecked.
 pub(crate) fn all() -> Vec<&'static HandlerDef> {
-    inventory::iter::<HandlerDef>.into_iter().collect()
+    let registered = inventory::iter::<HandlerDef>.into_iter();
+    #[cfg(feature = "linkme")]
+    let registered = registered.chain(HANDLERS.iter());
+    registered.collect()
 }
 
 /// Every registered handler, checked (one per (topic, group)), narrowed to `selection`;

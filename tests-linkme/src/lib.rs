@@ -1,0 +1,1 @@
+//! Nothing but the test: see `tests/linkme.rs`.
