@@ -1,8 +1,13 @@
 //! The e-mail example: a producer enqueues batches of 2–5 e-mails every 0.5–2 s to
-//! `send_email`, and with every third batch a reminder delayed by 3 s to `remind`;
-//! consumers in `email_group` send them; a consumer in `email_group_v2`, started later,
-//! reconsumes every e-mail from the beginning. The workers also keep the nightly digest's
-//! cron schedule (`redisaq schedules` shows it).
+//! `send_email`, which starts with 1 partition, and raises its partition count by one
+//! every two batches up to 8; with every third batch it also enqueues a reminder delayed
+//! by 3 s to `remind`. Two consumers in `email_group` send the e-mails, a third joins
+//! a third of the way in (only the partitions that move pause and resume), and a
+//! consumer in `email_group_v2`, started half-way, reconsumes every e-mail from the
+//! beginning. The workers also keep the nightly digest's cron schedule.
+//!
+//! Each demo run uses a key prefix of its own (`REDISAQ_PREFIX=email-demo-<time>`, printed
+//! at the start), so it starts from 1 partition again on the same Redis.
 //!
 //! `cargo run -p redisaq-examples --bin email` runs all of it for 15 seconds against
 //! `REDIS_URL` (or a private `redis-server` when nothing answers there). The parts run
@@ -30,7 +35,7 @@ pub struct Email {
 #[job(
     topic = "send_email",
     group = "email_group",
-    partitions = 4,
+    partitions = 1,
     retries = 3
 )]
 pub async fn send_email(job: Job<Email>) -> Result<(), JobError> {
@@ -79,7 +84,7 @@ pub async fn nightly_digest(job: Job<redisaq::Tick>) -> Result<(), JobError> {
 }
 
 /// A second group on the same topic: gets every e-mail too, from the oldest retained one.
-#[job(topic = "send_email", group = "email_group_v2")]
+#[job(topic = "send_email", group = "email_group_v2", partitions = 1)]
 pub async fn send_email_v2(job: Job<Email>) -> Result<(), JobError> {
     tracing::info!(
         "[v2] Re-processed email to {} (job {})",
@@ -109,7 +114,7 @@ enum Part {
     /// Producer, two `email_group` consumers and a late `email_group_v2` consumer.
     Demo {
         /// How long to run before stopping everything.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 24)]
         seconds: u64,
     },
     /// Enqueues batches of 2–5 e-mails every 0.5–2 s until stopped (or `--batches` done).
@@ -117,6 +122,9 @@ enum Part {
         /// Stop after this many batches.
         #[arg(long)]
         batches: Option<u32>,
+        /// Raise `send_email` by one partition every two batches, up to this many.
+        #[arg(long, default_value_t = 8)]
+        grow_to: u32,
     },
     /// Runs consumers until SIGINT / SIGTERM.
     Worker {
@@ -139,11 +147,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
     let args = Args::parse();
-    match args.part.unwrap_or(Part::Demo { seconds: 15 }) {
+    match args.part.unwrap_or(Part::Demo { seconds: 24 }) {
         Part::Demo { seconds } => demo(&args.redis_url, seconds).await,
-        Part::Producer { batches } => {
+        Part::Producer { batches, grow_to } => {
             redisaq::set_redis_url(&args.redis_url)?;
-            produce(batches).await
+            produce(batches, grow_to).await
         }
         Part::Worker { name, group } => {
             let mut worker = redisaq::Worker::new()
@@ -157,8 +165,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-async fn produce(batches: Option<u32>) -> Result<(), Box<dyn std::error::Error>> {
+async fn produce(batches: Option<u32>, grow_to: u32) -> Result<(), Box<dyn std::error::Error>> {
     let mut sent = 0;
+    let mut partitions = 1;
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     while batches.is_none_or(|limit| sent < limit) {
@@ -184,6 +193,15 @@ async fn produce(batches: Option<u32>) -> Result<(), Box<dyn std::error::Error>>
             tracing::info!("Enqueued reminder {id}, due in 3 s");
         }
         sent += 1;
+        if sent % 2 == 0 && partitions < grow_to {
+            // Counts only grow; a count someone else raised further is left alone.
+            partitions = (partitions + 1)
+                .max(redisaq::set_partitions(send_email::TOPIC, partitions + 1).await?);
+            tracing::info!(
+                "Raised topic {} to {partitions} partitions",
+                send_email::TOPIC
+            );
+        }
         let pause = Duration::from_millis(rand::rng().random_range(500..=2000));
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
@@ -200,11 +218,21 @@ async fn demo(redis_url: &str, seconds: u64) -> Result<(), Box<dyn std::error::E
     if _private.is_some() {
         tracing::info!("nothing answers at {redis_url}; started a private redis-server at {url}");
     }
+    let prefix = format!(
+        "email-demo-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    tracing::info!(
+        "this run's keys start with {prefix}: inspect them with REDISAQ_PREFIX={prefix} redisaq topics"
+    );
     let me = std::env::current_exe()?;
     let spawn = |args: &[&str]| {
         tokio::process::Command::new(&me)
             .args(args)
             .env("REDIS_URL", &url)
+            .env("REDISAQ_PREFIX", &prefix)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -232,7 +260,16 @@ async fn demo(redis_url: &str, seconds: u64) -> Result<(), Box<dyn std::error::E
         ])?,
         spawn(&["producer"])?,
     ];
-    tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+    tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+    tracing::info!("starting consumer_3 in email_group: it takes over some partitions");
+    children.push(spawn(&[
+        "worker",
+        "--name",
+        "consumer_3",
+        "--group",
+        "email_group",
+    ])?);
+    tokio::time::sleep(Duration::from_secs(seconds / 2 - seconds / 3)).await;
     tracing::info!("starting consumer_v2 in email_group_v2: it reconsumes from the first e-mail");
     children.push(spawn(&[
         "worker",
