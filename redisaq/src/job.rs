@@ -100,6 +100,8 @@ pub(crate) struct JobMeta {
     pub(crate) partition: u32,
     pub(crate) attempt: u32,
     pub(crate) enqueued_at_ms: u64,
+    /// The enqueuing span's trace context, for the handler's span.
+    pub(crate) trace: Option<crate::trace::Carried>,
 }
 
 impl<T> Job<T> {
@@ -137,6 +139,7 @@ impl<T> Job<T> {
                 partition: 0,
                 attempt: 1,
                 enqueued_at_ms: now_ms(),
+                trace: None,
             },
         )
     }

@@ -50,6 +50,7 @@ mod retry;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trace;
 mod wire;
 mod worker;
 

@@ -204,6 +204,7 @@ async fn run(def: &'static HandlerDef, job: &Captured) -> Outcome {
                 partition: 0,
                 attempt,
                 enqueued_at_ms: job.enqueued_at_ms,
+                trace: None,
             },
             payload: job.payload.as_str().into(),
         };

@@ -20,6 +20,10 @@ pub(crate) mod field {
     pub const GROUP: &str = "group";
     /// The entry format, when newer than 1.
     pub const FORMAT: &str = "v";
+    /// The enqueuing span's W3C trace context, which the handler's span continues.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// The same, for a delayed job: the handler's span links to it.
+    pub const TRACELINK: &str = "tracelink";
 }
 
 /// The newest entry format this version reads: 1 (no `v` field) or 2 (may name the one
@@ -53,6 +57,8 @@ pub(crate) struct Envelope {
     pub key: Option<String>,
     /// The one group that runs it, if not every group.
     pub for_group: Option<String>,
+    /// The enqueuing span's trace context.
+    pub trace: Option<crate::trace::Carried>,
 }
 
 /// Why an entry is not a job this version can run.
@@ -74,6 +80,8 @@ pub(crate) struct JobFields<'a> {
     pub key: Option<&'a str>,
     /// The one group that runs it (format 2, a replay); `None` for every group.
     pub for_group: Option<&'a str>,
+    /// The enqueuing span's trace context: continued, or (`true`) linked to.
+    pub trace: Option<(&'a str, bool)>,
 }
 
 impl redis::ToRedisArgs for JobFields<'_> {
@@ -88,6 +96,15 @@ impl redis::ToRedisArgs for JobFields<'_> {
             out.write_arg(field::KEY.as_bytes());
             out.write_arg(key.as_bytes());
         }
+        if let Some((traceparent, link)) = self.trace {
+            let name = if link {
+                field::TRACELINK
+            } else {
+                field::TRACEPARENT
+            };
+            out.write_arg(name.as_bytes());
+            out.write_arg(traceparent.as_bytes());
+        }
         if let Some(group) = self.for_group {
             out.write_arg(field::FORMAT.as_bytes());
             out.write_arg(b"2");
@@ -97,7 +114,9 @@ impl redis::ToRedisArgs for JobFields<'_> {
     }
 
     fn num_of_args(&self) -> usize {
-        6 + 2 * usize::from(self.key.is_some()) + 4 * usize::from(self.for_group.is_some())
+        6 + 2 * usize::from(self.key.is_some())
+            + 2 * usize::from(self.trace.is_some())
+            + 4 * usize::from(self.for_group.is_some())
     }
 }
 
@@ -144,6 +163,14 @@ pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, Undecodable> {
         enqueued_at_ms,
         key: entry.field(field::KEY).map(str::to_string),
         for_group: entry.field(field::GROUP).map(str::to_string),
+        trace: entry
+            .field(field::TRACEPARENT)
+            .map(|t| (t, false))
+            .or_else(|| entry.field(field::TRACELINK).map(|t| (t, true)))
+            .map(|(traceparent, link)| crate::trace::Carried {
+                traceparent: traceparent.to_string(),
+                link,
+            }),
     })
 }
 
@@ -498,6 +525,10 @@ mod tests {
                 enqueued_at_ms: 7,
                 key: Some("k"),
                 for_group,
+                trace: Some((
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    true,
+                )),
             };
             let args: Vec<String> = fields
                 .to_redis_args()
@@ -518,6 +549,7 @@ mod tests {
             assert_eq!(envelope.enqueued_at_ms, 7);
             assert_eq!(envelope.key.as_deref(), Some("k"));
             assert_eq!(envelope.for_group.as_deref(), for_group);
+            assert!(envelope.trace.is_some_and(|t| t.link));
         }
     }
 

@@ -75,6 +75,7 @@ async fn fire(shared: &Shared, fire_ms: u64) -> bool {
             enqueued_at_ms: cron::now_ms(),
             key: None,
             for_group: None,
+            trace: None,
         };
         match store::cron::fire(&mut shared.conn.clone(), &shared.topic, fire_ms, job).await {
             Ok(true) => {

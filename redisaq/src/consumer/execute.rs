@@ -187,6 +187,15 @@ async fn call(
         ),
         _ => tracing::info_span!("batch", topic = %shared.topic, jobs = count),
     };
+    // The enqueuing spans' traces: one job's is continued (linked, if it was delayed);
+    // a batch links to each.
+    for job in &jobs {
+        if let Some(carried) = &job.meta.trace {
+            let mut carried = carried.clone();
+            carried.link |= count > 1;
+            crate::trace::continue_in(&span, &carried);
+        }
+    }
     let handler = shared.def.call;
     let timeout = shared.def.timeout();
     // Dropped at the timeout: the handler stops at its next `.await`.

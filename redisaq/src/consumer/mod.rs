@@ -89,6 +89,7 @@ impl Delivery {
                         partition,
                         attempt,
                         enqueued_at_ms: envelope.enqueued_at_ms,
+                        trace: envelope.trace,
                     },
                     payload: envelope.payload.into(),
                 }),

@@ -34,6 +34,8 @@ pub(super) struct Single {
     pub payload: String,
     pub enqueued_at_ms: u64,
     pub key: Option<String>,
+    /// The enqueuing span's trace context.
+    pub trace: Option<String>,
     /// When it runs and its dedupe window, if more than an append.
     pub scheduled: Option<(Option<When>, Option<Duration>)>,
     /// Set once the job is on its way: from then on, a lost answer means "unknown".
@@ -110,6 +112,10 @@ async fn send(conn: &mut Conn, batch: Vec<Single>) {
                 enqueued_at_ms: single.enqueued_at_ms,
                 key: single.key.as_deref(),
                 for_group: None,
+                trace: single
+                    .trace
+                    .as_deref()
+                    .map(|t| (t, single.scheduled.is_some_and(|(when, _)| when.is_some()))),
             },
             scheduled: single.scheduled.map(|(when, window)| Scheduled {
                 topic: single.topic.topic,

@@ -429,6 +429,8 @@ pub fn enqueue<T: JobPayload>(
 ) -> impl Future<Output = Result<JobId, Error>> + Send + 'static {
     let json = serde_json::to_string(&payload);
     async move {
+        // Read while polled: a future that was `.instrument()`ed runs in its span then.
+        let trace = crate::trace::current();
         let json = json?;
         let timeout = deadline(options.timeout)?;
         let id = options.job_id()?;
@@ -452,6 +454,7 @@ pub fn enqueue<T: JobPayload>(
                         enqueued_at_ms,
                         key: options.key.as_deref(),
                         for_group: None,
+                        trace: trace.as_deref().map(|t| (t, options.when.is_some())),
                     },
                     scheduled: scheduled.map(|(when, window)| Scheduled {
                         topic: spec.topic,
@@ -473,6 +476,7 @@ pub fn enqueue<T: JobPayload>(
                 payload: json,
                 enqueued_at_ms,
                 key: options.key,
+                trace,
                 scheduled,
                 sending: sending.clone(),
                 answer,
@@ -561,6 +565,7 @@ pub fn enqueue_batch_with<T: JobPayload, I: IntoIterator<Item = (T, EnqueueOptio
         .map(|(payload, options)| Ok((serde_json::to_string(&payload)?, options)))
         .collect();
     async move {
+        let trace = crate::trace::current();
         let items = items?;
         if items.is_empty() {
             return Ok(Vec::new());
@@ -601,6 +606,7 @@ pub fn enqueue_batch_with<T: JobPayload, I: IntoIterator<Item = (T, EnqueueOptio
                             enqueued_at_ms,
                             key: options.key.as_deref(),
                             for_group: None,
+                            trace: trace.as_deref().map(|t| (t, options.when.is_some())),
                         },
                         scheduled: options.scheduled(spec).map(|(when, window)| Scheduled {
                             topic: spec.topic,

@@ -266,6 +266,7 @@ pub(crate) async fn replay(
         enqueued_at_ms: crate::job::now_ms(),
         key: letter.key.as_deref(),
         for_group: Some(&letter.group),
+        trace: None,
     };
     let script = &*REPLAY_SCRIPT;
     let mut script = script.prepare_invoke();
