@@ -82,8 +82,9 @@ async fn post(
         })
         .collect::<Vec<_>>()
         .join("&");
-    let mut request =
-        Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let mut request = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "127.0.0.1:8080");
     if !cookies.is_empty() {
         request = request.header(header::COOKIE, cookies.join("; "));
     }
@@ -256,6 +257,20 @@ async fn pages_show_the_topic_and_changes_need_a_form_of_ours_and_the_token() {
         3,
         "nothing replayed by refused posts"
     );
+    // A page of another site whose name points here (DNS rebinding) sends its own Host:
+    // without a token, changes come only from this machine.
+    let rebound = send(
+        &open,
+        Request::post("/topics/dash/dead-letters/replay")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "evil.example:8080")
+            .header(header::COOKIE, cookie.clone())
+            .body(Body::from(format!("ids={id}&csrf={csrf}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN, "{}", rebound.body);
+    assert_eq!(dead_letter_count(&admin).await, 3);
     FAIL.store(false, Ordering::SeqCst);
     let replayed = post(
         &open,

@@ -61,3 +61,65 @@ async fn jobs_go_on_after_redis_forgot_its_scripts() {
     );
     assert_eq!(before, after, "no lease was lost or taken anew");
 }
+
+/// A topic only enqueued to (no worker runs it here).
+#[job(
+    topic = "scripts_enqueue",
+    group = "scripts_enqueue_group",
+    partitions = 2
+)]
+async fn enqueued_only(_job: Job<u64>) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Jobs with an id of their own and delayed ones go through a script too: after Redis
+/// forgot it, a batch mixing them with plain jobs stores each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_enqueues_go_on_after_redis_forgot_the_script() {
+    setup();
+    let mut conn = redis().connection();
+    let options = |n: u64| match n % 3 {
+        0 => redisaq::EnqueueOptions::new(),
+        1 => redisaq::EnqueueOptions::new().id(format!("forgotten-{n}")),
+        _ => redisaq::EnqueueOptions::new().delay(Duration::from_secs(600)),
+    };
+    enqueued_only::enqueue_batch_with((0..3).map(|n| (100 + n, options(n))))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+    let ids = enqueued_only::enqueue_batch_with((3..9).map(|n| (100 + n, options(n))))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 6);
+    let delayed: u64 = (0..2)
+        .map(|p| {
+            redis::cmd("ZCARD")
+                .arg(redisaq::keys::delayed(enqueued_only::TOPIC, p))
+                .query::<u64>(&mut conn)
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(delayed, 3, "each delayed job stored once");
+    let stored: Vec<String> = (0..2)
+        .flat_map(|p| {
+            let rows: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(redisaq::keys::partition(enqueued_only::TOPIC, p))
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            rows.ids
+                .into_iter()
+                .filter_map(|row| row.get::<String>("id"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for n in [4u64, 7] {
+        let id = format!("forgotten-{n}");
+        assert_eq!(
+            stored.iter().filter(|s| **s == id).count(),
+            1,
+            "{id} stored once"
+        );
+    }
+}

@@ -3,9 +3,10 @@
 //!
 //! It sleeps until the next due time it knows of. It learns them from each move (the
 //! script answers when the next one is due), from the hint an enqueue sends when its job
-//! becomes a partition's next, and by checking a partition once when it comes to hold
-//! it and whenever its coordinator is told to look again (after the hints' connection
-//! came back, say). An idle partition so costs Redis nothing here.
+//! becomes a partition's next, and by checking a partition when it comes to hold it,
+//! whenever its coordinator is told to look again (after the hints' connection came
+//! back, say), and once a minute in case a hint was lost. An idle partition so costs
+//! Redis one script a minute here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,11 @@ const HELD_CHECK: Duration = Duration::from_millis(250);
 
 /// After a failed move, when to try again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// A partition with nothing known to wait is looked at again this often anyway: a
+/// hint lost without the hints' connection noticing (or no pub/sub at all) delays a job
+/// by at most this much.
+const RECHECK: Duration = Duration::from_secs(60);
 
 /// Runs until the consumer shuts down.
 pub(crate) async fn run(
@@ -110,7 +116,7 @@ async fn promote(shared: &Shared, partition: u32) -> Option<Instant> {
                 shared.metrics.promoted.inc_by(promoted.moved);
                 tracing::debug!(partition, moved = promoted.moved, "delayed jobs are due");
             }
-            promoted.next.map(|wait| Instant::now() + wait)
+            Some(Instant::now() + promoted.next.map_or(RECHECK, |wait| wait.min(RECHECK)))
         }
         Err(e) => {
             tracing::warn!(partition, error = %e, "moving due delayed jobs failed; retrying");

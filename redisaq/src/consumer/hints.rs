@@ -83,8 +83,9 @@ impl Hints {
     }
 
     /// Listens until `stop`. A lost connection is only logged and listened to again:
-    /// without hints the coordinators still look every heartbeat interval, and every
-    /// look makes the movers of delayed jobs check their partitions.
+    /// without hints the coordinators still look every heartbeat interval, and the
+    /// movers of delayed jobs check their partitions when the connection is back and
+    /// once a minute.
     pub(crate) async fn run(self, target: Target, stop: CancellationToken) {
         let topics: Vec<&'static str> = self.topics.keys().copied().collect();
         loop {

@@ -92,7 +92,12 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
         let wanted = (asked + (max / 2).max(1)).min(max);
         let starved = !is_paused && asked < max && idle.iter().any(|t| !reading.contains_key(t));
         // Wake for a due retry even while every read blocks.
-        let next_due = due_in(&shared, &partitions).max(Duration::from_millis(1));
+        // (Not while paused: the due retries wait for the resume, like everything else.)
+        let next_due = if is_paused {
+            shared.config.block
+        } else {
+            due_in(&shared, &partitions).max(Duration::from_millis(1))
+        };
         let done = tokio::select! {
             Some(done) = in_flight.next(), if !in_flight.is_empty() => done,
             permit = shared.deliveries.reserve_many(wanted), if starved => match permit {

@@ -86,6 +86,22 @@ pub(super) fn refused_form() -> Response {
     not_ours().into_response()
 }
 
+/// Whether the request names this machine by a loopback name or address.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    // Strip the port: `localhost:8080`, `[::1]:8080`, `127.0.0.1`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether the request may change anything; the failure says what is missing.
 pub(super) fn allow_change(
     options: &Options,
@@ -102,6 +118,18 @@ pub(super) fn allow_change(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    if options.token.is_none() && !loopback_host(headers) {
+        // Without a token, only the machine itself may change things. A page of another
+        // site that had its name point at 127.0.0.1 (DNS rebinding) reads as
+        // same-origin to the browser, but still sends its own name as the Host.
+        return Err(Failure(
+            StatusCode::FORBIDDEN,
+            "without a token, changes are taken only from this machine (Host localhost, \
+             127.0.0.1 or [::1]): start the dashboard with --token to change things from \
+             elsewhere"
+                .into(),
+        ));
+    }
     if let Some(token) = &options.token {
         if bearer.is_some_and(|given| same(token, given)) {
             return Ok(()); // a script: no cookies, so nothing to forge

@@ -315,9 +315,19 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// Where to go after a change: back to the page it came from, within the dashboard.
 fn back(fields: &[(String, String)], default: String) -> Response {
     let to = field(fields, "back")
-        .filter(|to| to.starts_with('/') && !to.starts_with("//"))
+        .filter(|to| is_local_path(to))
         .map_or(default, str::to_string);
     Redirect::to(&to).into_response()
+}
+
+/// A path of this site: `/` then plain path characters, so no browser reads another
+/// host into it (`//evil`, `/\evil`, control characters).
+fn is_local_path(to: &str) -> bool {
+    to.starts_with('/')
+        && !to.starts_with("//")
+        && to
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~%?=&+:@".contains(&b))
 }
 
 async fn replay(
@@ -342,7 +352,10 @@ async fn replay(
     let group = field(&fields, "group");
     let replayed = state.admin.replay(&topic, group, &ids).await?;
     tracing::info!(%topic, count = replayed.len(), "dashboard: replayed dead letters");
-    Ok(back(&fields, format!("/topics/{topic}/dead-letters")))
+    Ok(back(
+        &fields,
+        format!("/topics/{}/dead-letters", pages::seg(&topic)),
+    ))
 }
 
 async fn purge(
@@ -360,7 +373,7 @@ async fn purge(
     }
     let purged = state.admin.purge_dead_letters(&topic).await?;
     tracing::info!(%topic, purged, "dashboard: purged dead letters");
-    Ok(Redirect::to(&format!("/topics/{topic}/dead-letters")).into_response())
+    Ok(Redirect::to(&format!("/topics/{}/dead-letters", pages::seg(&topic))).into_response())
 }
 
 async fn pause(
@@ -371,7 +384,7 @@ async fn pause(
 ) -> Page {
     auth::allow_change(&state.options, &headers, &fields)?;
     state.admin.pause(&topic, field(&fields, "group")).await?;
-    Ok(back(&fields, format!("/topics/{topic}")))
+    Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
 }
 
 async fn resume(
@@ -382,7 +395,7 @@ async fn resume(
 ) -> Page {
     auth::allow_change(&state.options, &headers, &fields)?;
     state.admin.resume(&topic, field(&fields, "group")).await?;
-    Ok(back(&fields, format!("/topics/{topic}")))
+    Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
 }
 
 async fn cancel(
@@ -393,7 +406,7 @@ async fn cancel(
 ) -> Page {
     auth::allow_change(&state.options, &headers, &fields)?;
     state.admin.cancel(&topic, &JobId::from(id)).await?;
-    Ok(back(&fields, format!("/topics/{topic}")))
+    Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
 }
 
 /// The login page's query: where to go after.
@@ -440,4 +453,26 @@ async fn htmx() -> impl IntoResponse {
         ],
         include_str!("assets/htmx.min.js"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_path;
+
+    #[test]
+    fn only_paths_of_this_site_are_followed() {
+        for ok in ["/", "/topics/t/dead-letters", "/topics/t/job?id=a%2Fb"] {
+            assert!(is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.com",
+            "/\\evil.com",
+            "/\t/evil.com",
+            "https://evil.com",
+            "evil",
+            "",
+        ] {
+            assert!(!is_local_path(bad), "{bad}");
+        }
+    }
 }

@@ -85,6 +85,11 @@ fn layout(title: &str, refresh: bool, body: Markup) -> Markup {
     }
 }
 
+/// Text as one path segment of a link: ids and names may hold `/`, `?` or `#`.
+pub(super) fn seg(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -167,7 +172,7 @@ pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>, Option<Rate>)])
                             @let waiting: u64 = groups.iter().map(|g| g.lag).sum();
                             @let pending: u64 = groups.iter().map(|g| g.pending).sum();
                             tr {
-                                td { a href={ "/topics/" (topic.topic) } { (topic.topic) } }
+                                td { a href={ "/topics/" (seg(&topic.topic)) } { (topic.topic) } }
                                 td class="num" { (topic.partitions) }
                                 td class="num" {
                                     @if let Some(rate) = rate {
@@ -181,7 +186,7 @@ pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>, Option<Rate>)])
                                 td class="num" { (topic.delayed) }
                                 td class="num" {
                                     @if topic.dead_letters > 0 {
-                                        a href={ "/topics/" (topic.topic) "/dead-letters" } {
+                                        a href={ "/topics/" (seg(&topic.topic)) "/dead-letters" } {
                                             span class="badge bad" { (topic.dead_letters) }
                                         }
                                     } @else { "0" }
@@ -217,7 +222,7 @@ pub(super) fn schedules(schedules: &[ScheduleStatus]) -> Markup {
                     tbody {
                         @for s in schedules {
                             tr {
-                                td { a href={ "/topics/" (s.topic) } { (s.topic) } }
+                                td { a href={ "/topics/" (seg(&s.topic)) } { (s.topic) } }
                                 td { code { (s.cron) } }
                                 td { (s.tz) }
                                 td { (s.last_fire_ms.map_or("-".into(), when)) }
@@ -234,8 +239,8 @@ pub(super) fn schedules(schedules: &[ScheduleStatus]) -> Markup {
 fn pause_form(csrf: &str, topic: &str, group: Option<&str>, paused: bool) -> Markup {
     let action = if paused { "resume" } else { "pause" };
     html! {
-        form class="inline" method="post" action={ "/topics/" (topic) "/" (action) } {
-            (form_fields(csrf, &format!("/topics/{topic}")))
+        form class="inline" method="post" action={ "/topics/" (seg(topic)) "/" (action) } {
+            (form_fields(csrf, &format!("/topics/{}", seg(topic))))
             @if let Some(group) = group { input type="hidden" name="group" value=(group); }
             button type="submit" { @if paused { "Resume" } @else { "Pause" } }
         }
@@ -258,7 +263,7 @@ pub(super) fn topic(
             h1 { "Topic " (name) " " (paused_badge(topic.paused)) }
             (job_search(name, None))
             div class="toolbar" {
-                a href={ "/topics/" (name) "/dead-letters" } { (topic.dead_letters) " dead letters" }
+                a href={ "/topics/" (seg(name)) "/dead-letters" } { (topic.dead_letters) " dead letters" }
                 span class="muted" { (topic.delayed) " delayed" }
                 @if view.can_change { (pause_form(csrf, name, None, topic.paused)) }
             }
@@ -345,8 +350,8 @@ pub(super) fn topic(
                                 td { (when(job.due_ms)) }
                                 @if view.can_change {
                                     td {
-                                        form class="inline" method="post" action={ "/topics/" (name) "/delayed/" (job.id) "/cancel" } {
-                                            (form_fields(csrf, &format!("/topics/{name}")))
+                                        form class="inline" method="post" action={ "/topics/" (seg(name)) "/delayed/" (seg(job.id.as_str())) "/cancel" } {
+                                            (form_fields(csrf, &format!("/topics/{}", seg(name))))
                                             button type="submit" class="danger" { "Cancel" }
                                         }
                                     }
@@ -365,7 +370,7 @@ pub(super) fn topic(
 
 fn job_search(topic: &str, id: Option<&str>) -> Markup {
     html! {
-        form class="toolbar" method="get" action={ "/topics/" (topic) "/job" } {
+        form class="toolbar" method="get" action={ "/topics/" (seg(topic)) "/job" } {
             input type="text" name="id" placeholder="find a job by id" value=(id.unwrap_or("")) size="40";
             button type="submit" { "Find" }
         }
@@ -377,7 +382,7 @@ pub(super) fn job(topic: &str, id: Option<&str>, status: Option<&JobStatus>) -> 
         "Find a job",
         false,
         html! {
-            h1 { "Find a job in " a href={ "/topics/" (topic) } { (topic) } }
+            h1 { "Find a job in " a href={ "/topics/" (seg(topic)) } { (topic) } }
             (job_search(topic, id))
             @if let Some(status) = status {
                 @if !status.found() {
@@ -414,7 +419,7 @@ pub(super) fn job(topic: &str, id: Option<&str>, status: Option<&JobStatus>) -> 
                             tbody {
                                 @for l in &status.dead_letters {
                                     tr {
-                                        td { a href={ "/topics/" (topic) "/dead-letters/" (l.id) } { (l.group) } }
+                                        td { a href={ "/topics/" (seg(topic)) "/dead-letters/" (seg(l.id.as_str())) } { (l.group) } }
                                         td class="num" { (l.attempts) }
                                         td { (short(&l.error, 80)) }
                                     }
@@ -438,12 +443,12 @@ pub(super) fn dead_letters(
     search: Option<&str>,
     letters: &[DeadLetterEntry],
 ) -> Markup {
-    let here = format!("/topics/{topic}/dead-letters");
+    let here = format!("/topics/{}/dead-letters", seg(topic));
     layout(
         &format!("Dead letters of {topic}"),
         false,
         html! {
-            h1 { "Dead letters of " a href={ "/topics/" (topic) } { (topic) } }
+            h1 { "Dead letters of " a href={ "/topics/" (seg(topic)) } { (topic) } }
             form class="toolbar" method="get" action=(here) {
                 select name="group" {
                     option value="" { "every group" }
@@ -473,7 +478,7 @@ pub(super) fn dead_letters(
                             @for l in letters {
                                 tr {
                                     @if view.can_change { td { input type="checkbox" name="ids" value=(l.id); } }
-                                    td { a href={ (here) "/" (l.id) } { code { (l.id) } } }
+                                    td { a href={ (here) "/" (seg(l.id.as_str())) } { code { (l.id) } } }
                                     td { (l.group) }
                                     td class="num" { (l.partition) }
                                     td class="num" { (l.attempts) }
@@ -498,7 +503,7 @@ fn short(text: &str, width: usize) -> String {
 }
 
 pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEntry) -> Markup {
-    let list = format!("/topics/{topic}/dead-letters");
+    let list = format!("/topics/{}/dead-letters", seg(topic));
     layout(
         &format!("Dead letter {}", l.id),
         false,
@@ -507,7 +512,7 @@ pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEn
             div class="scroll" { table { tbody {
                 tr { th { "job id" } td { code { (l.id) } } }
                 tr { th { "dead-letter id" } td { code { (l.dead_letter_id) } } }
-                tr { th { "topic" } td { a href={ "/topics/" (topic) } { (topic) } } }
+                tr { th { "topic" } td { a href={ "/topics/" (seg(topic)) } { (topic) } } }
                 tr { th { "group" } td { (l.group) } }
                 tr { th { "partition" } td { (l.partition) } }
                 tr { th { "key" } td { (l.key.as_deref().unwrap_or("-")) } }
@@ -536,7 +541,7 @@ pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEn
 }
 
 pub(super) fn purge_confirm(view: &View, csrf: &str, topic: &str, count: usize) -> Markup {
-    let list = format!("/topics/{topic}/dead-letters");
+    let list = format!("/topics/{}/dead-letters", seg(topic));
     layout(
         "Purge dead letters",
         false,

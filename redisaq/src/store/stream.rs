@@ -292,7 +292,7 @@ pub(crate) async fn add(
         }
     }
     let mut results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
-    resend_unknown_scripts(conn, jobs, &slots, &mut results).await?;
+    resend_unknown_scripts(conn, jobs, &slots, wait, &mut results).await?;
     let mut refusals: Vec<Option<redis::RedisError>> = jobs.iter().map(|_| None).collect();
     let mut replicas: Option<u64> = None;
     for (slot, result) in slots.into_iter().zip(results) {
@@ -320,14 +320,17 @@ fn add_cmd(job: &NewJob<'_>) -> redis::Cmd {
 
 /// Sends again, after loading their script, the scheduled adds that Redis refused for
 /// not knowing it (after a restart or failover): only those, since the plain adds of the
-/// same pipeline were stored.
+/// same pipeline were stored (so within one batch they land after the plain ones). If a
+/// `WAIT` was asked for, one follows each partition's resent adds, and the fewest
+/// replicas any of them confirmed replaces the first round's counts.
 async fn resend_unknown_scripts(
     conn: &mut impl ConnectionLike,
     jobs: &[NewJob<'_>],
     slots: &[Option<usize>],
+    wait: Option<(u32, std::time::Duration)>,
     results: &mut [redis::RedisResult<redis::Value>],
 ) -> Result<(), redis::RedisError> {
-    let unknown: Vec<usize> = results
+    let mut unknown: Vec<usize> = results
         .iter()
         .enumerate()
         .filter(|(_, r)| matches!(r, Err(e) if scripts::is_noscript(e)))
@@ -337,15 +340,52 @@ async fn resend_unknown_scripts(
         return Ok(());
     }
     super::schedule::add_script().load_async(conn).await?;
+    let job_of = |n: usize| slots[n].expect("only adds are scripts");
+    unknown.sort_by_key(|&n| jobs[job_of(n)].stream);
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for &n in &unknown {
-        let job = slots[n].expect("only adds are scripts");
-        pipe.add_command(add_cmd(&jobs[job]));
+    let mut waits = 0;
+    for (k, &n) in unknown.iter().enumerate() {
+        let job = &jobs[job_of(n)];
+        pipe.add_command(add_cmd(job));
+        let last_of_partition = unknown
+            .get(k + 1)
+            .is_none_or(|&next| jobs[job_of(next)].stream != job.stream);
+        if let (Some((replicas, timeout)), true) = (wait, last_of_partition) {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis().max(1) as u64);
+            waits += 1;
+        }
     }
-    let again: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
-    for (n, result) in unknown.into_iter().zip(again) {
-        results[n] = result;
+    let answers: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    let mut answers = answers.into_iter();
+    let mut fewest: Option<redis::RedisResult<redis::Value>> = None;
+    for (k, &n) in unknown.iter().enumerate() {
+        results[n] = answers.next().unwrap_or(Ok(redis::Value::Nil));
+        let last_of_partition = unknown
+            .get(k + 1)
+            .is_none_or(|&next| jobs[job_of(next)].stream != jobs[job_of(n)].stream);
+        if wait.is_some() && last_of_partition {
+            let confirmed = answers.next().unwrap_or(Ok(redis::Value::Int(0)));
+            fewest = Some(match (fewest, confirmed) {
+                (Some(Ok(redis::Value::Int(a))), Ok(redis::Value::Int(b))) => {
+                    Ok(redis::Value::Int(a.min(b)))
+                }
+                (None, confirmed) => confirmed,
+                _ => Ok(redis::Value::Int(0)),
+            });
+        }
+    }
+    debug_assert!(waits == 0 || fewest.is_some());
+    // The first round's WAITs answered before these adds: they count for no more than
+    // the WAITs sent after them.
+    if let Some(fewest) = fewest {
+        for (slot, result) in slots.iter().zip(results.iter_mut()) {
+            if slot.is_none() {
+                *result = fewest.clone();
+            }
+        }
     }
     Ok(())
 }
@@ -355,8 +395,9 @@ pub(crate) async fn length(conn: &mut impl ConnectionLike, stream: &str) -> Resu
     Ok(redis::cmd("XLEN").arg(stream).query_async(conn).await?)
 }
 
-/// The entry of job `id` in `stream` between stream ids `from` and `to`, looking at no
-/// more than `cap` entries, a page at a time.
+/// The newest entry of job `id` in `stream` between stream ids `from` and `to` (a
+/// replayed job has a newer one), looking at no more than `cap` entries, a page at a
+/// time.
 pub(crate) async fn find_job(
     conn: &mut impl ConnectionLike,
     stream: &str,
@@ -368,6 +409,7 @@ pub(crate) async fn find_job(
     const PAGE: usize = 1000;
     let mut start = from.to_string();
     let mut seen = 0;
+    let mut found = None;
     while seen < cap {
         let reply: redis::Value = redis::cmd("XRANGE")
             .arg(stream)
@@ -379,11 +421,12 @@ pub(crate) async fn find_job(
             .await?;
         let entries = wire::parse_entries(&reply)?;
         seen += entries.len();
-        if let Some(found) = entries
+        if let Some(entry) = entries
             .iter()
+            .rev()
             .find(|e| e.field(wire::field::ID) == Some(id))
         {
-            return Ok(Some(found.clone()));
+            found = Some(entry.clone());
         }
         match entries
             .last()
@@ -393,7 +436,7 @@ pub(crate) async fn find_job(
             _ => break,
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// How many entries were ever added to `stream`, if the server counts them (Redis 7).
