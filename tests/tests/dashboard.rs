@@ -372,6 +372,26 @@ async fn pages_show_the_topic_and_changes_need_a_form_of_ours_and_the_token() {
         admin.delayed("dash", 10).await.unwrap().is_empty(),
         "the delayed job was cancelled"
     );
+    // An id with `/` and `?` in it gets a cancel form that reaches it.
+    let odd = dash::enqueue_with(
+        Work { n: 101 },
+        EnqueueOptions::new()
+            .id("order/7?x")
+            .delay(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap();
+    let page = get(&open, "/topics/dash").await;
+    let action = "/topics/dash/delayed/order%2F7%3Fx/cancel";
+    assert!(page.body.contains(action), "{}", page.body);
+    let cancelled = post(&open, action, &ours, &[("csrf", &csrf)], None).await;
+    assert_eq!(
+        cancelled.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        cancelled.body
+    );
+    assert!(!admin.job("dash", &odd).await.unwrap().found());
 
     // Read-only: no buttons, and every change refused.
     let read_only = dashboard::router(admin.clone(), Options::new().read_only(true));
