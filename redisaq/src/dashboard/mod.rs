@@ -376,25 +376,29 @@ async fn purge(
     Ok(Redirect::to(&format!("/topics/{}/dead-letters", pages::seg(&topic))).into_response())
 }
 
-async fn pause(
-    State(state): Shared,
-    Path(topic): Path<String>,
-    headers: HeaderMap,
-    Form(fields): Fields,
-) -> Page {
-    auth::allow_change(&state.options, &headers, &fields)?;
-    state.admin.pause(&topic, field(&fields, "group")).await?;
-    Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
+async fn pause(state: Shared, topic: Path<String>, headers: HeaderMap, fields: Fields) -> Page {
+    set_paused(state, topic, headers, fields, true).await
 }
 
-async fn resume(
+async fn resume(state: Shared, topic: Path<String>, headers: HeaderMap, fields: Fields) -> Page {
+    set_paused(state, topic, headers, fields, false).await
+}
+
+/// Pauses or resumes the topic, or the form's `group` on it.
+async fn set_paused(
     State(state): Shared,
     Path(topic): Path<String>,
     headers: HeaderMap,
     Form(fields): Fields,
+    paused: bool,
 ) -> Page {
     auth::allow_change(&state.options, &headers, &fields)?;
-    state.admin.resume(&topic, field(&fields, "group")).await?;
+    let group = field(&fields, "group");
+    if paused {
+        state.admin.pause(&topic, group).await?;
+    } else {
+        state.admin.resume(&topic, group).await?;
+    }
     Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
 }
 
