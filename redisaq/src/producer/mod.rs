@@ -8,7 +8,7 @@ use crate::store::conn::Conn;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -290,7 +290,8 @@ struct Producer {
     links: RwLock<HashMap<tokio::runtime::Id, Link>>,
     /// Held while a connection is made, so a runtime makes one.
     connecting: tokio::sync::Mutex<()>,
-    topics: Mutex<HashMap<&'static str, Arc<TopicState>>>,
+    /// Read by every enqueue, written when a topic's state is refreshed.
+    topics: RwLock<HashMap<&'static str, Arc<TopicState>>>,
 }
 
 fn producer() -> &'static Producer {
@@ -299,7 +300,7 @@ fn producer() -> &'static Producer {
         url: RwLock::new(None),
         links: RwLock::new(HashMap::new()),
         connecting: tokio::sync::Mutex::new(()),
-        topics: Mutex::new(HashMap::new()),
+        topics: RwLock::new(HashMap::new()),
     })
 }
 
@@ -317,7 +318,7 @@ pub fn set_redis_url(url: &str) -> Result<(), Error> {
     let state = producer();
     *state.url.write().expect("producer url lock") = Some(url.to_string());
     state.links.write().expect("producer links lock").clear();
-    state.topics.lock().expect("producer topics lock").clear();
+    state.topics.write().expect("producer topics lock").clear();
     Ok(())
 }
 
@@ -367,7 +368,7 @@ async fn link() -> Result<Link, Error> {
 pub(crate) fn forget_topic(topic: &str) {
     producer()
         .topics
-        .lock()
+        .write()
         .expect("producer topics lock")
         .remove(topic);
 }
@@ -375,7 +376,7 @@ pub(crate) fn forget_topic(topic: &str) {
 async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<TopicState>, Error> {
     let cached = producer()
         .topics
-        .lock()
+        .read()
         .expect("producer topics lock")
         .get(spec.topic)
         .cloned();
@@ -400,7 +401,7 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
     });
     producer()
         .topics
-        .lock()
+        .write()
         .expect("producer topics lock")
         .insert(spec.topic, state.clone());
     Ok(state)
