@@ -297,6 +297,48 @@ async fn an_id_enqueued_twice_is_stored_and_run_once() {
     assert!(runs.values().all(|&n| n == 1), "ran twice: {runs:?}");
 }
 
+#[redisaq::job(
+    topic = "once_raised",
+    group = "producer_only",
+    partitions = 2,
+    dedupe_window_s = 3600
+)]
+async fn once_raised(_job: redisaq::Job<Work>) -> Result<(), redisaq::JobError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_enqueued_again_after_a_partition_raise_is_still_stored_once() {
+    setup();
+    let mut conn = redis().connection();
+    let ids: Vec<String> = (0..16).map(|n| format!("raise-{n}")).collect();
+    let enqueue_all = || async {
+        once_raised::enqueue_batch_with(
+            ids.iter()
+                .enumerate()
+                .map(|(n, id)| (Work { n: n as u64 }, EnqueueOptions::new().id(id.clone()))),
+        )
+        .await
+        .unwrap();
+    };
+    enqueue_all().await;
+    // Routes change with the count: about half the ids now route to another partition.
+    assert_eq!(redisaq::set_partitions("once_raised", 8).await.unwrap(), 2);
+    enqueue_all().await;
+    for id in &ids {
+        once_raised::enqueue_with(Work { n: 99 }, EnqueueOptions::new().id(id.clone()))
+            .await
+            .unwrap();
+    }
+    let entries = entries_by_id(&mut conn, "once_raised", 8);
+    assert_eq!(id_set(entries.keys()), id_set(&ids));
+    let doubled: Vec<_> = entries.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "stored again after the raise: {doubled:?}"
+    );
+}
+
 fn paused_worker(name: &str) -> LoggedWorker {
     LoggedWorker::test_worker(
         env!("CARGO_BIN_EXE_test_worker"),

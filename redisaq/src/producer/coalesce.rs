@@ -122,6 +122,7 @@ async fn send(conn: &mut Conn, batch: Vec<Single>) {
                 partition: single.partition,
                 when,
                 window,
+                all_ids: &single.topic.ids,
             }),
         })
         .collect();

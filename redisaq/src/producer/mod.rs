@@ -271,6 +271,8 @@ struct TopicState {
     partitions: u32,
     /// The partition streams' keys, by partition.
     streams: Vec<String>,
+    /// Every partition's id records (see `Scheduled::all_ids`); empty on a cluster.
+    ids: Vec<String>,
     checked_at: Instant,
     next: AtomicU64,
 }
@@ -396,6 +398,13 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
         streams: (0..info.partitions)
             .map(|p| keys::partition(spec.topic, p))
             .collect(),
+        ids: if conn.is_cluster() {
+            Vec::new()
+        } else {
+            (0..info.partitions)
+                .map(|p| keys::ids(spec.topic, p))
+                .collect()
+        },
         checked_at: Instant::now(),
         next: AtomicU64::new(next as u64),
     });
@@ -462,6 +471,7 @@ pub fn enqueue<T: JobPayload>(
                         partition,
                         when,
                         window,
+                        all_ids: &state.ids,
                     }),
                 };
                 // Leave the WAIT a little of the deadline to answer in. (Not coalesced:
@@ -614,6 +624,7 @@ pub fn enqueue_batch_with<T: JobPayload, I: IntoIterator<Item = (T, EnqueueOptio
                             partition,
                             when,
                             window,
+                            all_ids: &state.ids,
                         }),
                     }
                 })
@@ -650,6 +661,7 @@ mod tests {
             topic: "t",
             partitions: 4,
             streams: Vec::new(),
+            ids: Vec::new(),
             checked_at: Instant::now(),
             next: AtomicU64::new(0),
         };

@@ -23,7 +23,9 @@ use crate::wire::JobFields;
 
 /// Adds one job with a delay or an id of its own (see the module docs).
 ///
-/// `KEYS`: the stream, the delayed set, the delayed jobs' fields, the id records.
+/// `KEYS`: the stream, the delayed set, the delayed jobs' fields, the id records, then
+/// (on one node) every partition's id records: an id recorded in another partition
+/// before a raise moved its route counts too.
 /// `ARGV`: `when` (`''` at once, `in` ms from now, `at` Unix ms), its ms, the dedupe
 /// window in ms (`''`: no id of its own), the job id, the change channel, the partition,
 /// then the entry's fields. Answers 1 if stored, 0 if the id was already there.
@@ -38,6 +40,14 @@ if window then
   local first = redis.call('ZSCORE', KEYS[4], id)
   if (first and tonumber(first) > now - window) or redis.call('ZSCORE', KEYS[2], id) then
     return 0
+  end
+  for k = 5, #KEYS do
+    if KEYS[k] ~= KEYS[4] then
+      local elsewhere = redis.call('ZSCORE', KEYS[k], id)
+      if elsewhere and tonumber(elsewhere) > now - window then
+        return 0
+      end
+    end
   end
 end
 local fields = {}
@@ -124,6 +134,10 @@ pub(crate) struct Scheduled<'a> {
     pub when: Option<When>,
     /// The topic's dedupe window, for a job with an id of its own.
     pub window: Option<Duration>,
+    /// The id records of every partition, checked too, so an id recorded before the
+    /// partition count was raised still counts; empty on a cluster, where one script
+    /// reaches one slot only.
+    pub all_ids: &'a [String],
 }
 
 /// The script that [`add_cmd`]s run, to load if Redis forgot it.
@@ -143,16 +157,17 @@ pub(crate) fn add_cmd(
         partition,
         when,
         window,
+        all_ids,
     } = *scheduled;
-    let mut cmd = super::scripts::evalsha(
-        &ADD_SCRIPT,
-        &[
-            stream,
-            &keys::delayed(topic, partition),
-            &keys::delayed_jobs(topic, partition),
-            &keys::ids(topic, partition),
-        ],
-    );
+    let own = [
+        stream.to_string(),
+        keys::delayed(topic, partition),
+        keys::delayed_jobs(topic, partition),
+        keys::ids(topic, partition),
+    ];
+    let elsewhere = if window.is_some() { all_ids } else { &[] };
+    let all: Vec<&str> = own.iter().chain(elsewhere).map(String::as_str).collect();
+    let mut cmd = super::scripts::evalsha(&ADD_SCRIPT, &all);
     match when {
         None => cmd.arg("").arg(0),
         Some(When::In(delay)) => cmd.arg("in").arg(delay.as_millis() as u64),
