@@ -458,6 +458,11 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
             }
             Dlq::Show { topic, id } => {
                 let letters = admin.dead_letters(&topic, None, usize::MAX).await?;
+                let by_entry = letters.iter().filter(|l| l.dead_letter_id == id).count();
+                if by_entry > 1 && !letters.iter().any(|l| l.id == *id.as_str()) {
+                    let count = by_entry;
+                    return Err(redisaq::Error::AmbiguousId { id, count });
+                }
                 let Some(letter) = letters
                     .iter()
                     .find(|l| l.id == *id.as_str() || l.dead_letter_id == id)

@@ -1096,3 +1096,71 @@ fn the_dashboard_serves_on_loopback_and_refuses_an_open_address_without_a_token(
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<h1>Topics</h1>"), "{page}");
 }
+
+/// Two partitions' dead-letter streams can hold entries with the same id: given such an
+/// id, `dlq show` and `dlq replay` refuse and ask for the job id, which is unique.
+#[test]
+fn a_dead_letter_id_two_partitions_share_is_refused_and_the_job_id_works() {
+    let _server = SERVER.blocking_read();
+    let mut conn = redis().connection();
+    let topic = "cli_twin_letters";
+    let _: () = redis::cmd("HSET")
+        .arg(redisaq::keys::meta(topic))
+        .arg("partitions")
+        .arg(2)
+        .arg("maxlen")
+        .arg(100)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(redisaq::keys::topics())
+        .arg(topic)
+        .query(&mut conn)
+        .unwrap();
+    for partition in 0..2u32 {
+        let _: String = redis::cmd("XADD")
+            .arg(redisaq::keys::dead_letters(topic, partition))
+            .arg("1000-1")
+            .arg("id")
+            .arg(format!("twin-job-{partition}"))
+            .arg("topic")
+            .arg(topic)
+            .arg("group")
+            .arg("twins")
+            .arg("partition")
+            .arg(partition)
+            .arg("attempts")
+            .arg(1)
+            .arg("error")
+            .arg("boom")
+            .arg("payload")
+            .arg("{}")
+            .arg("entry_id")
+            .arg("1-0")
+            .arg("failed_at")
+            .arg(1000)
+            .query(&mut conn)
+            .unwrap();
+    }
+    for args in [
+        ["dlq", "show", topic, "--id", "1000-1"],
+        ["dlq", "replay", topic, "--id", "1000-1"],
+    ] {
+        let out = redisaq_cli(&args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert!(out.stderr.contains("give the job id"), "{}", out.stderr);
+    }
+    let still: u64 = (0..2u32)
+        .map(|p| {
+            redis::cmd("XLEN")
+                .arg(redisaq::keys::dead_letters(topic, p))
+                .query::<u64>(&mut conn)
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(still, 2, "nothing was replayed");
+    let shown = json(&["dlq", "show", topic, "--id", "twin-job-1"]);
+    assert_eq!(shown["partition"], 1, "{shown}");
+    let replayed = json(&["dlq", "replay", topic, "--id", "twin-job-1"]);
+    assert_eq!(replayed.as_array().map(Vec::len), Some(1), "{replayed}");
+}

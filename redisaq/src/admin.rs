@@ -717,8 +717,24 @@ impl Admin {
         ids: &[String],
     ) -> Result<Vec<DeadLetterEntry>, Error> {
         let partitions = self.partitions(topic).await?;
+        let letters = self.stored_dead_letters(topic, group).await?;
+        // A dead-letter id is an entry id of one partition's dead-letter stream, so two
+        // partitions may each have one: such an id names nothing for sure.
+        for id in ids {
+            let by_job = letters.iter().any(|s| s.letter.id == **id);
+            let by_entry = letters
+                .iter()
+                .filter(|s| s.letter.dead_letter_id == *id)
+                .count();
+            if !by_job && by_entry > 1 {
+                return Err(Error::AmbiguousId {
+                    id: id.clone(),
+                    count: by_entry,
+                });
+            }
+        }
         let mut replayed = Vec::new();
-        for stored in self.stored_dead_letters(topic, group).await? {
+        for stored in letters {
             let letter = &stored.letter;
             if !ids.is_empty()
                 && !ids

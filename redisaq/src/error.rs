@@ -65,6 +65,18 @@ pub enum Error {
         /// The group asked for.
         group: String,
     },
+    /// A dead-letter id that several partitions' dead-letter streams hold.
+    #[error(
+        "`{id}` is the dead-letter id of {count} dead letters (each partition keeps its own \
+         dead-letter stream, and their entry ids can repeat): give the job id instead \
+         (`redisaq dlq list` shows it)"
+    )]
+    AmbiguousId {
+        /// The id given.
+        id: String,
+        /// How many dead letters have it.
+        count: usize,
+    },
     /// An operation on a topic's partitions was refused.
     #[error("{0}")]
     Partitions(String),
