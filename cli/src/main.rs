@@ -457,20 +457,11 @@ async fn run(cli: Cli) -> Result<ExitCode, redisaq::Error> {
                 print(cli.json, &letters, || letters_table(&letters));
             }
             Dlq::Show { topic, id } => {
-                let letters = admin.dead_letters(&topic, None, usize::MAX).await?;
-                let by_entry = letters.iter().filter(|l| l.dead_letter_id == id).count();
-                if by_entry > 1 && !letters.iter().any(|l| l.id == *id.as_str()) {
-                    let count = by_entry;
-                    return Err(redisaq::Error::AmbiguousId { id, count });
-                }
-                let Some(letter) = letters
-                    .iter()
-                    .find(|l| l.id == *id.as_str() || l.dead_letter_id == id)
-                else {
+                let Some(letter) = admin.dead_letter(&topic, &id).await? else {
                     eprintln!("no dead letter `{id}` on topic `{topic}`; `redisaq dlq list {topic}` lists them");
                     return Ok(ExitCode::from(1));
                 };
-                print(cli.json, letter, || {
+                print(cli.json, &letter, || {
                     let mut table = Table::new();
                     let rows = [
                         ("job id", letter.id.to_string()),

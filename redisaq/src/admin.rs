@@ -320,6 +320,31 @@ const MAX_LAG_COUNT: usize = 100_000;
 /// Time between the two readings of a group that [`Admin::scale`] compares.
 const SCALE_WINDOW: Duration = Duration::from_secs(1);
 
+/// Whether `id` is `letter`'s job id or dead-letter id.
+fn names(letter: &DeadLetterEntry, id: &str) -> bool {
+    letter.id == *id || letter.dead_letter_id == id
+}
+
+/// Refuses an `id` that is no job id but the dead-letter id of several letters: an entry
+/// id of one partition's dead-letter stream, which another partition's may repeat.
+fn unambiguous<'a>(
+    letters: impl Iterator<Item = &'a DeadLetterEntry>,
+    id: &str,
+) -> Result<(), Error> {
+    let (mut by_job, mut by_entry) = (false, 0);
+    for letter in letters {
+        by_job |= letter.id == *id;
+        by_entry += usize::from(letter.dead_letter_id == id);
+    }
+    if !by_job && by_entry > 1 {
+        return Err(Error::AmbiguousId {
+            id: id.to_string(),
+            count: by_entry,
+        });
+    }
+    Ok(())
+}
+
 /// One partition's figures for a group at one moment.
 struct Reading {
     last_delivered: String,
@@ -705,6 +730,19 @@ impl Admin {
         Ok(all)
     }
 
+    /// The dead letter with job id or dead-letter id `id`, if the topic has one.
+    /// A dead-letter id that several partitions' dead-letter streams hold is refused
+    /// ([`Error::AmbiguousId`]); job ids are unique.
+    pub async fn dead_letter(
+        &self,
+        topic: &str,
+        id: &str,
+    ) -> Result<Option<DeadLetterEntry>, Error> {
+        let letters = self.dead_letters(topic, None, usize::MAX).await?;
+        unambiguous(letters.iter(), id)?;
+        Ok(letters.into_iter().find(|letter| names(letter, id)))
+    }
+
     /// Puts dead-lettered jobs back: those with the given ids (job id or dead-letter id),
     /// or all of the topic (of one group, if given). Each runs again only in the group
     /// that gave up on it (the others acknowledge it unread), attempts counted from 1,
@@ -718,29 +756,12 @@ impl Admin {
     ) -> Result<Vec<DeadLetterEntry>, Error> {
         let partitions = self.partitions(topic).await?;
         let letters = self.stored_dead_letters(topic, group).await?;
-        // A dead-letter id is an entry id of one partition's dead-letter stream, so two
-        // partitions may each have one: such an id names nothing for sure.
         for id in ids {
-            let by_job = letters.iter().any(|s| s.letter.id == **id);
-            let by_entry = letters
-                .iter()
-                .filter(|s| s.letter.dead_letter_id == *id)
-                .count();
-            if !by_job && by_entry > 1 {
-                return Err(Error::AmbiguousId {
-                    id: id.clone(),
-                    count: by_entry,
-                });
-            }
+            unambiguous(letters.iter().map(|s| &s.letter), id)?;
         }
         let mut replayed = Vec::new();
         for stored in letters {
-            let letter = &stored.letter;
-            if !ids.is_empty()
-                && !ids
-                    .iter()
-                    .any(|id| letter.id == **id || *id == letter.dead_letter_id)
-            {
+            if !ids.is_empty() && !ids.iter().any(|id| names(&stored.letter, id)) {
                 continue;
             }
             if dlq::replay(&mut self.conn.clone(), &stored, partitions).await? {

@@ -121,6 +121,7 @@ impl From<crate::Error> for Failure {
             crate::Error::UnknownTopic(_) | crate::Error::UnknownGroup { .. } => {
                 StatusCode::NOT_FOUND
             }
+            crate::Error::AmbiguousId { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         };
         Failure(status, error.to_string())
@@ -267,18 +268,12 @@ async fn dead_letter(
     Path((topic, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Page {
-    let letter = state
-        .admin
-        .dead_letters(&topic, None, usize::MAX)
-        .await?
-        .into_iter()
-        .find(|l| l.id == *id.as_str() || l.dead_letter_id == id)
-        .ok_or_else(|| {
-            Failure(
-                StatusCode::NOT_FOUND,
-                format!("no dead letter `{id}` on topic `{topic}`"),
-            )
-        })?;
+    let letter = state.admin.dead_letter(&topic, &id).await?.ok_or_else(|| {
+        Failure(
+            StatusCode::NOT_FOUND,
+            format!("no dead letter `{id}` on topic `{topic}`"),
+        )
+    })?;
     let view = view(&state);
     Ok(page(&headers, |csrf| {
         pages::dead_letter(&view, csrf, &topic, &letter)
