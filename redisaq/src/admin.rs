@@ -365,19 +365,6 @@ impl Admin {
         partitions.ok_or_else(|| Error::UnknownTopic(topic.into()))
     }
 
-    /// How old the oldest (or newest) entry of `stream` is.
-    async fn edge_age(
-        &self,
-        stream: &str,
-        newest: bool,
-        now_ms: u64,
-    ) -> Result<Option<u64>, Error> {
-        Ok(stream::edge(&mut self.conn.clone(), stream, newest)
-            .await?
-            .and_then(|id| wire::parse_stream_id(&id))
-            .map(|(ms, _)| now_ms.saturating_sub(ms)))
-    }
-
     /// The names of all topics, sorted.
     async fn topic_names(&self) -> Result<Vec<String>, Error> {
         topic::names(&mut self.conn.clone()).await
@@ -416,12 +403,18 @@ impl Admin {
             let mut streams = Vec::with_capacity(partitions as usize);
             for partition in 0..partitions {
                 let stream = keys::partition(&name, partition);
+                let info = stream::info(&mut conn, &stream).await?;
+                let age = |id: Option<String>| {
+                    id.as_deref()
+                        .and_then(wire::parse_stream_id)
+                        .map(|(ms, _)| now_ms.saturating_sub(ms))
+                };
                 streams.push(StreamStatus {
                     partition,
-                    length: stream::length(&mut conn, &stream).await?,
-                    oldest_age_ms: self.edge_age(&stream, false, now_ms).await?,
-                    newest_age_ms: self.edge_age(&stream, true, now_ms).await?,
-                    added: stream::entries_added(&mut conn, &stream).await?,
+                    length: info.length,
+                    oldest_age_ms: age(info.first_id),
+                    newest_age_ms: age(info.last_id),
+                    added: info.added,
                 });
             }
             let dead_letters = dlq::count(&mut conn, &name, partitions).await?;

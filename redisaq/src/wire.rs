@@ -426,14 +426,33 @@ pub(crate) fn parse_groups(value: &Value) -> Result<Vec<GroupRow>, RedisError> {
         .collect()
 }
 
-/// `entries-added` of an `XINFO STREAM` reply: every entry ever added (Redis 7).
-pub(crate) fn parse_entries_added(value: &Value) -> Option<u64> {
-    let props = key_values(value)?;
-    props
-        .iter()
-        .find(|(k, _)| k == "entries-added")
-        .and_then(|(_, v)| int(v))
-        .map(|n| n as u64)
+/// What `XINFO STREAM` says of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StreamInfo {
+    pub length: u64,
+    /// The ids of its oldest and newest entries.
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+    /// Every entry ever added (Redis 7; `None` before).
+    pub added: Option<u64>,
+}
+
+/// An `XINFO STREAM` reply.
+pub(crate) fn parse_stream_info(value: &Value) -> Result<StreamInfo, RedisError> {
+    let props = key_values(value).ok_or_else(|| unexpected("XINFO STREAM reply", value))?;
+    let get = |name: &str| props.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    let entry_id = |name: &str| {
+        get(name)
+            .and_then(items)
+            .and_then(|entry| entry.first())
+            .and_then(text)
+    };
+    Ok(StreamInfo {
+        length: get("length").and_then(int).unwrap_or(0) as u64,
+        first_id: entry_id("first-entry"),
+        last_id: entry_id("last-entry"),
+        added: get("entries-added").and_then(int).map(|n| n as u64),
+    })
 }
 
 fn key_values(value: &Value) -> Option<Vec<(String, &Value)>> {
@@ -513,6 +532,35 @@ mod tests {
             Err(Undecodable::Malformed(reason)) if reason.contains("`payload`")
         ));
         assert_eq!(fields_as_json(&entry), r#"{"id":"x"}"#);
+    }
+
+    #[test]
+    fn stream_info_reads_length_edges_and_added() {
+        let bulk = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        let entry =
+            |id: &str| Value::Array(vec![bulk(id), Value::Array(vec![bulk("id"), bulk("j")])]);
+        let reply = Value::Array(vec![
+            bulk("length"),
+            Value::Int(2),
+            bulk("entries-added"),
+            Value::Int(5),
+            bulk("first-entry"),
+            entry("1-0"),
+            bulk("last-entry"),
+            entry("4-0"),
+        ]);
+        let info = parse_stream_info(&reply).unwrap();
+        assert_eq!(info.length, 2);
+        assert_eq!(info.added, Some(5));
+        assert_eq!(info.first_id.as_deref(), Some("1-0"));
+        assert_eq!(info.last_id.as_deref(), Some("4-0"));
+        let empty = Value::Array(vec![
+            bulk("length"),
+            Value::Int(0),
+            bulk("first-entry"),
+            Value::Nil,
+        ]);
+        assert_eq!(parse_stream_info(&empty).unwrap(), StreamInfo::default());
     }
 
     #[test]

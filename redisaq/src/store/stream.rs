@@ -390,11 +390,6 @@ async fn resend_unknown_scripts(
     Ok(())
 }
 
-/// How many entries `stream` holds.
-pub(crate) async fn length(conn: &mut impl ConnectionLike, stream: &str) -> Result<u64, Error> {
-    Ok(redis::cmd("XLEN").arg(stream).query_async(conn).await?)
-}
-
 /// The newest entry of job `id` in `stream` between stream ids `from` and `to` (a
 /// replayed job has a newer one), looking at no more than `cap` entries, a page at a
 /// time.
@@ -439,49 +434,27 @@ pub(crate) async fn find_job(
     Ok(found)
 }
 
-/// How many entries were ever added to `stream`, if the server counts them (Redis 7).
-pub(crate) async fn entries_added(
+/// What `XINFO STREAM` says of `stream`: its length, oldest and newest entry ids and how
+/// many entries were ever added; all empty for a stream that does not exist (yet).
+pub(crate) async fn info(
     conn: &mut impl ConnectionLike,
     stream: &str,
-) -> Result<Option<u64>, Error> {
+) -> Result<wire::StreamInfo, Error> {
     let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
         .query_async(conn)
         .await;
     match info {
-        Ok(info) => Ok(wire::parse_entries_added(&info)),
-        // No stream yet.
+        Ok(info) => Ok(wire::parse_stream_info(&info)?),
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
-            Ok(Some(0))
+            Ok(wire::StreamInfo {
+                added: Some(0),
+                ..Default::default()
+            })
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// The id of the oldest (or, with `newest`, the newest) entry of `stream`.
-pub(crate) async fn edge(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    newest: bool,
-) -> Result<Option<String>, Error> {
-    let (command, from, to) = if newest {
-        ("XREVRANGE", "+", "-")
-    } else {
-        ("XRANGE", "-", "+")
-    };
-    let reply: redis::Value = redis::cmd(command)
-        .arg(stream)
-        .arg(from)
-        .arg(to)
-        .arg("COUNT")
-        .arg(1)
-        .query_async(conn)
-        .await?;
-    Ok(wire::parse_entries(&reply)?
-        .into_iter()
-        .next()
-        .map(|e| e.id))
 }
 
 /// Every group of `stream` (none if the stream does not exist).
