@@ -478,18 +478,12 @@ impl Drop for KillOnDrop {
 
 /// How many times the test workers ran each job of `topic` to the end.
 pub fn calls(conn: &mut redis::Connection, topic: &str) -> std::collections::HashMap<String, u64> {
-    redis::cmd("HGETALL")
-        .arg(format!("redisaq-test:calls:{topic}"))
-        .query(conn)
-        .expect("HGETALL calls")
+    record(conn, "calls", topic)
 }
 
 /// How many times the test workers started each job of `topic`.
 pub fn starts(conn: &mut redis::Connection, topic: &str) -> std::collections::HashMap<String, u64> {
-    redis::cmd("HGETALL")
-        .arg(format!("redisaq-test:starts:{topic}"))
-        .query(conn)
-        .expect("HGETALL starts")
+    record(conn, "starts", topic)
 }
 
 /// When the test workers first started each job of `name` (a topic or a group the
@@ -498,18 +492,20 @@ pub fn started_ms(
     conn: &mut redis::Connection,
     name: &str,
 ) -> std::collections::HashMap<String, u64> {
-    redis::cmd("HGETALL")
-        .arg(format!("redisaq-test:started_ms:{name}"))
-        .query(conn)
-        .expect("HGETALL started_ms")
+    record(conn, "started_ms", name)
 }
 
 /// How many times the test workers ran each fire time (ms) of a cron topic.
 pub fn ticks(conn: &mut redis::Connection, topic: &str) -> std::collections::BTreeMap<u64, u64> {
+    record(conn, "ticks", topic)
+}
+
+/// One of the test workers' records, `redisaq-test:{kind}:{name}` (see `test_worker`).
+fn record<T: redis::FromRedisValue>(conn: &mut redis::Connection, kind: &str, name: &str) -> T {
     redis::cmd("HGETALL")
-        .arg(format!("redisaq-test:ticks:{topic}"))
+        .arg(format!("redisaq-test:{kind}:{name}"))
         .query(conn)
-        .expect("HGETALL ticks")
+        .unwrap_or_else(|e| panic!("HGETALL {kind}: {e}"))
 }
 
 /// The Redis server's clock, in ms.
