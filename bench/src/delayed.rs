@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redisaq::{job, EnqueueOptions, Job, JobError};
 
-use super::{drain, payload, percentile, Bench, Outcome, Payload, HANDLED, PARTITIONS};
+use super::{payload, percentile, work_off, Bench, Outcome, Payload, HANDLED, PARTITIONS};
 
 #[job(topic = "bench_delayed", group = "bench_delayed", partitions = 4)]
 async fn bench_delayed(_job: Job<Payload>) -> Result<(), JobError> {
@@ -37,25 +37,8 @@ pub(crate) async fn run(bench: &mut Bench) {
         eprintln!("delayed: enqueueing took longer than the lead; the figures are invalid");
     }
     let bar = bench.progress("delayed", jobs);
-    let worker = redisaq::Worker::new()
-        .redis_url(bench.url.clone())
-        .topics([bench_delayed::TOPIC]);
-    let mut conn = bench.conn.clone();
-    let bar_done = bar.clone();
     let started = Instant::now();
-    worker
-        .run_until(async move {
-            drain(
-                &mut conn,
-                bench_delayed::TOPIC,
-                jobs,
-                || HANDLED.load(Ordering::Relaxed),
-                &bar_done,
-            )
-            .await
-        })
-        .await
-        .unwrap();
+    work_off(bench, bench_delayed::TOPIC, jobs, &bar).await;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     // Lateness of each move, in µs, from the entries' ids (ms of the XADD).

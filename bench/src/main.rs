@@ -426,11 +426,21 @@ async fn consume(
     }
     let bar = bench.progress(scenario, jobs);
     let started = bench.start().await;
+    work_off(bench, topic, jobs, &bar).await;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    bench
+        .record(scenario, jobs, elapsed, Some("raw-consume"))
+        .await;
+}
+
+/// Runs a worker of `topic` until its handler has counted `jobs` in [`HANDLED`].
+async fn work_off(bench: &Bench, topic: &'static str, jobs: u64, bar: &ProgressBar) {
     let worker = redisaq::Worker::new()
         .redis_url(bench.url.clone())
         .topics([topic]);
     let mut conn = bench.conn.clone();
-    let bar_done = bar.clone();
+    let bar = bar.clone();
     worker
         .run_until(async move {
             drain(
@@ -438,17 +448,12 @@ async fn consume(
                 topic,
                 jobs,
                 || HANDLED.load(Ordering::Relaxed),
-                &bar_done,
+                &bar,
             )
             .await
         })
         .await
         .unwrap();
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    bench
-        .record(scenario, jobs, elapsed, Some("raw-consume"))
-        .await;
 }
 
 type Preload = std::pin::Pin<
