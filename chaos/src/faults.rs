@@ -19,7 +19,7 @@ use crate::report::{self, Outcome};
 use crate::Args;
 
 /// The heartbeat TTL the workers use (see `jobs::work`).
-const TTL: Duration = Duration::from_millis(1000);
+pub const TTL: Duration = Duration::from_millis(1000);
 /// The partition count is raised up to this.
 const MAX_PARTITIONS: u32 = 6;
 
@@ -60,6 +60,8 @@ struct Fleet {
     running: Vec<Worker>,
     leaving: Vec<Worker>,
     started: usize,
+    /// Each waking from a pause: the worker and when (unix ms).
+    resumed: Vec<(String, u64)>,
 }
 
 impl Fleet {
@@ -105,6 +107,11 @@ impl Fleet {
             if worker.paused_until.is_some_and(|until| all || until <= now) {
                 Self::signal(worker, libc::SIGCONT);
                 worker.paused_until = None;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.resumed
+                    .push((worker.name.clone(), now.as_millis() as u64));
             }
         }
         self.leaving.retain_mut(|w| w.child.exited().is_none());
@@ -198,6 +205,7 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
         running: Vec::new(),
         leaving: Vec::new(),
         started: 0,
+        resumed: Vec::new(),
     };
     for _ in 0..args.workers.max(1) {
         fleet.spawn()?;
@@ -281,9 +289,12 @@ pub async fn run(args: Args) -> Result<Outcome, String> {
             &redis.url(),
             &admin,
             &expected,
-            seed,
-            duration,
-            &faults,
+            &report::Run {
+                seed,
+                duration,
+                faults: &faults,
+                resumed: &fleet.resumed,
+            },
         )
         .await
         {

@@ -19,12 +19,17 @@ pub struct Work {
 
 /// Accepts an effect (`ARGV[3]`, a job id, counted in `KEYS[2]`) only if its token
 /// (`ARGV[2]`) is not older than the newest seen for its partition and group
-/// (`ARGV[1]`, in `KEYS[1]`); a refused one is recorded in `KEYS[3]`.
+/// (`ARGV[1]`, in `KEYS[1]`); a refused one is recorded in `KEYS[3]` as
+/// `<worker> <unix ms> <what>` (the worker in `ARGV[4]`), for the report to tell the
+/// fencing at work after a pause of that worker from two owners at once.
 const FENCED_EFFECT: &str = r"
 local newest = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local token = tonumber(ARGV[2])
 if token < newest then
-  redis.call('RPUSH', KEYS[3], ARGV[1] .. ' job ' .. ARGV[3] .. ' token ' .. ARGV[2] .. ' < ' .. newest)
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  redis.call('RPUSH', KEYS[3], ARGV[4] .. ' ' .. ms .. ' ' .. ARGV[1] .. ' job ' .. ARGV[3]
+    .. ' token ' .. ARGV[2] .. ' < ' .. newest)
   return 0
 end
 if token > newest then
@@ -37,7 +42,7 @@ return 1
 /// Sink keys.
 pub mod sink {
     pub const NEWEST: &str = "chaos:newest-token";
-    pub const VIOLATIONS: &str = "chaos:violations";
+    pub const REFUSED: &str = "chaos:refused";
     pub fn effects(group: &str) -> String {
         format!("chaos:effects:{group}")
     }
@@ -56,6 +61,14 @@ async fn sink() -> Result<ConnectionManager, JobError> {
     .cloned()
 }
 
+/// This worker process's name in the run (`w1`, `w2`, …).
+fn worker_name() -> &'static str {
+    static NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var("REDISAQ_CONSUMER_NAME").unwrap_or_else(|_| "unnamed".into())
+    });
+    &NAME
+}
+
 async fn effect(group: &str, job: &Job<Work>) -> Result<(), JobError> {
     // Some jobs fail their first attempt, so retries wait and move with their partition.
     if job.attempt() == 1 && job.payload().n.is_multiple_of(53) {
@@ -65,10 +78,11 @@ async fn effect(group: &str, job: &Job<Work>) -> Result<(), JobError> {
     let accepted: i64 = redis::Script::new(FENCED_EFFECT)
         .key(sink::NEWEST)
         .key(sink::effects(group))
-        .key(sink::VIOLATIONS)
+        .key(sink::REFUSED)
         .arg(format!("{group}:{}", job.partition()))
         .arg(job.fencing_token())
         .arg(job.id().as_str())
+        .arg(worker_name())
         .invoke_async(&mut sink().await?)
         .await?;
     if accepted == 0 {

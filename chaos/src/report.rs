@@ -1,5 +1,6 @@
 //! What a run found, from the sink's records and Redis: per group, jobs lost, left
-//! pending, run twice and dead-lettered; fencing violations; the faults injected.
+//! pending, run twice and dead-lettered; stale effects the sink refused; the faults
+//! injected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use redisaq::admin::Admin;
 use redisaq_tests::RedisServer;
 use serde::Serialize;
 
-use crate::faults::Fault;
+use crate::faults::{Fault, TTL};
 use crate::jobs::{sink, GROUPS, TOPIC};
 
 /// One group's result.
@@ -42,10 +43,15 @@ pub struct Outcome {
     pub enqueue_failed: u64,
     pub faults: BTreeMap<Fault, u64>,
     pub groups: Vec<GroupOutcome>,
-    /// Effects the sink refused because their fencing token was older than the newest.
+    /// Effects the sink refused because their fencing token was older than the newest,
+    /// sent by a worker within a heartbeat TTL of its waking from a pause: calls it had
+    /// sent before the pause, which no lease can stop and the fencing token is for.
+    pub refused_after_pause: u64,
+    /// Effects refused otherwise: an owner that ran beside a newer one.
     pub fencing_violations: u64,
-    /// The first few refused effects.
+    /// The first few refused effects of each kind.
     pub violation_samples: Vec<String>,
+    pub refused_after_pause_samples: Vec<String>,
 }
 
 impl Outcome {
@@ -60,6 +66,15 @@ impl Outcome {
     }
 }
 
+/// What the run did: its seed, for how long it injected which faults, and when a
+/// paused worker woke (worker, unix ms).
+pub struct Run<'a> {
+    pub seed: u64,
+    pub duration: Duration,
+    pub faults: &'a BTreeMap<Fault, u64>,
+    pub resumed: &'a [(String, u64)],
+}
+
 type Expected = (HashSet<String>, HashSet<String>, u64);
 
 /// Reads the records and Redis.
@@ -68,9 +83,7 @@ pub async fn collect(
     main_url: &str,
     admin: &Admin,
     (stored, unknown, failed): &Expected,
-    seed: u64,
-    duration: Duration,
-    faults: &BTreeMap<Fault, u64>,
+    run: &Run<'_>,
 ) -> Result<Outcome, String> {
     let mut conn = redis::Client::open(sink_server.url())
         .and_then(|c| c.get_connection())
@@ -108,28 +121,42 @@ pub async fn collect(
             done: effects.len() as u64,
         });
     }
-    let violations: u64 = redis::cmd("LLEN")
-        .arg(sink::VIOLATIONS)
-        .query(&mut conn)
-        .map_err(|e| e.to_string())?;
-    let violation_samples: Vec<String> = redis::cmd("LRANGE")
-        .arg(sink::VIOLATIONS)
+    let refused: Vec<String> = redis::cmd("LRANGE")
+        .arg(sink::REFUSED)
         .arg(0)
-        .arg(4)
+        .arg(-1)
         .query(&mut conn)
         .map_err(|e| e.to_string())?;
+    let (after_pause, violations): (Vec<String>, Vec<String>) = refused
+        .into_iter()
+        .partition(|entry| after_a_pause(entry, run.resumed));
     Ok(Outcome {
-        seed,
-        fault_seconds: duration.as_secs_f64(),
+        seed: run.seed,
+        fault_seconds: run.duration.as_secs_f64(),
         drain_seconds: 0.0,
         enqueued: stored.len() as u64,
         enqueue_unknown: unknown.len() as u64,
         enqueue_failed: *failed,
-        faults: faults.clone(),
+        faults: run.faults.clone(),
         groups,
-        fencing_violations: violations,
-        violation_samples,
+        refused_after_pause: after_pause.len() as u64,
+        fencing_violations: violations.len() as u64,
+        violation_samples: violations.into_iter().take(5).collect(),
+        refused_after_pause_samples: after_pause.into_iter().take(5).collect(),
     })
+}
+
+/// Whether a refused effect (`<worker> <unix ms> …`) reached the sink within a heartbeat
+/// TTL after its worker woke from a pause (`resumed`: worker and unix ms).
+fn after_a_pause(entry: &str, resumed: &[(String, u64)]) -> bool {
+    let mut fields = entry.split(' ');
+    let (Some(worker), Some(Ok(at))) = (fields.next(), fields.next().map(str::parse::<u64>)) else {
+        return false;
+    };
+    let window = TTL.as_millis() as u64;
+    resumed
+        .iter()
+        .any(|(w, woke)| w == worker && (*woke..=woke + window).contains(&at))
 }
 
 /// What a group has not finished, counted exactly: entries pending, and entries after its
@@ -193,8 +220,11 @@ pub fn print(outcome: &Outcome, json: bool) {
         run.add_row([format!("fault {fault:?}"), count.to_string()]);
     }
     run.add_row([
-        "fencing violations".to_string(),
-        outcome.fencing_violations.to_string(),
+        "stale effects refused after a pause / otherwise (violations)".to_string(),
+        format!(
+            "{} / {}",
+            outcome.refused_after_pause, outcome.fencing_violations
+        ),
     ]);
     println!("{run}");
     let mut groups = Table::new();
@@ -217,8 +247,30 @@ pub fn print(outcome: &Outcome, json: bool) {
         ]);
     }
     println!("{groups}");
+    for sample in &outcome.refused_after_pause_samples {
+        println!("refused after a pause (worker, unix ms, effect): {sample}");
+    }
     for sample in &outcome.violation_samples {
-        println!("violation: {sample}");
+        println!("violation (worker, unix ms, effect): {sample}");
     }
     println!("{}", if outcome.passed() { "PASSED" } else { "FAILED" });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_a_pause;
+
+    #[test]
+    fn a_refusal_counts_as_after_a_pause_only_from_that_worker_within_the_ttl() {
+        let resumed = [("w6".to_string(), 10_000)];
+        let refused = |worker: &str, at: u64| {
+            format!("{worker} {at} chaos_single:2 job 0193 token 100 < 200")
+        };
+        assert!(after_a_pause(&refused("w6", 10_000), &resumed));
+        assert!(after_a_pause(&refused("w6", 10_900), &resumed));
+        assert!(!after_a_pause(&refused("w6", 9_999), &resumed));
+        assert!(!after_a_pause(&refused("w6", 11_001), &resumed));
+        assert!(!after_a_pause(&refused("w7", 10_100), &resumed));
+        assert!(!after_a_pause("garbled", &resumed));
+    }
 }

@@ -155,8 +155,14 @@ async fn call(
     let mut partitions: Vec<partitions::Tenure> = runnable.iter().map(|d| d.tenure).collect();
     partitions.sort_unstable();
     partitions.dedup();
-    let Some(guard) = shared.held.begin(&partitions) else {
-        return;
+    let guard = match shared.held.begin(&partitions) {
+        Ok(guard) => guard,
+        Err(lapsed) => {
+            for tenure in lapsed {
+                shared.lease_lost(tenure, LAPSED);
+            }
+            return;
+        }
     };
     let jobs = runnable
         .iter()
@@ -279,7 +285,7 @@ async fn while_owned<F: Future>(
                 _ => {
                     // Taken anew, the partition's leftovers (these jobs) are claimed again.
                     for &tenure in partitions {
-                        shared.held.drop_tenure(tenure);
+                        shared.lease_lost(tenure, LAPSED);
                     }
                     return Poll::Ready(None);
                 }
@@ -290,6 +296,10 @@ async fn while_owned<F: Future>(
     })
     .await
 }
+
+/// Why a holding is given up when its lease was not renewed in time.
+const LAPSED: &str = "its lease may have run out unrenewed (was the process paused, or Redis \
+                      out of reach?)";
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic

@@ -367,18 +367,20 @@ impl Partitions {
     }
 
     /// Registers a call on these holdings if all are current, active and with a valid
-    /// lease.
-    ///
-    /// A partition whose lease may have run out is dropped: the jobs turned away here
-    /// stay pending under this consumer, and only taking the partition anew (which
-    /// claims everything left there) brings them back.
-    pub(crate) fn begin(&self, tenures: &[Tenure]) -> Option<Guard> {
+    /// lease; else answers the holdings whose lease may have run out, for the caller to
+    /// give up (the jobs turned away here stay pending under this consumer, and only
+    /// taking the partition anew, which claims everything left there, brings them back).
+    pub(crate) fn begin(&self, tenures: &[Tenure]) -> Result<Guard, Vec<Tenure>> {
         let now = super::clock::now();
-        let (guard, lapsed) = self.with(|slots| {
-            let lapsed: Vec<u32> = tenures
+        self.with(|slots| {
+            let lapsed: Vec<Tenure> = tenures
                 .iter()
-                .map(|t| t.partition)
-                .filter(|p| slots.get(p).is_some_and(|s| s.valid_until <= now))
+                .filter(|t| {
+                    slots
+                        .get(&t.partition)
+                        .is_some_and(|s| s.tenure == t.id && s.valid_until <= now)
+                })
+                .copied()
                 .collect();
             let usable = lapsed.is_empty()
                 && tenures.iter().all(|t| {
@@ -387,7 +389,7 @@ impl Partitions {
                         .is_some_and(|s| s.phase == Phase::Active && s.tenure == t.id)
                 });
             if !usable {
-                return (None, lapsed);
+                return Err(lapsed);
             }
             let mut guard = Guard {
                 valid_until: now + Duration::from_secs(3600),
@@ -399,12 +401,8 @@ impl Partitions {
                 guard.valid_until = guard.valid_until.min(slot.valid_until);
                 guard.lost.push(slot.lost.clone());
             }
-            (Some(guard), lapsed)
-        });
-        for partition in lapsed {
-            self.drop_partition(partition);
-        }
-        guard
+            Ok(guard)
+        })
     }
 
     /// The earliest lease end among these holdings now (leases get extended while a call
