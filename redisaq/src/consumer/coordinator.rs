@@ -51,13 +51,21 @@ struct Looked {
     trimmed_at: Option<String>,
     /// The live members and the group's consumer count when the dead were last removed.
     cleaned_for: Option<(Vec<String>, u64)>,
+    /// The consumer's activity count when a look last found nothing to do here (nothing
+    /// pending, nothing to trim): until jobs come or members change, looking again would
+    /// find the same.
+    quiet_at: Option<u64>,
+    /// Intervals this partition was not looked at since its last look.
+    skipped: u32,
 }
 
-/// Looks at the group every tick while partitions are on the move here; once this
-/// consumer owns exactly its share, only every heartbeat interval, or sooner when the
-/// topic's change hint moves (someone wrote an assignment, left, or raised partitions),
-/// when a member's record runs out unrenewed (it died), or when this consumer lost a
-/// lease. An idle consumer so costs Redis a few commands per interval, not per tick.
+/// Looks at the group every tick while partitions are on the move here. Once this
+/// consumer owns exactly its share, it reads the group only when the topic's change hint
+/// moves (someone wrote an assignment, left, raised partitions or paused), when the
+/// keeper's heartbeat finds other members than it knows, when a member's record runs out
+/// unrenewed (it died), when this consumer lost a lease, and once in [`LOOK_EVERY`]
+/// intervals in case a hint was lost. Every interval it looks after the partitions it
+/// holds. An idle consumer so costs Redis a few commands per interval, not per tick.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     mut hints: watch::Receiver<u64>,
@@ -65,20 +73,34 @@ pub(crate) async fn run(
 ) {
     let interval = shared.config.heartbeat_interval;
     let tick = tick(&shared.config);
+    let mut members = shared.members.subscribe();
     let mut view = View::default();
     let mut next_heartbeat = Instant::now();
+    let mut next_full_look = Instant::now();
     let mut hinting = true;
+    let mut watching = true;
+    let mut settled = false;
+    let mut look = true;
     loop {
-        let result = if Instant::now() >= next_heartbeat {
-            next_heartbeat = Instant::now() + interval;
-            maintain(&shared, &mut view).await
+        let now = Instant::now();
+        let look_now = look || !settled || now >= next_full_look;
+        let result = if now >= next_heartbeat {
+            next_heartbeat = now + interval;
+            Some(maintain(&shared, &mut view, look_now).await)
+        } else if look_now {
+            Some(follow(&shared, &mut view).await)
         } else {
-            follow(&shared, &mut view).await
+            None
         };
-        let settled = result.unwrap_or_else(|e| {
-            tracing::warn!(topic = %shared.topic, group = shared.group, error = %e, "coordination step failed; retrying");
-            false
-        });
+        if let Some(result) = result {
+            if look_now {
+                next_full_look = now + interval * LOOK_EVERY;
+            }
+            settled = result.unwrap_or_else(|e| {
+                tracing::warn!(topic = %shared.topic, group = shared.group, error = %e, "coordination step failed; retrying");
+                false
+            });
+        }
         let wake = if settled {
             // Just after the first record runs out, in case its consumer died.
             view.next_expiry
@@ -93,27 +115,51 @@ pub(crate) async fn run(
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep_until(wake) => {}
-            () = hinted => {}
-            () = shared.coordinator_wake.notified() => {}
+        let heartbeat = async {
+            if watching {
+                watching = members.changed().await.is_ok();
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        look = tokio::select! {
+            () = tokio::time::sleep_until(wake) => wake < next_heartbeat,
+            () = hinted => true,
+            () = heartbeat => {
+                match members.borrow_and_update().clone() {
+                    Some(snapshot) => {
+                        view.next_expiry = snapshot.next_expiry;
+                        snapshot.live != view.live
+                    }
+                    None => false,
+                }
+            }
+            () = shared.coordinator_wake.notified() => true,
             () = stop.cancelled() => return,
-        }
+        };
     }
 }
+
+/// A settled consumer reads its group at least once in this many heartbeat intervals.
+const LOOK_EVERY: u32 = 12;
 
 /// How often a consumer looks at its group while partitions move.
 fn tick(config: &crate::config::Config) -> Duration {
     (config.heartbeat_interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))
 }
 
-/// Every heartbeat interval: follow the assignment, take over, remove the dead, trim.
-/// (Liveness and leases are renewed by the keeper, which nothing here can hold up.)
+/// Every heartbeat interval: follow the assignment (with `look`), take over, remove the
+/// dead, trim. (Liveness and leases are renewed by the keeper, which nothing here can
+/// hold up.)
 ///
 /// The partitions held are looked after even when following the assignment failed: on a
 /// full Redis the assignment's writes are refused, and trimming is what frees memory.
-async fn maintain(shared: &Shared, view: &mut View) -> Result<bool, Error> {
-    let followed = follow(shared, view).await;
+async fn maintain(shared: &Shared, view: &mut View, look: bool) -> Result<bool, Error> {
+    let followed = if look {
+        follow(shared, view).await
+    } else {
+        Ok(true)
+    };
     let held = shared.held.held();
     METRICS
         .owned_partitions
@@ -121,11 +167,28 @@ async fn maintain(shared: &Shared, view: &mut View) -> Result<bool, Error> {
         .set(held.len() as i64);
     view.looked
         .retain(|partition, _| held.iter().any(|(p, _, _)| p == partition));
+    let activity = shared.activity.load(std::sync::atomic::Ordering::Relaxed);
+    let paused = *shared.paused.borrow();
     for (partition, phase, _) in held {
         if phase != Phase::Active {
             continue;
         }
-        if let Err(e) = look_after(shared, view, partition).await {
+        // A quiet partition is looked at again once in a while: the gauges' lag counts
+        // entries nobody here has read, and a stale owner may have read some.
+        if let Some(looked) = view.looked.get_mut(&partition) {
+            let unchanged = looked.quiet_at == Some(activity)
+                && !paused
+                && shared.held.tenure(partition).map(|t| t.id) == Some(looked.tenure)
+                && looked
+                    .cleaned_for
+                    .as_ref()
+                    .is_some_and(|(live, _)| *live == view.live);
+            if unchanged && looked.skipped + 1 < LOOK_EVERY {
+                looked.skipped += 1;
+                continue;
+            }
+        }
+        if let Err(e) = look_after(shared, view, partition, activity).await {
             tracing::warn!(partition, error = %e, "looking after a partition failed; retrying next interval");
         }
     }
@@ -134,8 +197,14 @@ async fn maintain(shared: &Shared, view: &mut View) -> Result<bool, Error> {
 
 /// Gauges; then, where the partition's group row says there may be work: takeover of
 /// others' entries (something is pending), removal of the dead (members or consumers
-/// changed), trimming (the group read further). An idle partition costs one read.
-async fn look_after(shared: &Shared, view: &mut View, partition: u32) -> Result<(), Error> {
+/// changed), trimming (the group read further). A partition costs one read, and none
+/// while quiet (see [`maintain`]).
+async fn look_after(
+    shared: &Shared,
+    view: &mut View,
+    partition: u32,
+    activity: u64,
+) -> Result<(), Error> {
     let Some(tenure) = shared.held.tenure(partition) else {
         return Ok(());
     };
@@ -149,6 +218,8 @@ async fn look_after(shared: &Shared, view: &mut View, partition: u32) -> Result<
             ..Looked::default()
         };
     }
+    looked.skipped = 0;
+    looked.quiet_at = None;
     // Trimming is what frees memory on a full Redis; only the group's reading on can let
     // more go here (other groups' owners trim when they read on). A pass looks at a
     // bounded number of entries, so the position counts as done only once a pass at it
@@ -171,6 +242,10 @@ async fn look_after(shared: &Shared, view: &mut View, partition: u32) -> Result<
     if looked.cleaned_for.as_ref() != Some(&cleaned_for) {
         takeover::remove_dead(shared, partition, &view.live).await?;
         looked.cleaned_for = Some(cleaned_for);
+    }
+    let trimmed = view.maxlen == 0 || looked.trimmed_at.as_ref() == Some(&row.last_delivered);
+    if row.pending == 0 && trimmed {
+        looked.quiet_at = Some(activity);
     }
     Ok(())
 }

@@ -70,6 +70,9 @@ pub(crate) async fn run(
         if !shared.unpaused().await {
             return;
         }
+        shared
+            .activity
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut batch = vec![first];
         if batch_size > 1 {
             let deadline = Instant::now() + max_wait;

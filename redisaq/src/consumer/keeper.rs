@@ -1,5 +1,6 @@
 //! Keeping this consumer alive and its partitions its own: every heartbeat interval, one
-//! pipeline renews the membership record and every held lease.
+//! pipeline renews the membership record and every held lease. The heartbeat answers
+//! the group's live members, which the coordinator follows.
 //!
 //! The keeper runs on a thread and runtime of its own, with a connection of its own, so
 //! nothing that waits on jobs can hold it up: not a full delivery queue, not a slow
@@ -15,8 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{clock, membership, partitions, Shared};
+use crate::error::Error;
 use crate::store;
-use crate::store::lease;
+use crate::store::{lease, members};
 
 /// Starts the keeper; it renews until `stop` is cancelled.
 pub(crate) fn spawn(
@@ -83,12 +85,22 @@ async fn renew(shared: &Shared, conn: &mut Conn, ttl: Duration, clean: bool) -> 
     {
         Ok(renewal) => {
             let mut complete = true;
-            if let Err(e) = renewal.heartbeat {
-                complete = false;
-                tracing::warn!(
-                    topic = %shared.topic, group = shared.group, error = %e,
-                    "renewing the heartbeat failed; retrying"
-                );
+            match renewal
+                .heartbeat
+                .map_err(Error::from)
+                .and_then(members::parse_live)
+            {
+                Ok(live) => {
+                    let snapshot = membership::Snapshot::new(&live, Instant::now());
+                    shared.members.send_replace(Some(snapshot));
+                }
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!(
+                        topic = %shared.topic, group = shared.group, error = %e,
+                        "renewing the heartbeat failed; retrying"
+                    );
+                }
             }
             for (tenure, renewed) in held.into_iter().zip(renewal.leases) {
                 match renewed {

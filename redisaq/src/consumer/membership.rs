@@ -1,12 +1,42 @@
 //! Liveness: each consumer renews its entry in the group's member set (see
 //! [`crate::store::members`]); a consumer whose entry expired is dead.
 
+use tokio::time::Instant;
+
 use super::Shared;
 use crate::error::Error;
 use crate::store::members;
 
-/// The heartbeat as one command, for the keeper's pipeline; with `clean`, it also
-/// forgets members dead for a day.
+/// The group's members as the keeper's last heartbeat found them: the coordinator of a
+/// settled consumer follows these instead of reading its group every interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// The live members, sorted.
+    pub live: Vec<String>,
+    /// When the first of their records runs out unless renewed (its consumer died?).
+    pub next_expiry: Option<Instant>,
+}
+
+impl Snapshot {
+    /// `live`, as answered at `answered` (this process's clock).
+    pub(crate) fn new(live: &members::Live, answered: Instant) -> Self {
+        let next_expiry = live
+            .members
+            .iter()
+            .map(|(_, expiry)| *expiry)
+            .min()
+            .map(|expiry| {
+                answered + std::time::Duration::from_millis(expiry.saturating_sub(live.now_ms))
+            });
+        Snapshot {
+            live: live.names(),
+            next_expiry,
+        }
+    }
+}
+
+/// The heartbeat as one command, for the keeper's pipeline, answering the live members;
+/// with `clean`, it also forgets members dead for a day.
 pub(super) fn heartbeat_cmd(shared: &Shared, clean: bool) -> (redis::Cmd, &'static redis::Script) {
     members::heartbeat_cmd(
         &shared.topic,
@@ -14,13 +44,13 @@ pub(super) fn heartbeat_cmd(shared: &Shared, clean: bool) -> (redis::Cmd, &'stat
         &shared.consumer,
         shared.config.heartbeat_ttl,
         shared.script_flags,
-        members::Also { live: false, clean },
+        members::Also { live: true, clean },
     )
 }
 
 /// Renews this consumer's record; returns the live members, sorted.
 pub(crate) async fn heartbeat(shared: &Shared) -> Result<Vec<String>, Error> {
-    members::heartbeat(
+    let live = members::heartbeat(
         &mut shared.conn.clone(),
         &shared.topic,
         shared.group,
@@ -28,7 +58,8 @@ pub(crate) async fn heartbeat(shared: &Shared) -> Result<Vec<String>, Error> {
         shared.config.heartbeat_ttl,
         shared.script_flags,
     )
-    .await
+    .await?;
+    Ok(live.names())
 }
 
 /// Leaves at once on a clean shutdown, so the others rebalance without waiting for the

@@ -33,7 +33,7 @@ mod takeover;
 mod throttle;
 
 use crate::store::conn::Conn;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +127,11 @@ pub(crate) struct Shared {
     pub ownership_changed: Notify,
     /// Wakes the coordinator before its next look (a lease was lost).
     pub coordinator_wake: Notify,
+    /// Counts the batches of deliveries the executor took in: while it stands still, a
+    /// partition the coordinator found quiet stays quiet.
+    pub activity: AtomicU64,
+    /// The group's members as the keeper's last heartbeat found them.
+    pub members: tokio::sync::watch::Sender<Option<membership::Snapshot>>,
     /// Whether the topic or the group is paused: no job starts, nothing is read.
     pub paused: tokio::sync::watch::Sender<bool>,
     /// This handler's metric series.
@@ -311,6 +316,8 @@ pub(crate) async fn run(
         script_flags,
         ownership_changed: Notify::new(),
         coordinator_wake: Notify::new(),
+        activity: AtomicU64::new(0),
+        members: tokio::sync::watch::Sender::new(None),
         paused: tokio::sync::watch::Sender::new(false),
         metrics: crate::metrics::HandlerMetrics::new(def.spec.topic, def.group),
         conn: conn.clone(),

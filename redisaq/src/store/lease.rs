@@ -180,7 +180,8 @@ pub(crate) async fn release(conn: &mut Conn, lease: &str, token: &str) -> Result
 /// What one renewal round trip found: whether the heartbeat was taken, and per lease
 /// whether it is still ours (`Ok(false)`: someone else's now).
 pub(crate) struct Renewal {
-    pub heartbeat: Result<(), redis::RedisError>,
+    /// The heartbeat's answer.
+    pub heartbeat: Result<redis::Value, redis::RedisError>,
     pub leases: Vec<Result<bool, redis::RedisError>>,
 }
 
@@ -225,7 +226,12 @@ pub(crate) async fn renew(
     let mut replies = scripts::query_pipeline(conn, &pipe, &[heartbeat.1, script])
         .await?
         .into_iter();
-    let heartbeat = replies.next().map_or(Ok(()), |r| r.map(drop));
+    let heartbeat = replies.next().unwrap_or_else(|| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "no answer to the heartbeat",
+        )))
+    });
     let renewed = |v: redis::Value| Ok(redis::from_redis_value::<i64>(v)? == 1);
     let leases = if together {
         match replies.next() {

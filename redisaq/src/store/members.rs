@@ -10,13 +10,14 @@ use redis::aio::ConnectionLike;
 
 use super::scripts::{self, Lua};
 use crate::error::Error;
-use crate::{keys, wire};
+use crate::keys;
 
 /// Renews `ARGV[1]`'s expiry to now + `ARGV[2]` ms (unless `ARGV[1]` is empty); with
-/// `ARGV[3]` = 1 returns the live members, with `ARGV[4]` = 1 also forgets members dead
-/// for a day. Uses the server's clock so that workers with skewed clocks agree on who is
-/// alive. An idle consumer's keeper sends it every heartbeat interval without those
-/// two: each command a script runs counts for Redis.
+/// `ARGV[3]` = 1 returns the server's time and the live members with their expiries,
+/// with `ARGV[4]` = 1 also forgets members dead for a day. Uses the server's clock so
+/// that workers with skewed clocks agree on who is alive. The keeper sends it every
+/// heartbeat interval; what it answers is how a settled coordinator learns of a member
+/// that joined, left or is about to run out, without reading its group.
 ///
 /// The `ZREM` first (`ARGV[5]` = 1) is for a full Redis without script flags (6.2):
 /// there a script is refused only if its first write is one a full Redis refuses
@@ -33,7 +34,7 @@ if ARGV[4] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 end
 if ARGV[3] == '1' then
-  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+  return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')}
 end
 return {}
 "
@@ -71,14 +72,35 @@ pub(crate) fn heartbeat_cmd(
     (cmd, script)
 }
 
-/// The live members, sorted, from a heartbeat's answer.
-pub(crate) fn parse_live(reply: &redis::Value) -> Result<Vec<String>, Error> {
-    let mut live = wire::parse_strings(reply)?;
-    live.sort_unstable();
-    Ok(live)
+/// A group's live members as a heartbeat found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Live {
+    /// The server's time then, in ms.
+    pub now_ms: u64,
+    /// Each live member and when its record runs out (server ms), sorted by name.
+    pub members: Vec<(String, u64)>,
 }
 
-/// Renews `renew` (unless empty); returns the live members, sorted.
+impl Live {
+    /// The members' names, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.members.iter().map(|(name, _)| name.clone()).collect()
+    }
+}
+
+/// A heartbeat's answer when it was asked for the live members.
+pub(crate) fn parse_live(reply: redis::Value) -> Result<Live, Error> {
+    let (now_ms, members): (u64, Vec<(String, f64)>) =
+        redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+    let mut members: Vec<(String, u64)> = members
+        .into_iter()
+        .map(|(name, expiry)| (name, expiry as u64))
+        .collect();
+    members.sort_unstable();
+    Ok(Live { now_ms, members })
+}
+
+/// Renews `renew` (unless empty); returns the live members.
 pub(crate) async fn heartbeat(
     conn: &mut impl ConnectionLike,
     topic: &str,
@@ -86,14 +108,14 @@ pub(crate) async fn heartbeat(
     renew: &str,
     ttl: Duration,
     script_flags: bool,
-) -> Result<Vec<String>, Error> {
+) -> Result<Live, Error> {
     let also = Also {
         live: true,
         clean: true,
     };
     let (cmd, script) = heartbeat_cmd(topic, group, renew, ttl, script_flags, also);
     let live: redis::Value = scripts::query(conn, &cmd, script).await?;
-    parse_live(&live)
+    parse_live(live)
 }
 
 /// The live members, sorted, read without writing anything (for the tools).
