@@ -156,10 +156,18 @@ impl Worker {
             crate::metrics::serve(addr, metrics_stop).await?;
         }
         let hints = consumer::hints::Hints::new(handlers.iter().map(|def| def.spec.topic));
+        // One keeper renews every consumer's heartbeat and leases.
+        let keeper = consumer::keeper::Keeper::default();
         let mut consumers = tokio::task::JoinSet::new();
         for def in handlers {
             let hints = hints.subscribe(def.spec.topic);
-            consumers.spawn(consumer::run(def, config.clone(), hints, shutdown.clone()));
+            consumers.spawn(consumer::run(
+                def,
+                config.clone(),
+                hints,
+                keeper.clone(),
+                shutdown.clone(),
+            ));
         }
         let hints_stop = CancellationToken::new();
         let _hints_guard = hints_stop.clone().drop_guard();
@@ -192,6 +200,7 @@ impl Worker {
                 },
             }
         }
+        keeper.stop().await;
         outcome
     }
 }

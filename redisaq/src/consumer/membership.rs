@@ -35,19 +35,6 @@ impl Snapshot {
     }
 }
 
-/// The heartbeat as one command, for the keeper's pipeline, answering the live members;
-/// with `clean`, it also forgets members dead for a day.
-pub(super) fn heartbeat_cmd(shared: &Shared, clean: bool) -> (redis::Cmd, &'static redis::Script) {
-    members::heartbeat_cmd(
-        &shared.topic,
-        shared.group,
-        &shared.consumer,
-        shared.config.heartbeat_ttl,
-        shared.script_flags,
-        members::Also { live: true, clean },
-    )
-}
-
 /// Renews this consumer's record; returns the live members, sorted.
 pub(crate) async fn heartbeat(shared: &Shared) -> Result<Vec<String>, Error> {
     let live = members::heartbeat(

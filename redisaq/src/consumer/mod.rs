@@ -12,8 +12,8 @@
 //! Which partitions a consumer owns: [`membership`] (heartbeats) → [`assignment`] (who
 //! owns what, per generation) → leases ([`crate::store::lease`]: fenced ownership of one
 //! partition, held in process in [`partitions`]) → [`takeover`] (claiming what others
-//! left) — driven by the [`coordinator`] loop, while the [`keeper`], on a thread of its
-//! own, renews membership and leases.
+//! left) — driven by the [`coordinator`] loop, while the worker's [`keeper`], on a
+//! thread of its own, renews the membership and leases of all its consumers at once.
 
 mod ack;
 mod assignment;
@@ -24,7 +24,7 @@ mod delayed;
 mod execute;
 mod fetch;
 pub(crate) mod hints;
-mod keeper;
+pub(crate) mod keeper;
 mod membership;
 mod partitions;
 mod readers;
@@ -285,6 +285,7 @@ pub(crate) async fn run(
     def: &'static HandlerDef,
     config: Config,
     hints: hints::TopicHints,
+    keeper: keeper::Keeper,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let target = store::conn::client(&config.redis_url)?;
@@ -338,15 +339,17 @@ pub(crate) async fn run(
         shared: shared.clone(),
     };
     // If this future is dropped (the embedding app dropped `run_until`), everything it
-    // started stops with it, the keeper thread included: nothing may go on renewing the
-    // leases of a consumer that no longer runs jobs.
+    // started stops with it, and the keeper lets go of it (`kept` dropped): nothing may
+    // go on renewing the leases of a consumer that no longer runs jobs.
     // One tree of stops: `stopped` ends the acknowledger, last; its child `background`
-    // ends the coordinator and the keeper before the partitions are handed back.
+    // ends the coordinator before the partitions are handed back, and the keeper lets
+    // go of this consumer before that too.
     let stopped = CancellationToken::new();
     let _stop_all = stopped.clone().drop_guard();
     let background = stopped.child_token();
     let acker = AbortOnDropHandle::new(tokio::spawn(acker.run(ack_rx, stopped.clone())));
-    let keeper = keeper::spawn(shared.clone(), target.clone(), background.clone())
+    let kept = keeper
+        .register(shared.clone(), &target)
         .map_err(|e| Error::config(format!("could not start the lease keeper thread: {e}")))?;
     let scheduler = schedule
         .map(|schedule| AbortOnDropHandle::new(tokio::spawn(cron::run(shared.clone(), schedule))));
@@ -394,7 +397,7 @@ pub(crate) async fn run(
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
-    let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
+    kept.leave().await;
     // Hand everything back at once: the others need not wait for lease or heartbeat TTLs.
     // (Partitions with calls still running past the deadline keep their lease until it
     // expires, so their next owner cannot start while those calls might still run.)

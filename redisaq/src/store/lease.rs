@@ -177,94 +177,31 @@ pub(crate) async fn release(conn: &mut Conn, lease: &str, token: &str) -> Result
     Ok(())
 }
 
-/// What one renewal round trip found: whether the heartbeat was taken, and per lease
-/// whether it is still ours (`Ok(false)`: someone else's now).
-pub(crate) struct Renewal {
-    /// The heartbeat's answer.
-    pub heartbeat: Result<redis::Value, redis::RedisError>,
-    pub leases: Vec<Result<bool, redis::RedisError>>,
+/// [`RENEW`] of one holding, for a renewal pipeline.
+pub(crate) fn renew_cmd(holding: &Holding, ttl: Duration) -> redis::Cmd {
+    let mut cmd = scripts::evalsha(&RENEW_SCRIPT, &[&holding.lease]);
+    cmd.arg(&holding.token).arg(ttl.as_millis() as u64);
+    cmd
 }
 
-/// Renews the heartbeat (`heartbeat`, from [`crate::store::members::heartbeat_cmd`]) and
-/// every holding's lease by `ttl`, in one round trip. Each renewal counts alone: a
-/// refused heartbeat must not cost the leases. On one node the leases go in one script
-/// call; on a cluster, one call each (each lease is in a slot of its own).
-pub(crate) async fn renew(
-    conn: &mut Conn,
-    heartbeat: (redis::Cmd, &redis::Script),
-    holdings: &[Holding],
-    ttl: Duration,
-) -> Result<Renewal, Error> {
-    let ttl_ms = ttl.as_millis() as u64;
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    pipe.add_command(heartbeat.0);
-    let together = !conn.is_cluster() && !holdings.is_empty();
-    if together {
-        let leases: Vec<&str> = holdings.iter().map(|h| h.lease.as_str()).collect();
-        let mut all = scripts::evalsha(&RENEW_ALL_SCRIPT, &leases);
-        all.arg(ttl_ms);
-        for holding in holdings {
-            all.arg(&holding.token);
-        }
-        pipe.add_command(all);
-    } else {
-        for holding in holdings {
-            pipe.add_command(
-                scripts::evalsha(&RENEW_SCRIPT, &[&holding.lease])
-                    .arg(&holding.token)
-                    .arg(ttl_ms)
-                    .to_owned(),
-            );
-        }
+/// [`RENEW_ALL`] of holdings on one node, for a renewal pipeline.
+pub(crate) fn renew_all_cmd(holdings: &[Holding], ttl: Duration) -> redis::Cmd {
+    let leases: Vec<&str> = holdings.iter().map(|h| h.lease.as_str()).collect();
+    let mut cmd = scripts::evalsha(&RENEW_ALL_SCRIPT, &leases);
+    cmd.arg(ttl.as_millis() as u64);
+    for holding in holdings {
+        cmd.arg(&holding.token);
     }
-    let script = if together {
-        &*RENEW_ALL_SCRIPT
-    } else {
-        &*RENEW_SCRIPT
-    };
-    let mut replies = scripts::query_pipeline(conn, &pipe, &[heartbeat.1, script])
-        .await?
-        .into_iter();
-    let heartbeat = replies.next().unwrap_or_else(|| {
-        Err(redis::RedisError::from((
-            redis::ErrorKind::Parse,
-            "no answer to the heartbeat",
-        )))
-    });
-    let renewed = |v: redis::Value| Ok(redis::from_redis_value::<i64>(v)? == 1);
-    let leases = if together {
-        match replies.next() {
-            Some(Ok(answers)) => match redis::from_redis_value::<Vec<redis::Value>>(answers) {
-                Ok(answers) if answers.len() == holdings.len() => {
-                    answers.into_iter().map(renewed).collect()
-                }
-                Ok(_) => unexpected(holdings.len()),
-                Err(e) => {
-                    let e = redis::RedisError::from(e);
-                    holdings.iter().map(|_| Err(e.clone())).collect()
-                }
-            },
-            Some(Err(e)) => holdings.iter().map(|_| Err(e.clone())).collect(),
-            None => unexpected(holdings.len()),
-        }
-    } else {
-        replies.map(|reply| reply.and_then(renewed)).collect()
-    };
-    Ok(Renewal { heartbeat, leases })
+    cmd
 }
 
-/// Every lease's outcome when the renewal's answer had the wrong shape: unknown, so the
-/// keeper tries again.
-fn unexpected(count: usize) -> Vec<Result<bool, redis::RedisError>> {
-    (0..count)
-        .map(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "unexpected answer to the lease renewal",
-            )))
-        })
-        .collect()
+/// The scripts behind [`renew_cmd`] and [`renew_all_cmd`], to load when Redis forgot them.
+pub(crate) fn renew_script() -> &'static redis::Script {
+    &RENEW_SCRIPT
+}
+
+pub(crate) fn renew_all_script() -> &'static redis::Script {
+    &RENEW_ALL_SCRIPT
 }
 
 /// Who holds a partition's lease for a group (`consumer epoch`), if anyone.

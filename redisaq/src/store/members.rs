@@ -82,6 +82,16 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// The live members as a script answers them (name, expiry), at `now_ms`.
+    pub(crate) fn new(now_ms: u64, members: Vec<(String, f64)>) -> Self {
+        let mut members: Vec<(String, u64)> = members
+            .into_iter()
+            .map(|(name, expiry)| (name, expiry as u64))
+            .collect();
+        members.sort_unstable();
+        Live { now_ms, members }
+    }
+
     /// The members' names, sorted.
     pub(crate) fn names(&self) -> Vec<String> {
         self.members.iter().map(|(name, _)| name.clone()).collect()
@@ -92,12 +102,7 @@ impl Live {
 pub(crate) fn parse_live(reply: redis::Value) -> Result<Live, Error> {
     let (now_ms, members): (u64, Vec<(String, f64)>) =
         redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
-    let mut members: Vec<(String, u64)> = members
-        .into_iter()
-        .map(|(name, expiry)| (name, expiry as u64))
-        .collect();
-    members.sort_unstable();
-    Ok(Live { now_ms, members })
+    Ok(Live::new(now_ms, members))
 }
 
 /// Renews `renew` (unless empty); returns the live members.

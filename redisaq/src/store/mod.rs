@@ -3,7 +3,7 @@
 //! admin call these and speak in types. Nothing here knows the consumer or the admin.
 //!
 //! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
-//! (heartbeats), [`assignment`], [`view`] (what a coordinator reads each step),
+//! (heartbeats), [`renewal`] (a worker's heartbeats and leases renewed at once), [`assignment`], [`view`] (what a coordinator reads each step),
 //! [`changes`] (hints that a topic's assignment moved), [`group`] (consumer groups),
 //! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`cron`] (schedules), [`rate`] (rate limits), [`dlq`] (dead letters), [`trim`], [`topic`]
 //! (settings and layout), [`scripts`] (sent by hash) and [`conn`] (connections).
@@ -17,6 +17,7 @@ pub(crate) mod due;
 pub(crate) mod group;
 pub(crate) mod members;
 pub(crate) mod rate;
+pub(crate) mod renewal;
 pub(crate) mod schedule;
 pub(crate) mod scripts;
 pub(crate) mod stream;
