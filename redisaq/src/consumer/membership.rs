@@ -20,17 +20,9 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// `live`, as answered at `answered` (this process's clock).
     pub(crate) fn new(live: &members::Live, answered: Instant) -> Self {
-        let next_expiry = live
-            .members
-            .iter()
-            .map(|(_, expiry)| *expiry)
-            .min()
-            .map(|expiry| {
-                answered + std::time::Duration::from_millis(expiry.saturating_sub(live.now_ms))
-            });
         Snapshot {
             live: live.names(),
-            next_expiry,
+            next_expiry: live.next_expiry().map(|left| answered + left),
         }
     }
 }

@@ -13,61 +13,49 @@ use crate::error::Error;
 use crate::keys;
 
 /// Renews `ARGV[1]`'s expiry to now + `ARGV[2]` ms (unless `ARGV[1]` is empty); with
-/// `ARGV[3]` = 1 returns the server's time and the live members with their expiries,
-/// with `ARGV[4]` = 1 also forgets members dead for a day. Uses the server's clock so
-/// that workers with skewed clocks agree on who is alive. The keeper sends it every
-/// heartbeat interval; what it answers is how a settled coordinator learns of a member
-/// that joined, left or is about to run out, without reading its group.
+/// `ARGV[3]` = 1 also forgets members dead for a day. Answers the server's time and the
+/// live members with their expiries. Uses the server's clock so that workers with skewed
+/// clocks agree on who is alive. The keeper sends it every heartbeat interval; what it
+/// answers is how a settled coordinator learns of a member that joined, left or is about
+/// to run out, without reading its group.
 ///
-/// The `ZREM` first (`ARGV[5]` = 1) is for a full Redis without script flags (6.2):
+/// The `ZREM` first (`ARGV[4]` = 1) is for a full Redis without script flags (6.2):
 /// there a script is refused only if its first write is one a full Redis refuses
 /// (`ZADD`), and `ZREM`, which frees memory, is not.
 const HEARTBEAT: &str = concat!(
     lua_now!(),
     r"if ARGV[1] ~= '' then
-  if ARGV[5] == '1' then
+  if ARGV[4] == '1' then
     redis.call('ZREM', KEYS[1], ARGV[1])
   end
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
-if ARGV[4] == '1' then
+if ARGV[3] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 end
-if ARGV[3] == '1' then
-  return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')}
-end
-return {}
+return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')}
 "
 );
 
 static HEARTBEAT_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(HEARTBEAT));
 
-/// What a heartbeat does besides renewing.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Also {
-    /// Answer the live members.
-    pub live: bool,
-    /// Forget members dead for a day.
-    pub clean: bool,
-}
-
 /// The heartbeat script as one command for a pipeline, and the script to load if Redis
-/// forgot it: renews `renew` (unless empty) and does what `also` asks. Allowed on a full
-/// Redis (`script_flags`: Redis 7).
+/// forgot it: renews `renew` (unless empty), with `clean` also forgets members dead for
+/// a day, and answers the live members ([`parse_live`]). Allowed on a full Redis
+/// (`script_flags`: Redis 7).
 pub(crate) fn heartbeat_cmd(
     topic: &str,
     group: &str,
     renew: &str,
     ttl: Duration,
     script_flags: bool,
-    also: Also,
+    clean: bool,
 ) -> (redis::Cmd, &'static redis::Script) {
     let script = HEARTBEAT_SCRIPT.script(script_flags);
     let mut cmd = scripts::evalsha(script, &[&keys::members(topic, group)]);
     cmd.arg(renew)
         .arg(ttl.as_millis() as u64)
-        .arg(u8::from(also.live))
-        .arg(u8::from(also.clean))
+        .arg(u8::from(clean))
         .arg(u8::from(!script_flags));
     (cmd, script)
 }
@@ -92,13 +80,23 @@ impl Live {
         Live { now_ms, members }
     }
 
+    /// How long until the first member's record runs out unless renewed, by the
+    /// server's clock.
+    pub(crate) fn next_expiry(&self) -> Option<Duration> {
+        self.members
+            .iter()
+            .map(|(_, expiry)| *expiry)
+            .min()
+            .map(|expiry| Duration::from_millis(expiry.saturating_sub(self.now_ms)))
+    }
+
     /// The members' names, sorted.
     pub(crate) fn names(&self) -> Vec<String> {
         self.members.iter().map(|(name, _)| name.clone()).collect()
     }
 }
 
-/// A heartbeat's answer when it was asked for the live members.
+/// A heartbeat's answer.
 pub(crate) fn parse_live(reply: redis::Value) -> Result<Live, Error> {
     let (now_ms, members): (u64, Vec<(String, f64)>) =
         redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
@@ -114,11 +112,7 @@ pub(crate) async fn heartbeat(
     ttl: Duration,
     script_flags: bool,
 ) -> Result<Live, Error> {
-    let also = Also {
-        live: true,
-        clean: true,
-    };
-    let (cmd, script) = heartbeat_cmd(topic, group, renew, ttl, script_flags, also);
+    let (cmd, script) = heartbeat_cmd(topic, group, renew, ttl, script_flags, true);
     let live: redis::Value = scripts::query(conn, &cmd, script).await?;
     parse_live(live)
 }

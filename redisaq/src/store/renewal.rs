@@ -148,7 +148,7 @@ async fn renew_in_a_pipeline(
             member.consumer,
             ttl,
             script_flags,
-            members::Also { live: true, clean },
+            clean,
         );
         heartbeat_script = Some(script);
         pipe.add_command(heartbeat);

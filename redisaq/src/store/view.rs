@@ -8,6 +8,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 
 use super::assignment::{self, Assignment};
+use super::members::Live;
 use super::scripts::{self, lua_now, Lua};
 use crate::error::Error;
 use crate::keys;
@@ -75,16 +76,10 @@ pub(crate) async fn read(
         (partitions, maxlen, layout, topic_paused, group_paused),
         now,
     ): Reply = scripts::query(conn, &cmd, script).await?;
-    let next_expiry = live
-        .iter()
-        .map(|(_, expiry)| *expiry as u64)
-        .min()
-        .map(|expiry| Duration::from_millis(expiry.saturating_sub(now)));
-    let mut live: Vec<String> = live.into_iter().map(|(name, _)| name).collect();
-    live.sort_unstable();
+    let live = Live::new(now, live);
     Ok(View {
-        live,
-        next_expiry,
+        live: live.names(),
+        next_expiry: live.next_expiry(),
         assignment: assignment::from_fields(generation, members.as_deref(), owners.as_deref()),
         partitions: partitions.filter(|&p| p > 0),
         maxlen,
