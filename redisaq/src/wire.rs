@@ -48,15 +48,15 @@ impl StreamEntry {
     }
 }
 
-/// A decoded job entry.
+/// A decoded job entry, borrowing its text from the entry.
 #[derive(Debug, Clone)]
-pub(crate) struct Envelope {
+pub(crate) struct Envelope<'a> {
     pub id: JobId,
-    pub payload: String,
+    pub payload: &'a str,
     pub enqueued_at_ms: u64,
-    pub key: Option<String>,
+    pub key: Option<&'a str>,
     /// The one group that runs it, if not every group.
-    pub for_group: Option<String>,
+    pub for_group: Option<&'a str>,
     /// The enqueuing span's trace context.
     pub trace: Option<crate::trace::Carried>,
 }
@@ -121,7 +121,7 @@ impl redis::ToRedisArgs for JobFields<'_> {
 }
 
 /// Decodes a job entry, or says why it is not one.
-pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, Undecodable> {
+pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope<'_>, Undecodable> {
     use Undecodable::Malformed;
     if entry.fields.is_none() {
         return Err(Malformed(
@@ -159,10 +159,10 @@ pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope, Undecodable> {
     };
     Ok(Envelope {
         id: JobId::from_stored(id),
-        payload: payload.to_string(),
+        payload,
         enqueued_at_ms,
-        key: entry.field(field::KEY).map(str::to_string),
-        for_group: entry.field(field::GROUP).map(str::to_string),
+        key: entry.field(field::KEY),
+        for_group: entry.field(field::GROUP),
         trace: entry
             .field(field::TRACEPARENT)
             .map(|t| (t, false))
@@ -226,65 +226,82 @@ fn items(value: &Value) -> Option<&[Value]> {
     }
 }
 
-/// `[id, [k, v, ...] | nil]`
-pub(crate) fn parse_entry(value: &Value) -> Result<StreamEntry, RedisError> {
-    let parts = items(value).ok_or_else(|| unexpected("stream entry", value))?;
-    let [id, fields] = parts else {
-        return Err(unexpected("stream entry", value));
-    };
-    let id = text(id).ok_or_else(|| unexpected("stream entry id", id))?;
+/// A text reply, taken without copying (the reply is consumed); the value back if it
+/// is not text.
+fn into_text(value: Value) -> Result<String, Value> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::VerbatimString { text, .. } => Ok(text),
+        other => Err(other),
+    }
+}
+
+fn into_items(value: Value) -> Result<Vec<Value>, Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(other),
+    }
+}
+
+/// `[id, [k, v, ...] | nil]`. Replies are consumed: entries are what a consumer reads
+/// most, and their strings move out of the reply instead of being copied.
+pub(crate) fn parse_entry(value: Value) -> Result<StreamEntry, RedisError> {
+    let parts = into_items(value).map_err(|v| unexpected("stream entry", &v))?;
+    let [id, fields] = <[Value; 2]>::try_from(parts)
+        .map_err(|parts| unexpected("stream entry", &Value::Array(parts)))?;
+    let id = into_text(id).map_err(|id| unexpected("stream entry id", &id))?;
     let fields = match fields {
         Value::Nil => None,
         other => {
-            let flat = items(other).ok_or_else(|| unexpected("stream entry fields", other))?;
-            Some(
-                flat.chunks(2)
-                    .filter_map(|pair| match pair {
-                        [k, v] => Some((text(k)?, text(v)?)),
-                        _ => None,
-                    })
-                    .collect(),
-            )
+            let flat = into_items(other).map_err(|v| unexpected("stream entry fields", &v))?;
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                if let (Ok(k), Ok(v)) = (into_text(k), into_text(v)) {
+                    pairs.push((k, v));
+                }
+            }
+            Some(pairs)
         }
     };
     Ok(StreamEntry { id, fields })
 }
 
 /// The reply of `XRANGE` / `XREVRANGE`.
-pub(crate) fn parse_entries(value: &Value) -> Result<Vec<StreamEntry>, RedisError> {
-    items(value)
-        .ok_or_else(|| unexpected("stream entries", value))?
-        .iter()
+pub(crate) fn parse_entries(value: Value) -> Result<Vec<StreamEntry>, RedisError> {
+    into_items(value)
+        .map_err(|v| unexpected("stream entries", &v))?
+        .into_iter()
         .map(parse_entry)
         .collect()
 }
 
 /// The reply of `XREADGROUP ... STREAMS k1 k2 ...`: entries per stream key. `nil` (the
 /// block timed out) is no entries.
-pub(crate) fn parse_read(value: &Value) -> Result<Vec<(String, Vec<StreamEntry>)>, RedisError> {
-    let streams: Vec<&Value> = match value {
+pub(crate) fn parse_read(value: Value) -> Result<Vec<(String, Vec<StreamEntry>)>, RedisError> {
+    let streams = match value {
         Value::Nil => return Ok(Vec::new()),
         Value::Map(pairs) => {
             return pairs
-                .iter()
+                .into_iter()
                 .map(|(k, v)| {
-                    let key = text(k).ok_or_else(|| unexpected("stream key", k))?;
+                    let key = into_text(k).map_err(|k| unexpected("stream key", &k))?;
                     Ok((key, parse_entries(v)?))
                 })
                 .collect()
         }
-        other => items(other)
-            .ok_or_else(|| unexpected("XREADGROUP reply", other))?
-            .iter()
-            .collect(),
+        other => into_items(other).map_err(|v| unexpected("XREADGROUP reply", &v))?,
     };
     streams
         .into_iter()
         .map(|stream| {
-            let [key, entries] = items(stream).ok_or_else(|| unexpected("stream", stream))? else {
-                return Err(unexpected("stream", stream));
-            };
-            let key = text(key).ok_or_else(|| unexpected("stream key", key))?;
+            let parts = into_items(stream).map_err(|v| unexpected("stream", &v))?;
+            let [key, entries] = <[Value; 2]>::try_from(parts)
+                .map_err(|parts| unexpected("stream", &Value::Array(parts)))?;
+            let key = into_text(key).map_err(|k| unexpected("stream key", &k))?;
             Ok((key, parse_entries(entries)?))
         })
         .collect()
@@ -313,10 +330,10 @@ pub(crate) fn parse_pending(value: &Value) -> Result<Vec<Pending>, RedisError> {
 
 /// The reply of `XCLAIM` (without `JUSTID`): the claimed entries. Redis 6.2 answers
 /// `nil` for entries deleted meanwhile; they are skipped.
-pub(crate) fn parse_claimed(value: &Value) -> Result<Vec<StreamEntry>, RedisError> {
-    items(value)
-        .ok_or_else(|| unexpected("XCLAIM reply", value))?
-        .iter()
+pub(crate) fn parse_claimed(value: Value) -> Result<Vec<StreamEntry>, RedisError> {
+    into_items(value)
+        .map_err(|v| unexpected("XCLAIM reply", &v))?
+        .into_iter()
         .filter(|v| !matches!(v, Value::Nil))
         .map(parse_entry)
         .collect()
@@ -510,7 +527,7 @@ mod tests {
                 Value::Array(vec![bulk("2-0"), Value::Nil]),
             ]),
         ])]);
-        let streams = parse_read(&reply).unwrap();
+        let streams = parse_read(reply).unwrap();
         assert_eq!(streams[0].0, "redisaq:{t:0}");
         let envelope = decode_job(&streams[0].1[0]).unwrap();
         assert_eq!(envelope.id.as_str(), "j1");
@@ -595,8 +612,8 @@ mod tests {
             let envelope = decode_job(&entry).unwrap();
             assert_eq!(envelope.id.as_str(), "j");
             assert_eq!(envelope.enqueued_at_ms, 7);
-            assert_eq!(envelope.key.as_deref(), Some("k"));
-            assert_eq!(envelope.for_group.as_deref(), for_group);
+            assert_eq!(envelope.key, Some("k"));
+            assert_eq!(envelope.for_group, for_group);
             assert!(envelope.trace.is_some_and(|t| t.link));
         }
     }
@@ -614,10 +631,7 @@ mod tests {
             ]),
         };
         assert_eq!(decode_job(&entry("3")).unwrap_err(), Undecodable::Newer(3));
-        assert_eq!(
-            decode_job(&entry("2")).unwrap().for_group.as_deref(),
-            Some("g")
-        );
+        assert_eq!(decode_job(&entry("2")).unwrap().for_group, Some("g"));
         assert!(matches!(
             decode_job(&entry("two")),
             Err(Undecodable::Malformed(_))

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::ack::Ack;
 use super::clock;
 use super::partitions::{self, Guard};
+use super::runners::Runners;
 use super::throttle::Throttle;
 use super::{Delivery, Shared};
 use crate::error::{Disposition, JobError};
@@ -31,6 +32,9 @@ use crate::wire::{self, Undecodable};
 /// and when a failed job runs again.
 pub(crate) struct Calls {
     pub concurrency: Arc<Semaphore>,
+    /// How many calls may run at once (the permits of `concurrency`).
+    pub limit: usize,
+    /// The tasks that run calls.
     pub running: TaskTracker,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -46,6 +50,7 @@ pub(crate) async fn run(
     mut throttle: Throttle,
 ) {
     let batch_size = shared.def.batch_size();
+    let mut runners = Runners::new(shared.clone(), calls.clone(), calls.limit);
     let max_wait = Duration::from_millis(shared.def.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS));
     loop {
         let permit = tokio::select! {
@@ -95,9 +100,7 @@ pub(crate) async fn run(
         if batch.is_empty() {
             continue;
         }
-        calls
-            .running
-            .spawn(call(shared.clone(), calls.clone(), batch, permit));
+        runners.start(batch, permit);
     }
 }
 
@@ -109,48 +112,17 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// One handler call and the outcome of each of its jobs.
-async fn call(
+/// One handler call and the outcome of each of its jobs. What only a failing job needs is
+/// boxed, which keeps a runner's task small.
+pub(super) async fn call(
     shared: Arc<Shared>,
     calls: Arc<Calls>,
     batch: Vec<Delivery>,
     permit: OwnedSemaphorePermit,
 ) {
-    let mut runnable = Vec::with_capacity(batch.len());
-    for delivery in batch {
-        if !shared.held.is_current(delivery.tenure) {
-            // The partition moved (or is moving) elsewhere, or was taken anew: its owner's
-            // claim delivers the entry again.
-            tracing::debug!(partition = delivery.tenure.partition, entry = %delivery.entry_id, "partition not ours; leaving the job to its owner");
-        } else if let Err(Undecodable::Newer(format)) = &delivery.job {
-            // Never dead-lettered only because a newer producer wrote it: it stays
-            // pending until a worker that knows its format takes the partition.
-            tracing::error!(
-                partition = delivery.tenure.partition, entry = %delivery.entry_id,
-                "entry {} of topic {} has format {format}, written by a newer redisaq; this \
-                 worker reads formats up to {}: upgrade it. The entry stays pending, untouched",
-                delivery.entry_id, shared.topic, wire::FORMAT
-            );
-        } else if let Err(Undecodable::Malformed(reason)) = &delivery.job {
-            let reason = reason.clone();
-            dead_letter(&shared, &delivery, &reason).await;
-        } else if delivery
-            .for_group
-            .as_deref()
-            .is_some_and(|group| group != shared.group)
-        {
-            // A replay for another group: this one ran the job already.
-            ack(&shared, &delivery);
-        } else if delivery.attempt > calls.max_attempts {
-            let reason = format!(
-                "gave up after {} deliveries: the worker stopped (crashed or was killed) \
-                 while running the last ones",
-                delivery.attempt - 1
-            );
-            dead_letter(&shared, &delivery, &reason).await;
-        } else {
-            runnable.push(delivery);
-        }
+    let (runnable, rejected) = sort_out(&shared, &calls, batch);
+    if !rejected.is_empty() {
+        Box::pin(dead_letter_all(&shared, rejected)).await;
     }
     if runnable.is_empty() {
         return;
@@ -207,14 +179,18 @@ async fn call(
     }
     let handler = shared.def.call;
     let timeout = shared.def.timeout();
-    // Dropped at the timeout: the handler stops at its next `.await`.
-    let running = tokio::time::timeout(
-        timeout,
-        AssertUnwindSafe(async move { handler(jobs).await }.instrument(span)).catch_unwind(),
-    );
-    let started = std::time::Instant::now();
-    let results = match while_owned(&shared, &partitions, guard, running).await {
-        None => {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let results = match while_owned(
+        &shared,
+        &partitions,
+        guard,
+        deadline,
+        AssertUnwindSafe(handler(jobs).instrument(span)).catch_unwind(),
+    )
+    .await
+    {
+        Ran::Lost => {
             tracing::warn!(
                 partitions = ?partitions,
                 "Consumer {} lost a partition while running {count} job(s); abandoning them to the new owner",
@@ -224,7 +200,7 @@ async fn call(
             shared.held.end(&partitions);
             return;
         }
-        Some(Err(_elapsed)) => {
+        Ran::TimedOut => {
             let error = format!("timed out after {} ms", timeout.as_millis());
             tracing::warn!(
                 handler = shared.def.name,
@@ -234,14 +210,14 @@ async fn call(
                 .map(|_| Err(JobError::retry(error.clone())))
                 .collect()
         }
-        Some(Ok(Ok(results))) => {
+        Ran::Done(Ok(results)) => {
             shared
                 .metrics
                 .duration
                 .observe(started.elapsed().as_secs_f64());
             results
         }
-        Some(Ok(Err(panic))) => {
+        Ran::Done(Err(panic)) => {
             let message = panic_message(&panic);
             tracing::error!(handler = shared.def.name, "handler panicked: {message}");
             (0..count)
@@ -250,15 +226,124 @@ async fn call(
         }
     };
     drop(permit);
-    for (delivery, result) in runnable.into_iter().zip(results) {
-        settle(&shared, &calls, delivery, result).await;
+    let failures = settle(&shared, runnable, results);
+    if !failures.is_empty() {
+        Box::pin(failed_all(&shared, &calls, failures)).await;
     }
     shared.held.end(&partitions);
 }
 
-/// Runs `work` while this consumer surely holds every partition it touches, and stops
-/// it (drops it) as soon as a lease is lost or may have run out, e.g. after the process
-/// was paused for longer than the lease TTL.
+/// Splits a batch into the deliveries to run and those to dead-letter; acknowledges or
+/// leaves the rest.
+fn sort_out(
+    shared: &Shared,
+    calls: &Calls,
+    mut batch: Vec<Delivery>,
+) -> (Vec<Delivery>, Vec<(Delivery, String)>) {
+    let mut rejected = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        match verdict(shared, calls, &batch[i]) {
+            Verdict::Run => i += 1,
+            Verdict::Leave => drop(batch.remove(i)),
+            Verdict::Ack => ack(shared, batch.remove(i)),
+            Verdict::DeadLetter(reason) => rejected.push((batch.remove(i), reason)),
+        }
+    }
+    (batch, rejected)
+}
+
+async fn dead_letter_all(shared: &Shared, rejected: Vec<(Delivery, String)>) {
+    for (delivery, reason) in rejected {
+        dead_letter(shared, &delivery, &reason).await;
+    }
+}
+
+/// Acknowledges the jobs that succeeded; answers those that failed.
+fn settle(
+    shared: &Shared,
+    ran: Vec<Delivery>,
+    results: Vec<Result<(), JobError>>,
+) -> Vec<(Delivery, JobError)> {
+    let mut failures = Vec::new();
+    for (delivery, result) in ran.into_iter().zip(results) {
+        match result {
+            Ok(()) => {
+                shared.metrics.processed.inc();
+                ack(shared, delivery);
+            }
+            Err(error) => failures.push((delivery, error)),
+        }
+    }
+    failures
+}
+
+async fn failed_all(shared: &Arc<Shared>, calls: &Calls, failures: Vec<(Delivery, JobError)>) {
+    for (delivery, error) in failures {
+        failed(shared, calls, delivery, error).await;
+    }
+}
+
+/// What becomes of a delivery before its call.
+enum Verdict {
+    Run,
+    /// Not ours to run (now): left pending.
+    Leave,
+    /// Acknowledged unrun.
+    Ack,
+    DeadLetter(String),
+}
+
+fn verdict(shared: &Shared, calls: &Calls, delivery: &Delivery) -> Verdict {
+    if !shared.held.is_current(delivery.tenure) {
+        // The partition moved (or is moving) elsewhere, or was taken anew: its owner's
+        // claim delivers the entry again.
+        tracing::debug!(partition = delivery.tenure.partition, entry = %delivery.entry_id, "partition not ours; leaving the job to its owner");
+        return Verdict::Leave;
+    }
+    match &delivery.job {
+        Err(Undecodable::Newer(format)) => {
+            // Never dead-lettered only because a newer producer wrote it: it stays
+            // pending until a worker that knows its format takes the partition.
+            tracing::error!(
+                partition = delivery.tenure.partition, entry = %delivery.entry_id,
+                "entry {} of topic {} has format {format}, written by a newer redisaq; this \
+                 worker reads formats up to {}: upgrade it. The entry stays pending, untouched",
+                delivery.entry_id, shared.topic, wire::FORMAT
+            );
+            Verdict::Leave
+        }
+        Err(Undecodable::Malformed(reason)) => Verdict::DeadLetter(reason.clone()),
+        Ok(_)
+            if delivery
+                .for_group
+                .as_deref()
+                .is_some_and(|group| group != shared.group) =>
+        {
+            // A replay for another group: this one ran the job already.
+            Verdict::Ack
+        }
+        Ok(_) if delivery.attempt > calls.max_attempts => Verdict::DeadLetter(format!(
+            "gave up after {} deliveries: the worker stopped (crashed or was killed) \
+             while running the last ones",
+            delivery.attempt - 1
+        )),
+        Ok(_) => Verdict::Run,
+    }
+}
+
+/// How a call guarded by [`while_owned`] ended.
+enum Ran<T> {
+    Done(T),
+    /// Its deadline passed; it was dropped.
+    TimedOut,
+    /// A lease was lost, or may have run out; it was dropped.
+    Lost,
+}
+
+/// Runs `work` while this consumer surely holds every partition it touches and until
+/// `deadline`, and stops it (drops it) as soon as a lease is lost or may have run out,
+/// e.g. after the process was paused for longer than the lease TTL.
 ///
 /// The clock is read before every poll of `work`: after a pause, timers fire in no
 /// particular order, so waiting for a lease timer could let the handler run first.
@@ -266,38 +351,64 @@ async fn while_owned<F: Future>(
     shared: &Shared,
     partitions: &[partitions::Tenure],
     guard: Guard,
+    deadline: Instant,
     work: F,
-) -> Option<F::Output> {
-    let mut lost = std::pin::pin!(futures_util::future::select_all(
-        guard.lost.iter().map(|token| Box::pin(token.cancelled())),
-    ));
+) -> Ran<F::Output> {
+    let mut lost = std::pin::pin!(any_cancelled(&guard.lost));
     let mut work = std::pin::pin!(work);
     let mut until = guard.valid_until;
-    // Wakes this call when the lease may run out, so an idle handler is stopped too.
-    let mut alarm = std::pin::pin!(tokio::time::sleep_until(clock::timer_instant(until)));
-    std::future::poll_fn(|cx| {
+    // Wakes this call at the deadline or when the lease may run out, so an idle handler
+    // is stopped too. Set only once the work waits: most calls finish at their first poll.
+    let mut alarm = std::pin::pin!(None::<tokio::time::Sleep>);
+    let mut alarm_for = None;
+    std::future::poll_fn(|cx| loop {
         if lost.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+            return Poll::Ready(Ran::Lost);
         }
         while clock::now() >= until {
             match shared.held.valid_until(partitions) {
-                Some(renewed) if renewed > clock::now() => {
-                    until = renewed;
-                    alarm.as_mut().reset(clock::timer_instant(until));
-                }
+                Some(renewed) if renewed > clock::now() => until = renewed,
                 _ => {
                     // Taken anew, the partition's leftovers (these jobs) are claimed again.
                     for &tenure in partitions {
                         shared.lease_lost(tenure, LAPSED);
                     }
-                    return Poll::Ready(None);
+                    return Poll::Ready(Ran::Lost);
                 }
             }
         }
-        let _ = alarm.as_mut().poll(cx);
-        work.as_mut().poll(cx).map(Some)
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Ran::Done(output));
+        }
+        if Instant::now() >= deadline {
+            return Poll::Ready(Ran::TimedOut);
+        }
+        if alarm_for != Some(until) {
+            let at = clock::timer_instant(until).min(deadline);
+            match alarm.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(at),
+                None => alarm.set(Some(tokio::time::sleep_until(at))),
+            }
+            alarm_for = Some(until);
+        }
+        match alarm.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            // Due already: look again at once.
+            Some(Poll::Ready(())) => alarm_for = None,
+            _ => return Poll::Pending,
+        }
     })
     .await
+}
+
+/// Completes once one of `tokens` is cancelled. A call touches one partition but for
+/// batches, and that one needs no allocation.
+async fn any_cancelled(tokens: &[Arc<tokio_util::sync::CancellationToken>]) {
+    match tokens {
+        [token] => token.cancelled().await,
+        tokens => {
+            futures_util::future::select_all(tokens.iter().map(|t| Box::pin(t.cancelled()))).await;
+        }
+    }
 }
 
 /// Why a holding is given up when its lease was not renewed in time.
@@ -312,19 +423,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-string panic payload".into())
 }
 
-async fn settle(
-    shared: &Arc<Shared>,
-    calls: &Calls,
-    delivery: Delivery,
-    result: Result<(), JobError>,
-) {
-    let error = match result {
-        Ok(()) => {
-            shared.metrics.processed.inc();
-            return ack(shared, &delivery);
-        }
-        Err(error) => error,
-    };
+/// A job whose call failed: retried later, or dead-lettered.
+async fn failed(shared: &Arc<Shared>, calls: &Calls, delivery: Delivery, error: JobError) {
     shared.metrics.failed.inc();
     let job_id = delivery
         .job
@@ -348,10 +448,10 @@ async fn settle(
     super::retries::defer(shared, &delivery, delay).await;
 }
 
-fn ack(shared: &Shared, delivery: &Delivery) {
+fn ack(shared: &Shared, delivery: Delivery) {
     let _ = shared.acks.send(Ack::Entry {
         tenure: delivery.tenure,
-        id: delivery.entry_id.clone(),
+        id: delivery.entry_id,
     });
 }
 

@@ -99,7 +99,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
         // blocking read over more partitions than free slots can) stays pending here and
         // is claimed back, in order, before that partition is read again.
         let mut left = room;
-        for (stream, entries) in entries {
+        for (stream, mut entries) in entries {
             let Some(tenure) = keys::partition_of(&shared.topic, &stream)
                 .and_then(|p| partitions.iter().find(|t| t.partition == p).copied())
             else {
@@ -119,7 +119,8 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
             if take < entries.len() {
                 lost_read.push(tenure);
             }
-            if !queue(&shared, tenure, &entries[..take]).await {
+            entries.truncate(take);
+            if !queue(&shared, tenure, entries).await {
                 return Ok(());
             }
         }
@@ -170,7 +171,11 @@ pub(super) async fn claim_due_retries(
 
 /// Queues entries read from a holding, noting how far it has read; false once the
 /// executor is gone (shutting down).
-pub(super) async fn queue(shared: &Shared, tenure: Tenure, entries: &[wire::StreamEntry]) -> bool {
+pub(super) async fn queue(
+    shared: &Shared,
+    tenure: Tenure,
+    entries: Vec<wire::StreamEntry>,
+) -> bool {
     if let Some(last) = entries.last() {
         shared.held.advance_floor(tenure, &last.id);
     }

@@ -29,6 +29,7 @@ mod membership;
 mod partitions;
 mod readers;
 mod retries;
+mod runners;
 mod takeover;
 mod throttle;
 
@@ -74,14 +75,11 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn new(shared: &Shared, tenure: partitions::Tenure, entry: &StreamEntry, attempt: u32) -> Self {
+    fn new(shared: &Shared, tenure: partitions::Tenure, entry: StreamEntry, attempt: u32) -> Self {
         let partition = tenure.partition;
-        match wire::decode_job(entry) {
-            Ok(envelope) => Delivery {
-                tenure,
-                entry_id: entry.id.clone(),
-                attempt,
-                job: Ok(RawJob {
+        let (job, key, for_group, raw_fields) = match wire::decode_job(&entry) {
+            Ok(envelope) => (
+                Ok(RawJob {
                     meta: JobMeta {
                         fencing_token: tenure.id,
                         id: envelope.id,
@@ -93,19 +91,25 @@ impl Delivery {
                     },
                     payload: envelope.payload.into(),
                 }),
-                key: envelope.key,
-                for_group: envelope.for_group,
-                raw_fields: None,
-            },
-            Err(reason) => Delivery {
-                tenure,
-                entry_id: entry.id.clone(),
-                attempt,
-                job: Err(reason),
-                key: entry.field(wire::field::KEY).map(str::to_string),
-                for_group: None,
-                raw_fields: Some(wire::fields_as_json(entry)),
-            },
+                envelope.key.map(str::to_string),
+                envelope.for_group.map(str::to_string),
+                None,
+            ),
+            Err(reason) => (
+                Err(reason),
+                entry.field(wire::field::KEY).map(str::to_string),
+                None,
+                Some(wire::fields_as_json(&entry)),
+            ),
+        };
+        Delivery {
+            tenure,
+            entry_id: entry.id,
+            attempt,
+            job,
+            key,
+            for_group,
+            raw_fields,
         }
     }
 }
@@ -188,6 +192,9 @@ impl Shared {
 
     /// Returns at once unless paused; else once resumed, or false at shutdown.
     pub(crate) async fn unpaused(&self) -> bool {
+        if !*self.paused.borrow() {
+            return true;
+        }
         let mut paused = self.paused.subscribe();
         tokio::select! {
             resumed = paused.wait_for(|p| !p) => resumed.is_ok(),
@@ -365,6 +372,7 @@ pub(crate) async fn run(
     )));
     let calls = Arc::new(execute::Calls {
         concurrency: Arc::new(Semaphore::new(concurrency)),
+        limit: concurrency,
         running: TaskTracker::new(),
         max_attempts: def.retries().saturating_add(1),
         backoff: Backoff {

@@ -3,7 +3,8 @@
 //! coordinator and the keeper share it; locally a consumer stops fetching a partition and
 //! abandons its running jobs once its lease may have expired.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ struct Slot {
     /// Until when the lease is surely ours, by this process's clock.
     valid_until: Instant,
     running: usize,
-    lost: CancellationToken,
+    lost: Arc<CancellationToken>,
     /// Whether what was left pending there has been claimed: only then may new entries
     /// be read, or a leftover read as new would be claimed (and run) twice.
     claimed: bool,
@@ -62,7 +63,7 @@ pub(crate) struct Tenure {
 /// The partitions this consumer holds, shared by fetch, execute and the coordinator.
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
-    slots: Mutex<HashMap<u32, Slot>>,
+    slots: Mutex<BTreeMap<u32, Slot>>,
     /// Entries (partition, id) that ran here but whose ack was refused: taken again,
     /// they start a new attempt.
     ran_unacked: Mutex<HashSet<(u32, String)>>,
@@ -74,7 +75,7 @@ pub(crate) struct Partitions {
 /// What a running call needs to stop when one of its partitions is lost.
 pub(crate) struct Guard {
     pub valid_until: Instant,
-    pub lost: Vec<CancellationToken>,
+    pub lost: Vec<Arc<CancellationToken>>,
 }
 
 impl Partitions {
@@ -101,7 +102,7 @@ impl Partitions {
         ran.remove(&(partition, id.to_string()))
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<u32, Slot>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<u32, Slot>) -> R) -> R {
         f(&mut self.slots.lock().expect("partition table lock"))
     }
 
@@ -122,7 +123,7 @@ impl Partitions {
                     tenure,
                     valid_until,
                     running: 0,
-                    lost: CancellationToken::new(),
+                    lost: Arc::new(CancellationToken::new()),
                     claimed: false,
                     read_floor: String::new(),
                     next_due: None,

@@ -124,7 +124,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &Target) -> Result<(), Erro
                 }
                 for (_, entries) in entries {
                     debug_assert!(entries.len() <= asked);
-                    if !queue(&shared, done.tenure, &entries).await {
+                    if !queue(&shared, done.tenure, entries).await {
                         return Ok(());
                     }
                 }

@@ -80,8 +80,8 @@ pub(crate) async fn claim_due(shared: &Shared, tenure: Tenure, room: usize) -> u
         );
     }
     let count = taken.entries.len();
-    for (entry, attempt) in &taken.entries {
-        let delivery = Delivery::new(shared, tenure, entry, *attempt);
+    for (entry, attempt) in taken.entries {
+        let delivery = Delivery::new(shared, tenure, entry, attempt);
         if shared.deliveries.send(delivery).await.is_err() {
             break;
         }

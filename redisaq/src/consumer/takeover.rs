@@ -126,7 +126,7 @@ pub(crate) async fn claim_orphans(
                 if let Orphans::OwnAfter(_) = whose {
                     shared.held.advance_floor(tenure, &entry.id);
                 }
-                let delivery = Delivery::new(shared, tenure, &entry, attempt);
+                let delivery = Delivery::new(shared, tenure, entry, attempt);
                 tokio::select! {
                     sent = shared.deliveries.send(delivery) => if sent.is_err() { return Ok(queued) },
                     () = shared.shutdown.cancelled() => return Ok(queued),

@@ -176,7 +176,7 @@ pub(crate) async fn list(
     let replies: Vec<redis::Value> = read.query_async(conn).await?;
     let mut all = Vec::new();
     for (stream, reply) in streams.into_iter().zip(replies) {
-        for entry in wire::parse_entries(&reply)? {
+        for entry in wire::parse_entries(reply)? {
             all.push(Stored {
                 stream: stream.clone(),
                 letter: DeadLetterEntry::decode(&entry),
@@ -321,7 +321,7 @@ pub(crate) async fn migrate(
             .arg(100)
             .query_async(conn)
             .await?;
-        let entries = wire::parse_entries(&reply)?;
+        let entries = wire::parse_entries(reply)?;
         if entries.is_empty() {
             return Ok(moved);
         }

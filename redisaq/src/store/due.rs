@@ -139,7 +139,7 @@ fn parse_taken(reply: &Value) -> Result<Taken, redis::RedisError> {
         let [id, fields, Value::Int(attempt)] = item.as_slice() else {
             return Err(unexpected());
         };
-        let entry = wire::parse_entry(&Value::Array(vec![id.clone(), fields.clone()]))?;
+        let entry = wire::parse_entry(Value::Array(vec![id.clone(), fields.clone()]))?;
         entries.push((entry, u32::try_from(*attempt).unwrap_or(u32::MAX)));
     }
     Ok(Taken {

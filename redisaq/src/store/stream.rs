@@ -26,7 +26,7 @@ pub(crate) async fn undelivered(
         .arg(cap)
         .query_async(conn)
         .await?;
-    Ok(wire::parse_entries(&reply)?.len() as u64)
+    Ok(wire::parse_entries(reply)?.len() as u64)
 }
 
 /// How many entries lie after `from` up to and including `to` (two read positions of
@@ -50,7 +50,7 @@ pub(crate) async fn entries_between(
         .arg(cap)
         .query_async(conn)
         .await?;
-    Ok(wire::parse_entries(&reply)?.len() as u64)
+    Ok(wire::parse_entries(reply)?.len() as u64)
 }
 
 /// A group's lag on a stream: entries after its read position `last_delivered`. Redis 7
@@ -126,7 +126,7 @@ pub(crate) async fn claim(
         claim.arg("RETRYCOUNT").arg(count);
     }
     let claimed: redis::Value = scripts::query(conn, &claim, lease::fenced_script()).await?;
-    Ok(wire::parse_claimed(&claimed)?)
+    Ok(wire::parse_claimed(claimed)?)
 }
 
 /// Which of `ids` no longer exist in `stream` (deleted while pending).
@@ -210,7 +210,7 @@ pub(crate) async fn read(
         read.arg(">");
     }
     let reply: redis::Value = read.query_async(conn).await?;
-    Ok(wire::parse_read(&reply)?)
+    Ok(wire::parse_read(reply)?)
 }
 
 /// `group`'s row of `XINFO GROUPS` on `stream`, if the group is there.
@@ -414,7 +414,7 @@ pub(crate) async fn find_job(
             .arg(PAGE)
             .query_async(conn)
             .await?;
-        let entries = wire::parse_entries(&reply)?;
+        let entries = wire::parse_entries(reply)?;
         seen += entries.len();
         if let Some(entry) = entries
             .iter()
