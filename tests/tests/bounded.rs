@@ -1,6 +1,6 @@
 //! What a worker holds is bounded by its concurrency, whatever the number of partitions
 //! and failures: running calls plus its delivery queue (concurrency × batch, plus a
-//! read-ahead of 256) are pending under it; retries waiting for their backoff wait
+//! read-ahead of 512) are pending under it; retries waiting for their backoff wait
 //! in Redis, where the partition's next owner finds them when they are due.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use redisaq_tests::{
 const PARTITIONS: u32 = 8;
 const CONCURRENCY: usize = 2;
 /// The read-ahead README documents.
-const READ_AHEAD: usize = 256;
+const READ_AHEAD: usize = 512;
 
 static SLOW_DONE: AtomicU64 = AtomicU64::new(0);
 /// The payloads whose handler call returned.

@@ -7,6 +7,8 @@ use crate::store::conn::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use super::partitions::Tenure;
 use super::retries;
 use super::takeover::{self, Orphans};
@@ -34,19 +36,29 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
     let mut lost_read: Vec<Tenure> = Vec::new();
     // Where the next read over more partitions than free slots starts.
     let mut turn = 0;
+    // What the last read brought: queued while the next read is on its way.
+    let mut ready = Ready::default();
     loop {
-        for tenure in std::mem::take(&mut lost_read) {
-            recover_lost_read(&shared, tenure).await;
-        }
-        if !shared.unpaused().await {
-            return Ok(());
+        if !lost_read.is_empty() {
+            // Claimed back after what was read before it, in order.
+            if !ready.queue(&shared) {
+                return Ok(());
+            }
+            for tenure in std::mem::take(&mut lost_read) {
+                recover_lost_read(&shared, tenure).await;
+            }
         }
         let partitions = shared.held.fetchable();
-        if partitions.is_empty() {
-            tokio::select! {
-                () = shared.ownership_changed.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = shared.shutdown.cancelled() => return Ok(()),
+        if partitions.is_empty() || *shared.paused.borrow() {
+            if !ready.queue(&shared) || !shared.unpaused().await {
+                return Ok(());
+            }
+            if partitions.is_empty() {
+                tokio::select! {
+                    () = shared.ownership_changed.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = shared.shutdown.cancelled() => return Ok(()),
+                }
             }
             continue;
         }
@@ -54,26 +66,58 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
         // retry that waits in Redis.
         let due_in = due_in(&shared, &partitions);
         let block_ms = block_ms(&shared, &partitions).min(due_in.as_millis().max(1) as u64);
-        // Wait for room: half the delivery queue free, so that reads stay large while
-        // what is queued keeps the executor busy.
-        let refill = (shared.deliveries.max_capacity() / 2).max(1);
-        let mut room = tokio::select! {
-            permit = shared.deliveries.reserve_many(refill) => match permit {
-                Ok(permit) => { drop(permit); shared.deliveries.capacity().clamp(1, MAX_READ) }
-                Err(_) => return Ok(()),
-            },
-            () = shared.shutdown.cancelled() => return Ok(()),
-        };
-        // Retries that are due come first.
-        if due_in.is_zero() {
-            room = claim_due_retries(&shared, &partitions, room).await;
-            if room == 0 {
-                continue;
+        // Wait for room: a quarter of the delivery queue free, so that reads stay large
+        // while what is queued (and what the last read brought) keeps the executor busy.
+        let refill = (shared.deliveries.max_capacity() / 4).max(1);
+        if shared.deliveries.capacity() < refill {
+            if !ready.queue(&shared) {
+                return Ok(());
+            }
+            tokio::select! {
+                permit = shared.deliveries.reserve_many(refill) => if permit.is_err() { return Ok(()) },
+                () = shared.shutdown.cancelled() => return Ok(()),
             }
         }
-        let reply = tokio::select! {
-            reply = read_for_room(&shared, &mut conn, &partitions, room, block_ms, &mut turn) => reply,
-            () = shared.shutdown.cancelled() => return Ok(()),
+        let mut room = shared.deliveries.capacity().min(MAX_READ);
+        // Retries that are due come first.
+        if due_in.is_zero() {
+            if !ready.queue(&shared) {
+                return Ok(());
+            }
+            room = claim_due_retries(&shared, &partitions, room).await;
+        }
+        if room == 0 {
+            continue;
+        }
+        // The places in the delivery queue for what this read brings, taken now: a
+        // takeover's claim may queue entries while the read is on its way.
+        let places = match shared.deliveries.try_reserve_many(room) {
+            Ok(places) => places,
+            Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(())) => continue,
+        };
+        let reply = {
+            let mut read = std::pin::pin!(read_for_room(
+                &shared,
+                &mut conn,
+                &partitions,
+                room,
+                block_ms,
+                &mut turn
+            ));
+            // Hand the read to the connection, then queue what the last one brought while
+            // Redis answers.
+            let first = futures_util::poll!(read.as_mut());
+            if !ready.queue(&shared) {
+                return Ok(());
+            }
+            match first {
+                std::task::Poll::Ready(reply) => reply,
+                std::task::Poll::Pending => tokio::select! {
+                    reply = read => reply,
+                    () = shared.shutdown.cancelled() => return Ok(()),
+                },
+            }
         };
         let entries = match reply {
             Ok(entries) => {
@@ -120,10 +164,38 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
                 lost_read.push(tenure);
             }
             entries.truncate(take);
-            if !queue(&shared, tenure, entries).await {
-                return Ok(());
+            ready.batches.push((tenure, entries));
+        }
+        // The places nothing came for are given back now, for the next read.
+        let brought = ready.batches.iter().map(|(_, entries)| entries.len()).sum();
+        ready.places = places.take(brought).collect();
+    }
+}
+
+/// What a read brought, with the places in the delivery queue taken for it.
+#[derive(Default)]
+struct Ready<'a> {
+    batches: Vec<(Tenure, Vec<wire::StreamEntry>)>,
+    places: Vec<mpsc::Permit<'a, Delivery>>,
+}
+
+impl Ready<'_> {
+    /// Queues it all, noting how far each holding has read; false once the executor is
+    /// gone (shutting down).
+    fn queue(&mut self, shared: &Shared) -> bool {
+        let mut places = self.places.drain(..);
+        for (tenure, entries) in self.batches.drain(..) {
+            if let Some(last) = entries.last() {
+                shared.held.advance_floor(tenure, &last.id);
+            }
+            for entry in entries {
+                let place = places
+                    .next()
+                    .expect("a place was taken for every entry read");
+                place.send(Delivery::new(shared, tenure, entry, 1));
             }
         }
+        !shared.deliveries.is_closed()
     }
 }
 

@@ -53,9 +53,10 @@ use crate::store::topic;
 use crate::wire::{self, StreamEntry, Undecodable};
 
 /// Entries a handler's delivery queue holds beyond one full round of calls
-/// (`concurrency × batch`): enough that reads stay large and cheap, and a bound on what a
-/// worker holds whatever the number of partitions.
-pub(crate) const READ_AHEAD: usize = 256;
+/// (`concurrency × batch`): enough that reads stay large and cheap and that the next read
+/// is on its way while the last one's entries run, and a bound on what a worker holds
+/// whatever the number of partitions.
+pub(crate) const READ_AHEAD: usize = 512;
 
 /// One delivery of an entry to this consumer.
 #[derive(Debug)]
