@@ -14,7 +14,14 @@ pub struct JobId(Arc<str>);
 
 impl JobId {
     pub(crate) fn generate() -> Self {
-        JobId(uuid::Uuid::now_v7().to_string().into())
+        // Formatted on the stack: one allocation per id, the `Arc`'s.
+        let mut text = uuid::Uuid::encode_buffer();
+        JobId(
+            uuid::Uuid::now_v7()
+                .hyphenated()
+                .encode_lower(&mut text)
+                .into(),
+        )
     }
 
     pub(crate) fn from_stored(id: &str) -> Self {

@@ -1,9 +1,8 @@
 //! Single enqueues that happen at the same time share round trips. Each `enqueue` hands
 //! its job to the connection's coalescer; the coalescer sends what has gathered as one
-//! pipeline, with at most [`IN_FLIGHT`] pipelines on their way. An enqueue alone goes out
-//! at once; under load, the jobs that arrive while pipelines are in flight leave together
-//! in the next one: Redis then reads, and the client writes, many jobs per system call
-//! instead of one.
+//! pipeline, one pipeline at a time. An enqueue alone goes out at once; under load, the
+//! jobs that arrive while a pipeline is on its way leave together in the next one: Redis
+//! then reads, and the client writes, many jobs per system call instead of one.
 //!
 //! Each job still gets its own answer: stored, refused (with Redis' reason), or unknown
 //! when its round trip failed.
@@ -12,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::TopicState;
 use crate::job::JobId;
@@ -21,8 +20,6 @@ use crate::store::schedule::{Scheduled, When};
 use crate::store::stream::{self, NewJob};
 use crate::wire::JobFields;
 
-/// Pipelines of single enqueues on their way at once, per connection.
-const IN_FLIGHT: usize = 1;
 /// Most jobs in one pipeline.
 const MOST: usize = 1_000;
 
@@ -66,13 +63,9 @@ impl Coalescer {
     }
 }
 
-async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(mut conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
     loop {
-        // Take a place first: while all are taken, jobs gather for the next pipeline.
-        let Ok(place) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
+        // While a pipeline is on its way, jobs gather for the next one.
         let Some(first) = waiting.recv().await else {
             return;
         };
@@ -90,14 +83,9 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
             single.sending.store(true, Ordering::SeqCst);
             !single.answer.is_closed()
         });
-        if batch.is_empty() {
-            continue;
-        }
-        let mut conn = conn.clone();
-        tokio::spawn(async move {
+        if !batch.is_empty() {
             send(&mut conn, batch).await;
-            drop(place);
-        });
+        }
     }
 }
 

@@ -477,7 +477,8 @@ pub fn enqueue<T: JobPayload>(
                 // Leave the WAIT a little of the deadline to answer in. (Not coalesced:
                 // a WAIT holds the connection, and the jobs sharing it would wait too.)
                 let wait = Some((replicas, timeout.mul_f64(0.8)));
-                return send(&mut link.conn.clone(), &[job], wait, &sending).await;
+                // Boxed: this rare path would make every enqueue's future larger.
+                return Box::pin(send(&mut link.conn.clone(), &[job], wait, &sending)).await;
             }
             let (answer, answered) = tokio::sync::oneshot::channel();
             link.singles.send(Single {
