@@ -34,6 +34,36 @@ async fn panicking(job: Job<Work>) -> Result<(), JobError> {
     Ok(())
 }
 
+/// A payload whose decoding panics on [`PANICS`]: a panic before the handler's own code
+/// runs, in the adapter that decodes the payload.
+#[derive(Debug, serde::Serialize)]
+struct Touchy {
+    n: u64,
+}
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(decoder: D) -> Result<Self, D::Error> {
+        let Work { n } = Work::deserialize(decoder)?;
+        assert_ne!(n, PANICS, "decoding job {n} broke");
+        Ok(Touchy { n })
+    }
+}
+
+/// Every payload `touchy` was called with.
+static TOUCHY_CALLS: Calls<u64> = Calls::new();
+
+#[job(
+    topic = "failures_decode_panic",
+    group = "failures_decode_panic_group",
+    partitions = 1,
+    concurrency = 1,
+    retries = 1
+)]
+async fn touchy(job: Job<Touchy>) -> Result<(), JobError> {
+    TOUCHY_CALLS.push(job.payload().n);
+    Ok(())
+}
+
 /// How many times each payload was handled.
 fn handled() -> HashMap<u64, usize> {
     let mut counts = HashMap::new();
@@ -312,5 +342,41 @@ async fn a_crash_loop_leaves_every_other_job_to_run_to_completion_once() {
     assert_eq!(
         pending(&mut conn, "crash_loop_bystanders", "crash_loop_group", 4),
         0
+    );
+}
+
+/// One call at a time: a panic while the payload decodes must not take the call's place
+/// with it, or nothing after it would run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_whose_decoding_panics_is_dead_lettered_and_the_rest_run() {
+    setup();
+    let mut conn = redis().connection();
+    touchy::enqueue_batch((0..12).map(|n| Touchy { n }))
+        .await
+        .unwrap();
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_secs(1), Duration::from_secs(10))
+            .consumer_name("touchy")
+            .topics([touchy::TOPIC]),
+    );
+    let done = eventually(Duration::from_secs(60), || {
+        dead_letters(&mut conn, touchy::TOPIC).len() == 1
+            && TOUCHY_CALLS.all().len() == 11
+            && pending(&mut conn, touchy::TOPIC, touchy::GROUP, 1) == 0
+    })
+    .await;
+    let outcome = worker.stop().await;
+    assert!(
+        done,
+        "every other job ran and the broken one was dead-lettered: ran {:?}, dead letters {:?}",
+        TOUCHY_CALLS.all(),
+        dead_letters(&mut conn, touchy::TOPIC)
+    );
+    assert!(outcome.is_ok(), "the worker stopped cleanly: {outcome:?}");
+    let letters = dead_letters(&mut conn, touchy::TOPIC);
+    assert!(
+        letters[0]["error"].contains("decoding job 7 broke"),
+        "the dead letter shows the panic message: {}",
+        letters[0]["error"]
     );
 }

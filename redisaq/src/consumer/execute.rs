@@ -186,7 +186,8 @@ pub(super) async fn call(
         &partitions,
         guard,
         deadline,
-        AssertUnwindSafe(handler(jobs).instrument(span)).catch_unwind(),
+        // The handler is called inside: decoding the payloads may panic too.
+        AssertUnwindSafe(async move { handler(jobs).await }.instrument(span)).catch_unwind(),
     )
     .await
     {
@@ -415,7 +416,7 @@ async fn any_cancelled(tokens: &[Arc<tokio_util::sync::CancellationToken>]) {
 const LAPSED: &str = "its lease may have run out unrenewed (was the process paused, or Redis \
                       out of reach?)";
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -89,13 +89,6 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
         if room == 0 {
             continue;
         }
-        // The places in the delivery queue for what this read brings, taken now: a
-        // takeover's claim may queue entries while the read is on its way.
-        let places = match shared.deliveries.try_reserve_many(room) {
-            Ok(places) => places,
-            Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
-            Err(mpsc::error::TrySendError::Full(())) => continue,
-        };
         let reply = {
             let mut read = std::pin::pin!(read_for_room(
                 &shared,
@@ -166,9 +159,19 @@ pub(crate) async fn run(shared: Arc<Shared>, target: &store::conn::Target) -> Re
             entries.truncate(take);
             ready.batches.push((tenure, entries));
         }
-        // The places nothing came for are given back now, for the next read.
+        // Its places in the delivery queue, taken before the next read asks for room.
+        // (A takeover's claim may have queued entries while the read was on its way:
+        // then this waits for the executor to make room.)
         let brought = ready.batches.iter().map(|(_, entries)| entries.len()).sum();
-        ready.places = places.take(brought).collect();
+        if brought > 0 {
+            tokio::select! {
+                places = shared.deliveries.reserve_many(brought) => match places {
+                    Ok(places) => ready.places = places.collect(),
+                    Err(_) => return Ok(()),
+                },
+                () = shared.shutdown.cancelled() => return Ok(()),
+            }
+        }
     }
 }
 

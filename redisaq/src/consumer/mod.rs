@@ -3,10 +3,11 @@
 //! A job's way through a consumer, one file each:
 //! [`fetch`] reads new entries from the partitions this consumer owns (on a Redis Cluster,
 //! [`readers`]: one per partition) → [`execute`]
-//! gathers them into calls (one job, or a batch) within the concurrency limit and applies
-//! each result → [`ack`] acknowledges in coalesced, fenced pipelines, or [`retries`]
-//! records when the job runs again (it waits in Redis; the fetch loop of whoever owns the
-//! partition then claims it), or `execute` writes a dead letter. Delayed jobs wait beside
+//! gathers them into calls (one job, or a batch) within the concurrency limit, runs them
+//! on [`runners`] and applies each result → [`ack`] acknowledges in coalesced, fenced
+//! pipelines, or [`retries`] records when the job runs again (it waits in Redis; the
+//! fetch loop of whoever owns the partition then claims it), or `execute` writes a dead
+//! letter. Delayed jobs wait beside
 //! the stream until the partition's owner moves them in when they are due ([`delayed`]).
 //!
 //! Which partitions a consumer owns: [`membership`] (heartbeats) → [`assignment`] (who

@@ -3,9 +3,10 @@
 //! which for a quick handler is a large share of all a job costs the worker.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::execute::{self, Calls};
@@ -16,17 +17,22 @@ type Waiting = (Vec<Delivery>, OwnedSemaphorePermit);
 
 #[derive(Default)]
 struct Queue {
-    waiting: Mutex<VecDeque<Waiting>>,
+    state: Mutex<State>,
     ready: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: VecDeque<Waiting>,
     /// Runners waiting for a call.
-    idle: AtomicUsize,
+    idle: usize,
     /// No more calls come: runners finish what waits, then stop.
-    closed: AtomicBool,
+    closed: bool,
 }
 
 impl Queue {
-    fn pop(&self) -> Option<Waiting> {
-        self.waiting.lock().expect("call queue lock").pop_front()
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("call queue lock")
     }
 }
 
@@ -56,7 +62,10 @@ impl Runners {
     /// (If every runner is busy, as when one is still settling the jobs of a call whose
     /// permit it gave back, the call waits for the first one free.)
     pub(crate) fn start(&mut self, batch: Vec<Delivery>, permit: OwnedSemaphorePermit) {
-        if self.queue.idle.load(Ordering::Acquire) == 0 && self.started < self.limit {
+        let mut state = self.queue.state();
+        // Every idle runner already has a call waiting for it: this one needs another.
+        if state.waiting.len() >= state.idle && self.started < self.limit {
+            drop(state);
             self.started += 1;
             self.calls.running.spawn(run(
                 self.queue.clone(),
@@ -65,11 +74,8 @@ impl Runners {
                 (batch, permit),
             ));
         } else {
-            self.queue
-                .waiting
-                .lock()
-                .expect("call queue lock")
-                .push_back((batch, permit));
+            state.waiting.push_back((batch, permit));
+            drop(state);
             self.queue.ready.notify_one();
         }
     }
@@ -77,7 +83,7 @@ impl Runners {
 
 impl Drop for Runners {
     fn drop(&mut self) {
-        self.queue.closed.store(true, Ordering::Release);
+        self.queue.state().closed = true;
         self.queue.ready.notify_waiters();
     }
 }
@@ -86,21 +92,33 @@ async fn run(queue: Arc<Queue>, shared: Arc<Shared>, calls: Arc<Calls>, first: W
     let mut next = first;
     loop {
         let (batch, permit) = next;
-        execute::call(shared.clone(), calls.clone(), batch, permit).await;
-        queue.idle.fetch_add(1, Ordering::AcqRel);
+        // A panic outside the handler (which `call` catches itself) is a bug; the runner
+        // stays, so the concurrency limit keeps its place.
+        let call = execute::call(shared.clone(), calls.clone(), batch, permit);
+        if let Err(panic) = AssertUnwindSafe(call).catch_unwind().await {
+            tracing::error!(
+                topic = %shared.topic,
+                "a call ended in a panic outside its handler: {}",
+                execute::panic_message(&panic)
+            );
+        }
         next = loop {
             // Made before the queue is looked at: a call queued after the look still
-            // wakes it (`notify_one` keeps a permit for the next wait).
+            // wakes it (`notify_one` keeps a permit for the next wait), and so does the
+            // close (`notify_waiters` wakes the waits made before it).
             let ready = queue.ready.notified();
-            if let Some(waiting) = queue.pop() {
-                break waiting;
-            }
-            if queue.closed.load(Ordering::Acquire) {
-                queue.idle.fetch_sub(1, Ordering::AcqRel);
-                return;
+            {
+                let mut state = queue.state();
+                if let Some(waiting) = state.waiting.pop_front() {
+                    break waiting;
+                }
+                if state.closed {
+                    return;
+                }
+                state.idle += 1;
             }
             ready.await;
+            queue.state().idle -= 1;
         };
-        queue.idle.fetch_sub(1, Ordering::AcqRel);
     }
 }
