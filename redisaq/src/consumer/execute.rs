@@ -50,7 +50,7 @@ pub(crate) async fn run(
     mut throttle: Throttle,
 ) {
     let batch_size = shared.def.batch_size();
-    let mut runners = Runners::new(shared.clone(), calls.clone(), calls.limit);
+    let mut runners = Runners::new(shared.clone(), calls.clone());
     let max_wait = Duration::from_millis(shared.def.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS));
     loop {
         let permit = tokio::select! {

@@ -244,23 +244,24 @@ pub(super) async fn claim_due_retries(
     room
 }
 
-/// Queues entries read from a holding, noting how far it has read; false once the
-/// executor is gone (shutting down).
+/// Queues entries read from a holding, once there are places for them all, as
+/// [`Ready::queue`] does; false once the executor is gone (shutting down).
 pub(super) async fn queue(
     shared: &Shared,
     tenure: Tenure,
     entries: Vec<wire::StreamEntry>,
 ) -> bool {
-    if let Some(last) = entries.last() {
-        shared.held.advance_floor(tenure, &last.id);
+    if entries.is_empty() {
+        return true;
     }
-    for entry in entries {
-        let delivery = Delivery::new(shared, tenure, entry, 1);
-        if shared.deliveries.send(delivery).await.is_err() {
-            return false;
-        }
+    let Ok(places) = shared.deliveries.reserve_many(entries.len()).await else {
+        return false;
+    };
+    Ready {
+        batches: vec![(tenure, entries)],
+        places: places.collect(),
     }
-    true
+    .queue(shared)
 }
 
 /// Redis lost the group (restarted without persistence, or someone deleted it), and with

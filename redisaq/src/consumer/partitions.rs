@@ -40,6 +40,8 @@ struct Slot {
     /// Until when the lease is surely ours, by this process's clock.
     valid_until: Instant,
     running: usize,
+    /// Cancelled when the holding is lost. Shared by `Arc`: cloning the token itself
+    /// takes its tree's lock, once per call.
     lost: Arc<CancellationToken>,
     /// Whether what was left pending there has been claimed: only then may new entries
     /// be read, or a leftover read as new would be claimed (and run) twice.

@@ -41,30 +41,28 @@ impl Queue {
 pub(crate) struct Runners {
     queue: Arc<Queue>,
     started: usize,
-    limit: usize,
     shared: Arc<Shared>,
     calls: Arc<Calls>,
 }
 
 impl Runners {
-    /// Runners for at most `limit` calls at once.
-    pub(crate) fn new(shared: Arc<Shared>, calls: Arc<Calls>, limit: usize) -> Self {
+    /// Runners for at most `calls.limit` calls at once.
+    pub(crate) fn new(shared: Arc<Shared>, calls: Arc<Calls>) -> Self {
         Runners {
             queue: Arc::default(),
             started: 0,
-            limit,
             shared,
             calls,
         }
     }
 
-    /// Starts a call on an idle runner, or on a new one while fewer than `limit` run.
+    /// Starts a call on an idle runner, or on a new one while fewer than `calls.limit` run.
     /// (If every runner is busy, as when one is still settling the jobs of a call whose
     /// permit it gave back, the call waits for the first one free.)
     pub(crate) fn start(&mut self, batch: Vec<Delivery>, permit: OwnedSemaphorePermit) {
         let mut state = self.queue.state();
         // Every idle runner already has a call waiting for it: this one needs another.
-        if state.waiting.len() >= state.idle && self.started < self.limit {
+        if state.waiting.len() >= state.idle && self.started < self.calls.limit {
             drop(state);
             self.started += 1;
             self.calls.running.spawn(run(
