@@ -120,6 +120,20 @@ impl redis::ToRedisArgs for JobFields<'_> {
     }
 }
 
+impl JobFields<'_> {
+    /// About how many bytes the fields take, names included: room to write them into
+    /// without growing.
+    pub(crate) fn byte_len(&self) -> usize {
+        const NAMES_AND_NUMBERS: usize = 64;
+        NAMES_AND_NUMBERS
+            + self.id.len()
+            + self.payload.len()
+            + self.key.map_or(0, str::len)
+            + self.trace.map_or(0, |(trace, _)| trace.len())
+            + self.for_group.map_or(0, str::len)
+    }
+}
+
 /// Decodes a job entry, or says why it is not one.
 pub(crate) fn decode_job(entry: &StreamEntry) -> Result<Envelope<'_>, Undecodable> {
     use Undecodable::Malformed;

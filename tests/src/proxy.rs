@@ -27,6 +27,8 @@ pub enum Fault {
     /// Hold every byte back until the fault changes: commands do not reach Redis and
     /// nothing comes back meanwhile; then everything goes through in order.
     Stall,
+    /// Let commands reach Redis, but hold its replies back until the fault changes.
+    HoldReplies,
     /// Close new connections at once, as if nothing listened there.
     Refuse,
     /// Let commands reach Redis, but drop its replies and close the connection: the
@@ -166,7 +168,7 @@ async fn pump(
             Ok(n) => n,
         };
         let mut fault = *state.fault.lock().unwrap();
-        while fault == Fault::Stall {
+        while fault == Fault::Stall || (replies && fault == Fault::HoldReplies) {
             tokio::time::sleep(Duration::from_millis(5)).await;
             fault = *state.fault.lock().unwrap();
         }

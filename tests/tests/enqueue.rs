@@ -33,6 +33,26 @@ fn stored(server: &RedisServer) -> Vec<String> {
         .collect()
 }
 
+/// The payloads of the jobs in the topic's streams.
+fn payloads(server: &RedisServer) -> Vec<u64> {
+    let mut conn = server.connection();
+    (0..2)
+        .flat_map(|p| {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(redisaq::keys::partition(faulty::TOPIC, p))
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            reply
+                .ids
+                .into_iter()
+                .filter_map(|e| e.get::<String>("payload")?.parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Checks that `error` is an enqueue error whose reason contains `reason`, with as many
 /// jobs stored, surely not stored and of unknown fate as `fates` says; returns the unknown
 /// ones.
@@ -86,6 +106,45 @@ async fn enqueue_fails_within_its_deadline_and_says_what_became_of_each_job() {
     .await;
     assert!(landed, "the job whose reply was lost was stored after all");
     assert!(stored(&server).contains(&first.to_string()));
+
+    // Redis' replies are held while two round trips are on their way: a job queued
+    // behind them is answered by its own deadline, surely not stored, and never sent.
+    proxy.set(Fault::HoldReplies);
+    let patient = || EnqueueOptions::new().timeout(Duration::from_secs(60));
+    let mut on_way = Vec::new();
+    for payload in [5, 6] {
+        on_way.push(tokio::spawn(faulty::enqueue_with(payload, patient())));
+        let reached = redisaq_tests::eventually(Duration::from_secs(30), || {
+            payloads(&server).contains(&payload)
+        })
+        .await;
+        assert!(
+            reached,
+            "job {payload} went out while the one before it was unanswered"
+        );
+    }
+    let error = faulty::enqueue_with(7, EnqueueOptions::new().timeout(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    check(
+        error,
+        [0, 1, 0],
+        "no connection to Redis within the enqueue deadline",
+    );
+    proxy.set(Fault::Pass);
+    for enqueue in on_way {
+        enqueue
+            .await
+            .unwrap()
+            .expect("answered once the replies came through");
+    }
+    faulty::enqueue(8)
+        .await
+        .expect("enqueue after the replies came through");
+    assert!(
+        !payloads(&server).contains(&7),
+        "the job that was answered 'not stored' was sent after all"
+    );
 
     // Redis is full: every job of a batch refused, and the reason says what to do.
     redisaq::set_redis_url(&server.url()).unwrap();

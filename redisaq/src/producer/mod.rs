@@ -7,7 +7,7 @@ mod coalesce;
 use crate::store::conn::Conn;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use crate::store::schedule::{Scheduled, When};
 use crate::store::stream::{self, NewJob};
 use crate::store::topic;
 use crate::wire::JobFields;
-use coalesce::{Coalescer, Single};
+use coalesce::{Answer, Coalescer, Single};
 
 /// How long a producer trusts its cached partition count; a raised count reaches
 /// producers within this time.
@@ -175,22 +175,19 @@ async fn within_deadline(
     let failure = match tokio::time::timeout(timeout, work).await {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(failure)) => failure,
-        // The work was dropped before `sending` is read (see `coalesce`).
-        Err(_) if fence_then(sending) => Failure::TimedOut,
-        Err(_) => Failure::NotSent(Error::Redis(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "no connection to Redis within the enqueue deadline",
-        )))),
+        // The work set `sending` just before it sent, in this task.
+        Err(_) if sending.load(Ordering::Relaxed) => Failure::TimedOut,
+        Err(_) => Failure::NotSent(no_connection()),
     };
     Err(failure.into_error(ids, timeout))
 }
 
-/// Whether the jobs were on their way, read after everything before it (the dropped work)
-/// is seen by the coalescer, which marks a job sending before it checks the enqueue is
-/// still waiting for it.
-fn fence_then(sending: &AtomicBool) -> bool {
-    fence(Ordering::SeqCst);
-    sending.load(Ordering::SeqCst)
+/// Why a job that never left was not stored within its deadline.
+fn no_connection() -> Error {
+    Error::Redis(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "no connection to Redis within the enqueue deadline",
+    )))
 }
 
 /// How an enqueue failed.
@@ -278,7 +275,6 @@ struct TopicState {
 }
 
 /// A runtime's connection and the coalescer of its single enqueues.
-#[derive(Clone)]
 struct Link {
     conn: Conn,
     singles: Coalescer,
@@ -289,7 +285,7 @@ struct Producer {
     url: RwLock<Option<String>>,
     /// Connections belong to the runtime that made them (their driver task runs there),
     /// so each runtime gets its own.
-    links: RwLock<HashMap<tokio::runtime::Id, Link>>,
+    links: RwLock<HashMap<tokio::runtime::Id, Arc<Link>>>,
     /// Held while a connection is made, so a runtime makes one.
     connecting: tokio::sync::Mutex<()>,
     /// Read by every enqueue, written when a topic's state is refreshed.
@@ -321,21 +317,26 @@ pub fn set_redis_url(url: &str) -> Result<(), Error> {
     *state.url.write().expect("producer url lock") = Some(url.to_string());
     state.links.write().expect("producer links lock").clear();
     state.topics.write().expect("producer topics lock").clear();
+    GENERATION.fetch_add(1, Ordering::Release);
     Ok(())
 }
 
 /// The producer's connection for the current runtime.
 pub(crate) async fn connection() -> Result<Conn, Error> {
-    Ok(link().await?.conn)
+    Ok(link().await?.conn.clone())
 }
 
 /// The producer's connection and coalescer for the current runtime.
-async fn link() -> Result<Link, Error> {
+async fn link() -> Result<Arc<Link>, Error> {
     let state = producer();
     let runtime = tokio::runtime::Handle::current().id();
+    // A coalescer that stopped (it panicked) is replaced with the connection.
     let known = |runtime| {
         let links = state.links.read().expect("producer links lock");
-        links.get(&runtime).cloned()
+        links
+            .get(&runtime)
+            .filter(|link| !link.singles.is_closed())
+            .cloned()
     };
     if let Some(link) = known(runtime) {
         return Ok(link);
@@ -354,10 +355,10 @@ async fn link() -> Result<Link, Error> {
     // One reconnect attempt per command: an unreachable Redis fails the enqueue at once
     // instead of holding it for a series of retries.
     let conn = target.connect(Duration::from_secs(5), 1).await?;
-    let link = Link {
+    let link = Arc::new(Link {
         singles: Coalescer::start(conn.clone()),
         conn,
-    };
+    });
     state
         .links
         .write()
@@ -373,6 +374,7 @@ pub(crate) fn forget_topic(topic: &str) {
         .write()
         .expect("producer topics lock")
         .remove(topic);
+    GENERATION.fetch_add(1, Ordering::Release);
 }
 
 async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<TopicState>, Error> {
@@ -448,78 +450,182 @@ pub fn enqueue<T: JobPayload>(
         let Some(json) = crate::testing::store(spec, &id, json) else {
             return Ok(id);
         };
-        let ids = [id.clone()];
-        let sending = Arc::new(AtomicBool::new(false));
+        if options.wait_replicas.is_some() {
+            // Boxed: this rare path would make every enqueue's future larger.
+            return Box::pin(enqueue_confirmed(spec, id, json, trace, options, timeout)).await;
+        }
+        let due = Instant::now() + timeout;
+        // Known connection and topic: at once, with no timer. Else within the deadline.
+        let prepare = prepare(spec);
+        tokio::pin!(prepare);
+        let prepared = match futures_util::poll!(prepare.as_mut()) {
+            std::task::Poll::Ready(prepared) => Ok(prepared),
+            std::task::Poll::Pending => tokio::time::timeout_at(due.into(), prepare).await,
+        };
+        let (link, state) = match prepared {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(e)) => return Err(Failure::NotSent(e).into_error(&[id], timeout)),
+            Err(_) => return Err(Failure::NotSent(no_connection()).into_error(&[id], timeout)),
+        };
+        let partition = route(&state, options.routing_key());
         let scheduled = options.scheduled(spec);
-        within_deadline(timeout, &ids, &sending, async {
-            let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
-            let partition = route(&state, options.routing_key());
-            let enqueued_at_ms = now_ms();
-            if let Some(replicas) = options.wait_replicas {
-                let job = NewJob {
-                    stream: &state.streams[partition as usize],
-                    fields: JobFields {
-                        id: id.as_str(),
-                        payload: &json,
-                        enqueued_at_ms,
-                        key: options.key.as_deref(),
-                        for_group: None,
-                        trace: trace.as_deref().map(|t| (t, options.when.is_some())),
-                    },
-                    scheduled: scheduled.map(|(when, window)| Scheduled {
-                        topic: spec.topic,
-                        partition,
-                        when,
-                        window,
-                        all_ids: &state.ids,
-                    }),
-                };
-                // Leave the WAIT a little of the deadline to answer in. (Not coalesced:
-                // a WAIT holds the connection, and the jobs sharing it would wait too.)
-                let wait = Some((replicas, timeout.mul_f64(0.8)));
-                // Boxed: this rare path would make every enqueue's future larger.
-                return Box::pin(send(&mut link.conn.clone(), &[job], wait, &sending)).await;
-            }
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            link.singles.send(Single {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        link.singles.send(Single {
+            job: coalesce::Job {
                 topic: state,
                 partition,
                 id: id.clone(),
                 payload: json,
-                enqueued_at_ms,
+                enqueued_at_ms: now_ms(),
                 key: options.key,
                 trace,
                 scheduled,
-                sending: sending.clone(),
-                answer,
-            });
-            match answered.await {
-                Ok(Ok(None)) => Ok(()),
-                Ok(Ok(Some(refusal))) => Err(Failure::PerJob(vec![Some(refusal)])),
-                Ok(Err(e)) => Err(trip_failure(e)),
-                Err(_) => {
-                    let gone = Error::Redis(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "the producer's connection closed before Redis answered",
-                    )));
-                    Err(if sending.load(Ordering::SeqCst) {
-                        Failure::Sent(gone)
-                    } else {
-                        Failure::NotSent(gone)
-                    })
-                }
+            },
+            deadline: due,
+            answer,
+        });
+        let gone = |sent| {
+            let gone = Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the producer's connection closed before Redis answered",
+            )));
+            if sent {
+                Failure::Sent(gone)
+            } else {
+                Failure::NotSent(gone)
             }
-        })
-        .await?;
-        Ok(id)
+        };
+        // The coalescer answers every job it was handed, by its deadline.
+        let failure = match answered.await {
+            Ok(Answer::Done(None)) => return Ok(id),
+            Ok(Answer::Done(Some(refusal))) => Failure::PerJob(vec![Some(refusal)]),
+            Ok(Answer::Failed(e)) => trip_failure(e),
+            Ok(Answer::Late { sent: true }) => Failure::TimedOut,
+            Ok(Answer::Late { sent: false }) => Failure::NotSent(no_connection()),
+            Ok(Answer::Gone { sent }) => gone(sent),
+            Err(_) => gone(true),
+        };
+        Err(failure.into_error(&[id], timeout))
     }
 }
 
-/// The connection and what is known of the topic.
-async fn prepare(spec: &'static TopicSpec) -> Result<(Link, Arc<TopicState>), Error> {
+/// One job sent on its own and followed by a `WAIT` for replicas. (Not coalesced: a
+/// WAIT holds the connection, and the jobs sharing it would wait too.)
+async fn enqueue_confirmed(
+    spec: &'static TopicSpec,
+    id: JobId,
+    json: String,
+    trace: Option<String>,
+    options: EnqueueOptions,
+    timeout: Duration,
+) -> Result<JobId, Error> {
+    let ids = [id];
+    let sending = AtomicBool::new(false);
+    within_deadline(timeout, &ids, &sending, async {
+        let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
+        let partition = route(&state, options.routing_key());
+        let job = NewJob {
+            stream: &state.streams[partition as usize],
+            fields: JobFields {
+                id: ids[0].as_str(),
+                payload: &json,
+                enqueued_at_ms: now_ms(),
+                key: options.key.as_deref(),
+                for_group: None,
+                trace: trace.as_deref().map(|t| (t, options.when.is_some())),
+            },
+            scheduled: options.scheduled(spec).map(|(when, window)| Scheduled {
+                topic: spec.topic,
+                partition,
+                when,
+                window,
+                all_ids: &state.ids,
+            }),
+        };
+        // Leave the WAIT a little of the deadline to answer in.
+        let wait = options.wait_replicas.map(|n| (n, timeout.mul_f64(0.8)));
+        send(&mut link.conn.clone(), &[job], wait, &sending).await
+    })
+    .await?;
+    let [id] = ids;
+    Ok(id)
+}
+
+/// The connection and what is known of the topic: this thread's copy if it has one,
+/// else the producer's (which may ask Redis).
+async fn prepare(spec: &'static TopicSpec) -> Result<(Arc<Link>, Arc<TopicState>), Error> {
+    let runtime = tokio::runtime::Handle::current().id();
+    let generation = GENERATION.load(Ordering::Acquire);
+    if let Some(near) = near(runtime, generation, spec) {
+        return Ok(near);
+    }
     let link = link().await?;
     let state = topic_state(&mut link.conn.clone(), spec).await?;
+    remember(runtime, generation, &link, &state);
     Ok((link, state))
+}
+
+/// Bumped after the producer dropped what it knew (a new URL, a topic's partitions
+/// raised): the threads' copies in [`NEAR`] made before are stale then.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's copy of its runtime's link and the topics it enqueued to, so that
+    /// an enqueue takes no lock and looks up no map that all threads share.
+    static NEAR: std::cell::RefCell<Option<Near>> = const { std::cell::RefCell::new(None) };
+}
+
+struct Near {
+    generation: u64,
+    runtime: tokio::runtime::Id,
+    link: Arc<Link>,
+    topics: Vec<Arc<TopicState>>,
+}
+
+fn near(
+    runtime: tokio::runtime::Id,
+    generation: u64,
+    spec: &TopicSpec,
+) -> Option<(Arc<Link>, Arc<TopicState>)> {
+    NEAR.with_borrow(|near| {
+        let near = near
+            .as_ref()
+            .filter(|near| near.runtime == runtime && near.generation == generation)?;
+        let state = near
+            .topics
+            .iter()
+            .find(|state| state.topic == spec.topic)
+            .filter(|state| state.checked_at.elapsed() < PARTITIONS_REFRESH)?;
+        Some((near.link.clone(), state.clone()))
+    })
+}
+
+/// Keeps `link` and `state`, read from the producer at `generation`, in [`NEAR`].
+fn remember(
+    runtime: tokio::runtime::Id,
+    generation: u64,
+    link: &Arc<Link>,
+    state: &Arc<TopicState>,
+) {
+    NEAR.with_borrow_mut(|near| {
+        let near = match near {
+            Some(near)
+                if near.runtime == runtime
+                    && near.generation == generation
+                    && Arc::ptr_eq(&near.link, link) =>
+            {
+                near
+            }
+            _ => near.insert(Near {
+                generation,
+                runtime,
+                link: link.clone(),
+                topics: Vec::new(),
+            }),
+        };
+        near.topics.retain(|known| known.topic != state.topic);
+        near.topics.push(state.clone());
+    });
 }
 
 /// How a failed round trip failed: before anything reached Redis, or after.

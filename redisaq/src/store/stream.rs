@@ -3,6 +3,7 @@
 //! and the tools share.
 
 use redis::aio::ConnectionLike;
+use redis::ToRedisArgs;
 
 use super::conn::Conn;
 use super::{lease, scripts, Holding};
@@ -310,8 +311,12 @@ pub(crate) async fn add(
 fn add_cmd(job: &NewJob<'_>) -> redis::Cmd {
     match &job.scheduled {
         None => {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(job.stream).arg("*").arg(job.fields);
+            // Sized up front: building an add is a good part of an enqueue's own work.
+            let mut cmd = redis::Cmd::with_capacity(
+                3 + job.fields.num_of_args(),
+                8 + job.stream.len() + job.fields.byte_len(),
+            );
+            cmd.arg("XADD").arg(job.stream).arg("*").arg(job.fields);
             cmd
         }
         Some(scheduled) => super::schedule::add_cmd(job.stream, &job.fields, scheduled),
