@@ -152,12 +152,23 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
             if open {
                 take_queued(&mut waiting, &mut queued);
             }
-            let now = Instant::now();
-            queued.retain_mut(|(_, reply)| {
-                reply.late(now);
-                reply.waiting()
-            });
-            if !queued.is_empty() {
+            // A second pipeline leaves once it is as full as the one on its way: sooner,
+            // it would carry a few jobs at a time.
+            let enough = on_way
+                .iter()
+                .map(|(_, replies)| replies.len())
+                .min()
+                .unwrap_or(1);
+            if queued.len() >= enough {
+                // Those who stopped waiting (their enqueue was dropped) are not sent, nor
+                // those whose deadline passed while they were queued.
+                let now = Instant::now();
+                queued.retain_mut(|(_, reply)| {
+                    reply.late(now);
+                    reply.waiting()
+                });
+            }
+            if !queued.is_empty() && queued.len() >= enough {
                 let rest = queued.split_off(queued.len().min(MOST));
                 let batch = std::mem::replace(&mut queued, rest);
                 let (jobs, mut replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
