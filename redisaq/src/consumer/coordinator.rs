@@ -5,7 +5,8 @@
 //! starting its jobs ("pausing consumption"), waits for its running jobs and their acks,
 //! then releases the lease. B tries to take the lease on every tick; once it is free (or
 //! expired, when A died) B claims what is still pending there and starts ("resuming
-//! consumption"). Partitions that keep their owner are never paused.
+//! consumption"); it claims again once a read A sent before letting go has surely
+//! returned. Partitions that keep their owner are never paused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ struct View {
     next_expiry: Option<Instant>,
     /// What looking after each held partition last found, by partition.
     looked: HashMap<u32, Looked>,
+    /// Partitions just taken, to look at again for what the previous holder's last read
+    /// brought it (see [`recheck`]), and when.
+    rechecks: Vec<(partitions::Tenure, Instant)>,
 }
 
 /// What looking after a partition last did, in one holding of it.
@@ -82,6 +86,7 @@ pub(crate) async fn run(
     let mut settled = false;
     let mut look = true;
     loop {
+        recheck(&shared, &mut view.rechecks).await;
         let now = Instant::now();
         let look_now = look || !settled || now >= next_full_look;
         let result = if now >= next_heartbeat {
@@ -108,6 +113,11 @@ pub(crate) async fn run(
         } else {
             Instant::now() + tick
         };
+        let wake = view
+            .rechecks
+            .iter()
+            .map(|(_, at)| *at)
+            .fold(wake, Instant::min);
         let hinted = async {
             if hinting {
                 hinting = hints.changed().await.is_ok();
@@ -137,6 +147,36 @@ pub(crate) async fn run(
             () = shared.coordinator_wake.notified() => true,
             () = stop.cancelled() => return,
         };
+    }
+}
+
+/// How long after the previous holder's last read surely returned a taken partition is
+/// looked at again.
+const RECHECK_MARGIN: Duration = Duration::from_millis(250);
+
+/// Claims what the previous holders of the partitions taken a while ago left after the
+/// claim at taking them. A holder's read sent before it let the partition go (a
+/// hand-over) or lost it can still deliver entries to it afterwards, up to the block
+/// time later; it drops them, and they would wait for the next look after the
+/// partition, a heartbeat interval away.
+async fn recheck(shared: &Shared, rechecks: &mut Vec<(partitions::Tenure, Instant)>) {
+    let now = Instant::now();
+    let due: Vec<partitions::Tenure> = rechecks
+        .iter()
+        .filter(|(_, at)| *at <= now)
+        .map(|(tenure, _)| *tenure)
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    rechecks.retain(|(_, at)| *at > now);
+    for tenure in due {
+        if shared.held.tenure(tenure.partition) != Some(tenure) {
+            continue; // let go meanwhile
+        }
+        if let Err(e) = takeover::claim_orphans(shared, tenure.partition, Orphans::OfOthers).await {
+            tracing::debug!(partition = tenure.partition, error = %e, "looking again at a partition just taken failed; the next look after it claims what is left");
+        }
     }
 }
 
@@ -332,6 +372,7 @@ async fn follow(shared: &Shared, view: &mut View) -> Result<bool, Error> {
         shared,
         &view.assignment,
         &mut view.stuck_reported,
+        &mut view.rechecks,
         partitions,
     )
     .await?;
@@ -351,6 +392,7 @@ async fn apply(
     shared: &Shared,
     assignment: &Assignment,
     stuck_reported: &mut bool,
+    rechecks: &mut Vec<(partitions::Tenure, Instant)>,
     partitions: u32,
 ) -> Result<bool, Error> {
     let target = assignment.owned_by(&shared.consumer);
@@ -469,6 +511,12 @@ async fn apply(
             }
         };
         shared.held.claimed(partition, floor);
+        if let Some(tenure) = shared.held.tenure(partition) {
+            rechecks.push((
+                tenure,
+                Instant::now() + shared.config.block + RECHECK_MARGIN,
+            ));
+        }
         resumed.push(partition);
     }
     if !resumed.is_empty() {
