@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The id of a job: returned by `enqueue`, carried by [`Job::id`], stored in the stream
 /// entry's `id` field and shown by the tools and the dead-letter queue.
 ///
-/// Ids are UUIDv7 strings, so they sort by creation time.
+/// Ids are UUIDv7 strings, so they sort by creation time (to the millisecond).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(Arc<str>);
 

@@ -113,11 +113,10 @@ pub(crate) async fn run(
         } else {
             Instant::now() + tick
         };
-        let wake = view
-            .rechecks
-            .iter()
-            .map(|(_, at)| *at)
-            .fold(wake, Instant::min);
+        // A recheck alone wakes the loop for itself, not for a look at the group.
+        let recheck_at = view.rechecks.iter().map(|(_, at)| *at).min();
+        let for_recheck = recheck_at.is_some_and(|at| at < wake);
+        let wake = recheck_at.map_or(wake, |at| at.min(wake));
         let hinted = async {
             if hinting {
                 hinting = hints.changed().await.is_ok();
@@ -133,7 +132,7 @@ pub(crate) async fn run(
             }
         };
         look = tokio::select! {
-            () = tokio::time::sleep_until(wake) => wake < next_heartbeat,
+            () = tokio::time::sleep_until(wake) => !for_recheck && wake < next_heartbeat,
             () = hinted => true,
             () = heartbeat => {
                 match members.borrow_and_update().clone() {

@@ -10,7 +10,9 @@
 //! needs no timer of its own: one timer serves all the jobs queued or on their way.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -184,7 +186,7 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
                 });
                 on_way.push((id, replies));
                 let look = next_look(on_way.iter().flat_map(|(_, r)| r), &queued);
-                alarm.as_mut().reset(look.into());
+                alarm.as_mut().reset(look);
                 continue;
             }
         }
@@ -231,7 +233,7 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
                 queued.iter_mut().for_each(|(_, reply)| reply.late(now));
                 queued.retain(|(_, reply)| reply.waiting());
                 let look = next_look(on_way.iter().flat_map(|(_, r)| r), &queued);
-                alarm.as_mut().reset(look.into());
+                alarm.as_mut().reset(look);
             }
         }
     }

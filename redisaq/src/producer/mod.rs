@@ -143,6 +143,9 @@ impl EnqueueOptions {
     }
 }
 
+/// A deadline too far to add to a clock (`Duration::MAX`) is this far: never, in effect.
+const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
 /// Default enqueue deadline.
 const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -200,6 +203,9 @@ enum Failure {
     PerJob(Vec<Option<redis::RedisError>>),
     /// The deadline passed while the jobs were on their way: any may be stored.
     TimedOut,
+    /// The deadline passed while the job waited behind earlier jobs still unanswered:
+    /// it was not sent.
+    Queued,
     /// Stored on the master, but fewer replicas than asked confirmed them in time.
     Unconfirmed { wanted: u32, confirmed: u64 },
 }
@@ -217,6 +223,17 @@ impl Failure {
                 format!(
                     "no answer within {} ms (REDISAQ_ENQUEUE_TIMEOUT_MS or \
                      EnqueueOptions::timeout): Redis is unreachable or too slow",
+                    timeout.as_millis()
+                ),
+            ),
+            Failure::Queued => Error::enqueue(
+                Vec::new(),
+                all(),
+                Vec::new(),
+                format!(
+                    "not sent within {} ms (REDISAQ_ENQUEUE_TIMEOUT_MS or \
+                     EnqueueOptions::timeout): Redis had not answered the jobs sent before \
+                     it; Redis is unreachable or too slow",
                     timeout.as_millis()
                 ),
             ),
@@ -454,13 +471,15 @@ pub fn enqueue<T: JobPayload>(
             // Boxed: this rare path would make every enqueue's future larger.
             return Box::pin(enqueue_confirmed(spec, id, json, trace, options, timeout)).await;
         }
-        let due = Instant::now() + timeout;
+        // Tokio's clock, as the timers': a test with paused time sees deadlines pass.
+        let now = tokio::time::Instant::now();
+        let due = now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE);
         // Known connection and topic: at once, with no timer. Else within the deadline.
         let prepare = prepare(spec);
         tokio::pin!(prepare);
         let prepared = match futures_util::poll!(prepare.as_mut()) {
             std::task::Poll::Ready(prepared) => Ok(prepared),
-            std::task::Poll::Pending => tokio::time::timeout_at(due.into(), prepare).await,
+            std::task::Poll::Pending => tokio::time::timeout_at(due, prepare).await,
         };
         let (link, state) = match prepared {
             Ok(Ok(prepared)) => prepared,
@@ -495,15 +514,16 @@ pub fn enqueue<T: JobPayload>(
                 Failure::NotSent(gone)
             }
         };
-        // The coalescer answers every job it was handed, by its deadline.
+        // The coalescer answers every job it took from its channel, by its deadline.
         let failure = match answered.await {
             Ok(Answer::Done(None)) => return Ok(id),
             Ok(Answer::Done(Some(refusal))) => Failure::PerJob(vec![Some(refusal)]),
             Ok(Answer::Failed(e)) => trip_failure(e),
             Ok(Answer::Late { sent: true }) => Failure::TimedOut,
-            Ok(Answer::Late { sent: false }) => Failure::NotSent(no_connection()),
+            Ok(Answer::Late { sent: false }) => Failure::Queued,
             Ok(Answer::Gone { sent }) => gone(sent),
-            Err(_) => gone(true),
+            // Dropped unanswered: still in the coalescer's channel when it stopped.
+            Err(_) => gone(false),
         };
         Err(failure.into_error(&[id], timeout))
     }
@@ -588,9 +608,11 @@ fn near(
     spec: &TopicSpec,
 ) -> Option<(Arc<Link>, Arc<TopicState>)> {
     NEAR.with_borrow(|near| {
-        let near = near
-            .as_ref()
-            .filter(|near| near.runtime == runtime && near.generation == generation)?;
+        let near = near.as_ref().filter(|near| {
+            near.runtime == runtime
+                && near.generation == generation
+                && !near.link.singles.is_closed()
+        })?;
         let state = near
             .topics
             .iter()
