@@ -13,8 +13,8 @@ async fn faulty(_job: Job<u64>) -> Result<(), JobError> {
     Ok(())
 }
 
-/// The ids of the jobs in the topic's streams.
-fn stored(server: &RedisServer) -> Vec<String> {
+/// One field of every job in the topic's streams.
+fn field(server: &RedisServer, name: &str) -> Vec<String> {
     let mut conn = server.connection();
     (0..2)
         .flat_map(|p| {
@@ -27,29 +27,22 @@ fn stored(server: &RedisServer) -> Vec<String> {
             reply
                 .ids
                 .into_iter()
-                .filter_map(|e| e.get::<String>("id"))
+                .filter_map(|e| e.get::<String>(name))
                 .collect::<Vec<_>>()
         })
         .collect()
 }
 
+/// The ids of the jobs in the topic's streams.
+fn stored(server: &RedisServer) -> Vec<String> {
+    field(server, "id")
+}
+
 /// The payloads of the jobs in the topic's streams.
 fn payloads(server: &RedisServer) -> Vec<u64> {
-    let mut conn = server.connection();
-    (0..2)
-        .flat_map(|p| {
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(redisaq::keys::partition(faulty::TOPIC, p))
-                .arg("-")
-                .arg("+")
-                .query(&mut conn)
-                .unwrap();
-            reply
-                .ids
-                .into_iter()
-                .filter_map(|e| e.get::<String>("payload")?.parse().ok())
-                .collect::<Vec<_>>()
-        })
+    field(server, "payload")
+        .iter()
+        .filter_map(|p| p.parse().ok())
         .collect()
 }
 

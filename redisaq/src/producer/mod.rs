@@ -543,25 +543,15 @@ async fn enqueue_confirmed(
     let sending = AtomicBool::new(false);
     within_deadline(timeout, &ids, &sending, async {
         let (link, state) = prepare(spec).await.map_err(Failure::NotSent)?;
-        let partition = route(&state, options.routing_key());
-        let job = NewJob {
-            stream: &state.streams[partition as usize],
-            fields: JobFields {
-                id: ids[0].as_str(),
-                payload: &json,
-                enqueued_at_ms: now_ms(),
-                key: options.key.as_deref(),
-                for_group: None,
-                trace: trace.as_deref().map(|t| (t, options.when.is_some())),
-            },
-            scheduled: options.scheduled(spec).map(|(when, window)| Scheduled {
-                topic: spec.topic,
-                partition,
-                when,
-                window,
-                all_ids: &state.ids,
-            }),
-        };
+        let job = new_job(
+            spec,
+            &state,
+            &ids[0],
+            &json,
+            &options,
+            trace.as_deref(),
+            now_ms(),
+        );
         // Leave the WAIT a little of the deadline to answer in.
         let wait = options.wait_replicas.map(|n| (n, timeout.mul_f64(0.8)));
         send(&mut link.conn.clone(), &[job], wait, &sending).await
@@ -569,6 +559,37 @@ async fn enqueue_confirmed(
     .await?;
     let [id] = ids;
     Ok(id)
+}
+
+/// A job to add, routed to its partition.
+fn new_job<'a>(
+    spec: &'static TopicSpec,
+    state: &'a TopicState,
+    id: &'a JobId,
+    json: &'a str,
+    options: &'a EnqueueOptions,
+    trace: Option<&'a str>,
+    enqueued_at_ms: u64,
+) -> NewJob<'a> {
+    let partition = route(state, options.routing_key());
+    NewJob {
+        stream: &state.streams[partition as usize],
+        fields: JobFields {
+            id: id.as_str(),
+            payload: json,
+            enqueued_at_ms,
+            key: options.key.as_deref(),
+            for_group: None,
+            trace: trace.map(|t| (t, options.when.is_some())),
+        },
+        scheduled: options.scheduled(spec).map(|(when, window)| Scheduled {
+            topic: spec.topic,
+            partition,
+            when,
+            window,
+            all_ids: &state.ids,
+        }),
+    }
 }
 
 /// The connection and what is known of the topic: this thread's copy if it has one,
@@ -737,25 +758,15 @@ pub fn enqueue_batch_with<T: JobPayload, I: IntoIterator<Item = (T, EnqueueOptio
                 .iter()
                 .zip(&items)
                 .map(|(id, (json, options))| {
-                    let partition = route(&state, options.routing_key());
-                    NewJob {
-                        stream: &state.streams[partition as usize],
-                        fields: JobFields {
-                            id: id.as_str(),
-                            payload: json,
-                            enqueued_at_ms,
-                            key: options.key.as_deref(),
-                            for_group: None,
-                            trace: trace.as_deref().map(|t| (t, options.when.is_some())),
-                        },
-                        scheduled: options.scheduled(spec).map(|(when, window)| Scheduled {
-                            topic: spec.topic,
-                            partition,
-                            when,
-                            window,
-                            all_ids: &state.ids,
-                        }),
-                    }
+                    new_job(
+                        spec,
+                        &state,
+                        id,
+                        json,
+                        options,
+                        trace.as_deref(),
+                        enqueued_at_ms,
+                    )
                 })
                 .collect();
             // Leave the WAIT a little of the deadline to answer in.
