@@ -34,9 +34,7 @@ const LOOK_AT_QUEUED: Duration = Duration::from_millis(10);
 /// A job waiting for its round trip.
 pub(super) struct Single {
     pub job: Job,
-    /// When its enqueue gives up.
-    pub deadline: Instant,
-    pub answer: oneshot::Sender<Answer>,
+    pub reply: Reply,
 }
 
 /// What is stored of a [`Single`].
@@ -82,9 +80,8 @@ impl Coalescer {
 
     /// Queues a job; its answer comes on its `answer` channel, by its deadline.
     pub(super) fn send(&self, single: Single) {
-        if let Err(refused) = self.singles.send(single) {
-            let _ = refused.0.answer.send(Answer::Gone { sent: false });
-        }
+        // Refused, it is dropped here, and its reply answers `Gone`.
+        let _ = self.singles.send(single);
     }
 
     /// Whether the coalescer stopped (its runtime shut down).
@@ -93,16 +90,16 @@ impl Coalescer {
     }
 }
 
-/// A job's answer channel, answered exactly once: by the coalescer, or when the
-/// coalescer is dropped with the job.
-struct Reply {
+/// A job's answer channel and deadline, answered exactly once: by the coalescer, or
+/// `Gone` when dropped unanswered (the coalescer stopped with the job).
+pub(super) struct Reply {
     deadline: Instant,
     sent: bool,
     answer: Option<oneshot::Sender<Answer>>,
 }
 
 impl Reply {
-    fn new(deadline: Instant, answer: oneshot::Sender<Answer>) -> Self {
+    pub(super) fn new(deadline: Instant, answer: oneshot::Sender<Answer>) -> Self {
         Self {
             deadline,
             sent: false,
@@ -164,11 +161,7 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
             if queued.len() >= enough {
                 // Those who stopped waiting (their enqueue was dropped) are not sent, nor
                 // those whose deadline passed while they were queued.
-                let now = Instant::now();
-                queued.retain_mut(|(_, reply)| {
-                    reply.late(now);
-                    reply.waiting()
-                });
+                prune(&mut queued, Instant::now());
             }
             if !queued.is_empty() && queued.len() >= enough {
                 let rest = queued.split_off(queued.len().min(MOST));
@@ -195,7 +188,7 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
                 return;
             }
             match waiting.recv().await {
-                Some(single) => queued.push(split(single)),
+                Some(single) => queued.push((single.job, single.reply)),
                 None => open = false,
             }
             continue;
@@ -219,7 +212,7 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
                 }
             }
             single = waiting.recv(), if open && on_way.len() < IN_FLIGHT => match single {
-                Some(single) => queued.push(split(single)),
+                Some(single) => queued.push((single.job, single.reply)),
                 None => open = false,
             },
             () = &mut alarm => {
@@ -230,8 +223,7 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
                 for (_, replies) in &mut on_way {
                     replies.iter_mut().for_each(|reply| reply.late(now));
                 }
-                queued.iter_mut().for_each(|(_, reply)| reply.late(now));
-                queued.retain(|(_, reply)| reply.waiting());
+                prune(&mut queued, now);
                 let look = next_look(on_way.iter().flat_map(|(_, r)| r), &queued);
                 alarm.as_mut().reset(look);
             }
@@ -239,15 +231,20 @@ async fn run(conn: Conn, mut waiting: mpsc::UnboundedReceiver<Single>) {
     }
 }
 
-fn split(single: Single) -> (Job, Reply) {
-    (single.job, Reply::new(single.deadline, single.answer))
-}
-
 /// Moves what waits in the channel to `queued`.
 fn take_queued(waiting: &mut mpsc::UnboundedReceiver<Single>, queued: &mut Vec<(Job, Reply)>) {
     while let Ok(single) = waiting.try_recv() {
-        queued.push(split(single));
+        queued.push((single.job, single.reply));
     }
+}
+
+/// Answers the queued jobs whose deadline passed by `now`, and drops them and those
+/// whose enqueue stopped waiting: neither is sent.
+fn prune(queued: &mut Vec<(Job, Reply)>, now: Instant) {
+    queued.retain_mut(|(_, reply)| {
+        reply.late(now);
+        reply.waiting()
+    });
 }
 
 /// When to look again at the jobs' deadlines: the earliest unanswered one, but not

@@ -500,8 +500,7 @@ pub fn enqueue<T: JobPayload>(
                 trace,
                 scheduled,
             },
-            deadline: due,
-            answer,
+            reply: coalesce::Reply::new(due, answer),
         });
         let gone = |sent| {
             let gone = Error::Redis(redis::RedisError::from((
@@ -514,7 +513,7 @@ pub fn enqueue<T: JobPayload>(
                 Failure::NotSent(gone)
             }
         };
-        // The coalescer answers every job it took from its channel, by its deadline.
+        // Every job is answered: by the coalescer, by its deadline, or `Gone` by its reply.
         let failure = match answered.await {
             Ok(Answer::Done(None)) => return Ok(id),
             Ok(Answer::Done(Some(refusal))) => Failure::PerJob(vec![Some(refusal)]),
@@ -522,8 +521,8 @@ pub fn enqueue<T: JobPayload>(
             Ok(Answer::Late { sent: true }) => Failure::TimedOut,
             Ok(Answer::Late { sent: false }) => Failure::Queued,
             Ok(Answer::Gone { sent }) => gone(sent),
-            // Dropped unanswered: still in the coalescer's channel when it stopped.
-            Err(_) => gone(false),
+            // A reply answers when dropped; never dropped unanswered, then.
+            Err(_) => gone(true),
         };
         Err(failure.into_error(&[id], timeout))
     }
