@@ -5,7 +5,6 @@
 //! on that partition at once, and whoever owns it next runs those jobs again as a new
 //! attempt (at-least-once).
 
-use crate::store::conn::Conn;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -18,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::partitions::Tenure;
 use super::Shared;
-use crate::store::lease;
-use crate::store::stream;
+use crate::keys;
+use crate::store::acks::{Acks, Outcome};
 
 /// Most ids sent in one round trip.
 const MAX_PER_FLUSH: usize = 2048;
@@ -39,7 +38,7 @@ pub(crate) enum Ack {
 
 /// Who acknowledges: the consumer, for fencing.
 pub(crate) struct Acker {
-    pub conn: Conn,
+    pub acks: Acks,
     pub shared: Arc<Shared>,
 }
 
@@ -113,13 +112,20 @@ impl Acker {
                 .iter()
                 .map(|(tenure, ids)| (shared.holding(*tenure), ids.as_slice()))
                 .collect();
-            match stream::ack_many(&mut self.conn, &batches).await {
-                Ok(results) => {
+            // The leases of what is held now: the next flush's, likely.
+            let keep: Vec<String> = shared
+                .held
+                .tenures()
+                .iter()
+                .map(|t| keys::lease(&shared.topic, t.partition, shared.group))
+                .collect();
+            match self.acks.send(&batches, &keep).await {
+                Ok(outcomes) => {
                     let mut again = Vec::new();
-                    for ((tenure, ids), result) in left.into_iter().zip(results) {
-                        match result {
-                            Ok(_) => {}
-                            Err(e) if lease::is_fenced(&e) => {
+                    for ((tenure, ids), outcome) in left.into_iter().zip(outcomes) {
+                        match outcome {
+                            Outcome::Taken => {}
+                            Outcome::Refused => {
                                 // These jobs ran: the next owner's run is a new attempt.
                                 shared.held.ran_unacked(tenure.partition, ids);
                                 shared.lease_lost(
@@ -127,7 +133,7 @@ impl Acker {
                                     "its acknowledgements were refused (the lease is not ours)",
                                 );
                             }
-                            Err(e) => {
+                            Outcome::Failed(e) => {
                                 tracing::warn!(
                                     partition = tenure.partition, count = ids.len(), error = %e,
                                     attempt, "acknowledgements not taken; retrying"

@@ -344,7 +344,7 @@ pub(crate) async fn run(
     );
 
     let acker = ack::Acker {
-        conn: conn.clone(),
+        acks: store::acks::Acks::new(conn.clone(), target.clone()),
         shared: shared.clone(),
     };
     // If this future is dropped (the embedding app dropped `run_until`), everything it

@@ -327,6 +327,20 @@ impl Target {
         ))
     }
 
+    /// A connection to the one node that never reconnects by itself, for state kept on
+    /// the connection (a `WATCH`): once it failed, the caller drops it and opens another.
+    pub(crate) async fn session(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, Error> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(response_timeout));
+        Ok(self.nodes[0]
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
     /// A pub/sub connection to the first node that answers (on a cluster, any node hears
     /// every message).
     pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub, Error> {

@@ -2,12 +2,14 @@
 //! runtime and the tools need, with typed results; the consumer, the producer and the
 //! admin call these and speak in types. Nothing here knows the consumer or the admin.
 //!
-//! [`stream`] (jobs in partition streams), [`lease`] (fenced ownership), [`members`]
+//! [`stream`] (jobs in partition streams), [`acks`] (fenced acknowledgements, many at
+//! once), [`lease`] (fenced ownership), [`members`]
 //! (heartbeats), [`renewal`] (a worker's heartbeats and leases renewed at once), [`assignment`], [`view`] (what a coordinator reads each step),
 //! [`changes`] (hints that a topic's assignment moved), [`group`] (consumer groups),
 //! [`due`] (entries waiting to run again), [`schedule`] (delayed jobs, ids stored once), [`cron`] (schedules), [`rate`] (rate limits), [`dlq`] (dead letters), [`trim`], [`topic`]
 //! (settings and layout), [`scripts`] (sent by hash) and [`conn`] (connections).
 
+pub(crate) mod acks;
 pub(crate) mod assignment;
 pub(crate) mod changes;
 pub(crate) mod conn;
@@ -38,6 +40,7 @@ pub(crate) async fn server_ms(conn: &mut impl ConnectionLike) -> Result<u64, Err
 
 /// One holding of a partition by a consumer of a group, as the fenced scripts see it: the
 /// keys it works on and the lease token it proves itself with.
+#[derive(Clone)]
 pub(crate) struct Holding {
     pub lease: String,
     pub token: String,
