@@ -469,3 +469,80 @@ async fn pages_show_the_topic_and_changes_need_a_form_of_ours_and_the_token() {
 fn futures_lite<T>(future: impl std::future::Future<Output = Result<T, redisaq::Error>>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future)).unwrap()
 }
+
+#[job(topic = "dash_nested", group = "dash_nested_group")]
+async fn dash_nested(_job: Job<u64>) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_in_an_app_its_links_forms_and_redirects_stay_under_the_mount_point() {
+    redisaq_tests::setup();
+    dash_nested::enqueue(1).await.unwrap();
+    let admin = Admin::connect(&redis().url()).await.unwrap();
+    let app = axum::Router::new().nest("/ops", dashboard::router(admin.clone(), Options::new()));
+
+    for root in ["/ops", "/ops/schedules"] {
+        let overview = get(&app, root).await;
+        assert_eq!(overview.status, StatusCode::OK, "{root}");
+        for link in [
+            r#"src="/ops/assets/htmx.min.js""#,
+            r#"href="/ops/schedules""#,
+            r#"href="/ops""#,
+        ] {
+            assert!(overview.body.contains(link), "{root} has {link}");
+        }
+        assert!(!overview.body.contains(r#"href="/topics/"#), "{root}");
+    }
+    assert!(get(&app, "/ops")
+        .await
+        .body
+        .contains(r#"href="/ops/topics/dash_nested""#));
+    assert_eq!(
+        get(&app, "/ops/assets/htmx.min.js").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&app, "/topics/dash_nested").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let topic = get(&app, "/ops/topics/dash_nested").await;
+    assert_eq!(topic.status, StatusCode::OK, "{}", topic.body);
+    assert!(
+        topic
+            .body
+            .contains(r#"action="/ops/topics/dash_nested/pause""#),
+        "{}",
+        topic.body
+    );
+    assert!(topic.body.contains(r#"value="/ops/topics/dash_nested""#));
+    let (cookie, csrf) = form_cookie(&topic);
+    // As the page's form posts it, and with no way back given.
+    let paused = post(
+        &app,
+        "/ops/topics/dash_nested/pause",
+        std::slice::from_ref(&cookie),
+        &[("csrf", &csrf), ("back", "/ops/topics/dash_nested")],
+        None,
+    )
+    .await;
+    assert_eq!(paused.status, StatusCode::SEE_OTHER, "{}", paused.body);
+    assert_eq!(paused.location.as_deref(), Some("/ops/topics/dash_nested"));
+    assert!(admin
+        .topics()
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.topic == "dash_nested" && t.paused));
+    let resumed = post(
+        &app,
+        "/ops/topics/dash_nested/resume",
+        &[cookie],
+        &[("csrf", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status, StatusCode::SEE_OTHER, "{}", resumed.body);
+    assert_eq!(resumed.location.as_deref(), Some("/ops/topics/dash_nested"));
+}

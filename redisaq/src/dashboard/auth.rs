@@ -138,9 +138,11 @@ pub(super) fn allow_change(
         if !logged_in {
             return Err(Failure(
                 StatusCode::UNAUTHORIZED,
-                "changes need the dashboard token: log in (/login), or send \
-                 `Authorization: Bearer <token>`"
-                    .into(),
+                format!(
+                    "changes need the dashboard token: log in ({}), or send \
+                     `Authorization: Bearer <token>`",
+                    super::pages::at("/login")
+                ),
             ));
         }
     }

@@ -15,6 +15,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Nested in an app (`Router::new().nest("/ops", dashboard::router(admin, options))`),
+//! its links, forms and redirects stay under `/ops`.
+//!
 //! Safe by default: reading needs no token; with a token set, every change needs it
 //! (`Authorization: Bearer T` from scripts; the browser asks once and keeps it in a
 //! cookie). Forms carry a per-browser value that must match a `SameSite=Strict` cookie,
@@ -26,7 +29,7 @@ mod rates;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -110,6 +113,29 @@ pub fn router(admin: Admin, options: Options) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/assets/htmx.min.js", get(htmx))
         .with_state(state)
+        .layer(axum::middleware::from_fn(mounted))
+}
+
+/// Answers the request knowing where the dashboard is mounted: nested in an app at
+/// `/ops`, axum hands it `/topics/t` for `/ops/topics/t`, and its links, forms and
+/// redirects must say `/ops/topics/t`.
+async fn mounted(
+    OriginalUri(original): OriginalUri,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let base = mount_point(original.path(), request.uri().path()).to_string();
+    pages::BASE.scope(base, next.run(request)).await
+}
+
+/// The part of the path the app routed on before the dashboard's own (empty at the root).
+fn mount_point<'a>(original: &'a str, own: &str) -> &'a str {
+    match original.strip_suffix(own) {
+        Some(base) => base,
+        // Nested at `/ops`, the request for `/ops` itself is the dashboard's `/`.
+        None if own == "/" => original.trim_end_matches('/'),
+        None => "",
+    }
 }
 
 /// A failed read or change, shown as a page.
@@ -349,7 +375,7 @@ async fn replay(
     tracing::info!(%topic, count = replayed.len(), "dashboard: replayed dead letters");
     Ok(back(
         &fields,
-        format!("/topics/{}/dead-letters", pages::seg(&topic)),
+        pages::at(&format!("/topics/{}/dead-letters", pages::seg(&topic))),
     ))
 }
 
@@ -368,7 +394,8 @@ async fn purge(
     }
     let purged = state.admin.purge_dead_letters(&topic).await?;
     tracing::info!(%topic, purged, "dashboard: purged dead letters");
-    Ok(Redirect::to(&format!("/topics/{}/dead-letters", pages::seg(&topic))).into_response())
+    let list = pages::at(&format!("/topics/{}/dead-letters", pages::seg(&topic)));
+    Ok(Redirect::to(&list).into_response())
 }
 
 async fn pause(state: Shared, topic: Path<String>, headers: HeaderMap, fields: Fields) -> Page {
@@ -394,7 +421,10 @@ async fn set_paused(
     } else {
         state.admin.resume(&topic, group).await?;
     }
-    Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
+    Ok(back(
+        &fields,
+        pages::at(&format!("/topics/{}", pages::seg(&topic))),
+    ))
 }
 
 async fn cancel(
@@ -405,7 +435,10 @@ async fn cancel(
 ) -> Page {
     auth::allow_change(&state.options, &headers, &fields)?;
     state.admin.cancel(&topic, &JobId::from(id)).await?;
-    Ok(back(&fields, format!("/topics/{}", pages::seg(&topic))))
+    Ok(back(
+        &fields,
+        pages::at(&format!("/topics/{}", pages::seg(&topic))),
+    ))
 }
 
 /// The login page's query: where to go after.
@@ -419,19 +452,19 @@ async fn login_page(
     Query(next): Query<Next>,
     headers: HeaderMap,
 ) -> Response {
-    let next = next.next.unwrap_or_else(|| "/".into());
+    let next = next.next.unwrap_or_else(|| pages::at("/"));
     let needed = state.options.token.is_some();
     page(&headers, |csrf| pages::login(csrf, &next, needed, false))
 }
 
 async fn login(State(state): Shared, headers: HeaderMap, Form(fields): Fields) -> Response {
-    let next = field(&fields, "back").unwrap_or("/").to_string();
+    let next = field(&fields, "back").map_or_else(|| pages::at("/"), str::to_string);
     if !auth::form_is_ours(&headers, &fields) {
         return auth::refused_form();
     }
     match (&state.options.token, field(&fields, "token")) {
         (Some(token), Some(given)) if auth::same(token, given) => {
-            let mut response = back(&fields, "/".into());
+            let mut response = back(&fields, pages::at("/"));
             auth::set_token_cookie(&mut response, token);
             response
         }
@@ -440,7 +473,7 @@ async fn login(State(state): Shared, headers: HeaderMap, Form(fields): Fields) -
             page(&headers, |csrf| pages::login(csrf, &next, true, true)),
         )
             .into_response(),
-        (None, _) => back(&fields, "/".into()),
+        (None, _) => back(&fields, pages::at("/")),
     }
 }
 
@@ -456,7 +489,17 @@ async fn htmx() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::is_local_path;
+    use super::{is_local_path, mount_point};
+
+    #[test]
+    fn the_mount_point_is_what_the_app_routed_on() {
+        assert_eq!(mount_point("/topics/t", "/topics/t"), "");
+        assert_eq!(mount_point("/", "/"), "");
+        assert_eq!(mount_point("/ops/topics/t", "/topics/t"), "/ops");
+        assert_eq!(mount_point("/ops", "/"), "/ops");
+        assert_eq!(mount_point("/ops/", "/"), "/ops");
+        assert_eq!(mount_point("/a/b/schedules", "/schedules"), "/a/b");
+    }
 
     #[test]
     fn only_paths_of_this_site_are_followed() {

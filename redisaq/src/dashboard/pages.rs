@@ -65,13 +65,13 @@ fn layout(title: &str, refresh: bool, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · redisaq" }
                 style { (PreEscaped(STYLE)) }
-                script src="/assets/htmx.min.js" defer {}
+                script src=(at("/assets/htmx.min.js")) defer {}
             }
             body {
                 header {
-                    strong { a href="/" { "redisaq" } }
-                    a href="/" { "Topics" }
-                    a href="/schedules" { "Schedules" }
+                    strong { a href=(at("/")) { "redisaq" } }
+                    a href=(at("/")) { "Topics" }
+                    a href=(at("/schedules")) { "Schedules" }
                 }
                 @if refresh {
                     main hx-get="" hx-trigger="every 5s" hx-select="main" hx-swap="outerHTML" {
@@ -83,6 +83,22 @@ fn layout(title: &str, refresh: bool, body: Markup) -> Markup {
             }
         }
     }
+}
+
+tokio::task_local! {
+    /// Where the dashboard is mounted (`/ops` when nested there; empty at the root),
+    /// for the request being answered.
+    pub(super) static BASE: String;
+}
+
+/// A path of the dashboard as the browser must ask for it: under the mount point (whose
+/// own root is `/ops`, not `/ops/`, which axum's `nest` does not route).
+pub(super) fn at(path: &str) -> String {
+    BASE.try_with(|base| match path {
+        "/" if !base.is_empty() => base.clone(),
+        _ => format!("{base}{path}"),
+    })
+    .unwrap_or_else(|_| path.to_string())
 }
 
 /// What a path segment keeps as it is: letters, digits and `-._~` (RFC 3986 unreserved).
@@ -153,8 +169,8 @@ pub(super) fn failure(status: StatusCode, message: &str) -> Markup {
         html! {
             h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
             p class="error" { (message) }
-            @if login { p { a href="/login" { "Log in" } } }
-            p { a href="/" { "Back to the topics" } }
+            @if login { p { a href=(at("/login")) { "Log in" } } }
+            p { a href=(at("/")) { "Back to the topics" } }
         },
     )
 }
@@ -179,7 +195,7 @@ pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>, Option<Rate>)])
                             @let waiting: u64 = groups.iter().map(|g| g.lag).sum();
                             @let pending: u64 = groups.iter().map(|g| g.pending).sum();
                             tr {
-                                td { a href={ "/topics/" (seg(&topic.topic)) } { (topic.topic) } }
+                                td { a href={ (at("/topics/")) (seg(&topic.topic)) } { (topic.topic) } }
                                 td class="num" { (topic.partitions) }
                                 td class="num" {
                                     @if let Some(rate) = rate {
@@ -193,7 +209,7 @@ pub(super) fn overview(topics: &[(TopicStatus, Vec<GroupStatus>, Option<Rate>)])
                                 td class="num" { (topic.delayed) }
                                 td class="num" {
                                     @if topic.dead_letters > 0 {
-                                        a href={ "/topics/" (seg(&topic.topic)) "/dead-letters" } {
+                                        a href={ (at("/topics/")) (seg(&topic.topic)) "/dead-letters" } {
                                             span class="badge bad" { (topic.dead_letters) }
                                         }
                                     } @else { "0" }
@@ -229,7 +245,7 @@ pub(super) fn schedules(schedules: &[ScheduleStatus]) -> Markup {
                     tbody {
                         @for s in schedules {
                             tr {
-                                td { a href={ "/topics/" (seg(&s.topic)) } { (s.topic) } }
+                                td { a href={ (at("/topics/")) (seg(&s.topic)) } { (s.topic) } }
                                 td { code { (s.cron) } }
                                 td { (s.tz) }
                                 td { (s.last_fire_ms.map_or("-".into(), when)) }
@@ -246,8 +262,8 @@ pub(super) fn schedules(schedules: &[ScheduleStatus]) -> Markup {
 fn pause_form(csrf: &str, topic: &str, group: Option<&str>, paused: bool) -> Markup {
     let action = if paused { "resume" } else { "pause" };
     html! {
-        form class="inline" method="post" action={ "/topics/" (seg(topic)) "/" (action) } {
-            (form_fields(csrf, &format!("/topics/{}", seg(topic))))
+        form class="inline" method="post" action={ (at("/topics/")) (seg(topic)) "/" (action) } {
+            (form_fields(csrf, &at(&format!("/topics/{}", seg(topic)))))
             @if let Some(group) = group { input type="hidden" name="group" value=(group); }
             button type="submit" { @if paused { "Resume" } @else { "Pause" } }
         }
@@ -270,7 +286,7 @@ pub(super) fn topic(
             h1 { "Topic " (name) " " (paused_badge(topic.paused)) }
             (job_search(name, None))
             div class="toolbar" {
-                a href={ "/topics/" (seg(name)) "/dead-letters" } { (topic.dead_letters) " dead letters" }
+                a href={ (at("/topics/")) (seg(name)) "/dead-letters" } { (topic.dead_letters) " dead letters" }
                 span class="muted" { (topic.delayed) " delayed" }
                 @if view.can_change { (pause_form(csrf, name, None, topic.paused)) }
             }
@@ -357,8 +373,8 @@ pub(super) fn topic(
                                 td { (when(job.due_ms)) }
                                 @if view.can_change {
                                     td {
-                                        form class="inline" method="post" action={ "/topics/" (seg(name)) "/delayed/" (seg(job.id.as_str())) "/cancel" } {
-                                            (form_fields(csrf, &format!("/topics/{}", seg(name))))
+                                        form class="inline" method="post" action={ (at("/topics/")) (seg(name)) "/delayed/" (seg(job.id.as_str())) "/cancel" } {
+                                            (form_fields(csrf, &at(&format!("/topics/{}", seg(name)))))
                                             button type="submit" class="danger" { "Cancel" }
                                         }
                                     }
@@ -377,7 +393,7 @@ pub(super) fn topic(
 
 fn job_search(topic: &str, id: Option<&str>) -> Markup {
     html! {
-        form class="toolbar" method="get" action={ "/topics/" (seg(topic)) "/job" } {
+        form class="toolbar" method="get" action={ (at("/topics/")) (seg(topic)) "/job" } {
             input type="text" name="id" placeholder="find a job by id" value=(id.unwrap_or("")) size="40";
             button type="submit" { "Find" }
         }
@@ -389,7 +405,7 @@ pub(super) fn job(topic: &str, id: Option<&str>, status: Option<&JobStatus>) -> 
         "Find a job",
         false,
         html! {
-            h1 { "Find a job in " a href={ "/topics/" (seg(topic)) } { (topic) } }
+            h1 { "Find a job in " a href={ (at("/topics/")) (seg(topic)) } { (topic) } }
             (job_search(topic, id))
             @if let Some(status) = status {
                 @if !status.found() {
@@ -426,7 +442,7 @@ pub(super) fn job(topic: &str, id: Option<&str>, status: Option<&JobStatus>) -> 
                             tbody {
                                 @for l in &status.dead_letters {
                                     tr {
-                                        td { a href={ "/topics/" (seg(topic)) "/dead-letters/" (seg(l.id.as_str())) } { (l.group) } }
+                                        td { a href={ (at("/topics/")) (seg(topic)) "/dead-letters/" (seg(l.id.as_str())) } { (l.group) } }
                                         td class="num" { (l.attempts) }
                                         td { (short(&l.error, 80)) }
                                     }
@@ -450,12 +466,12 @@ pub(super) fn dead_letters(
     search: Option<&str>,
     letters: &[DeadLetterEntry],
 ) -> Markup {
-    let here = format!("/topics/{}/dead-letters", seg(topic));
+    let here = at(&format!("/topics/{}/dead-letters", seg(topic)));
     layout(
         &format!("Dead letters of {topic}"),
         false,
         html! {
-            h1 { "Dead letters of " a href={ "/topics/" (seg(topic)) } { (topic) } }
+            h1 { "Dead letters of " a href={ (at("/topics/")) (seg(topic)) } { (topic) } }
             form class="toolbar" method="get" action=(here) {
                 select name="group" {
                     option value="" { "every group" }
@@ -510,7 +526,7 @@ fn short(text: &str, width: usize) -> String {
 }
 
 pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEntry) -> Markup {
-    let list = format!("/topics/{}/dead-letters", seg(topic));
+    let list = at(&format!("/topics/{}/dead-letters", seg(topic)));
     layout(
         &format!("Dead letter {}", l.id),
         false,
@@ -519,7 +535,7 @@ pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEn
             div class="scroll" { table { tbody {
                 tr { th { "job id" } td { code { (l.id) } } }
                 tr { th { "dead-letter id" } td { code { (l.dead_letter_id) } } }
-                tr { th { "topic" } td { a href={ "/topics/" (seg(topic)) } { (topic) } } }
+                tr { th { "topic" } td { a href={ (at("/topics/")) (seg(topic)) } { (topic) } } }
                 tr { th { "group" } td { (l.group) } }
                 tr { th { "partition" } td { (l.partition) } }
                 tr { th { "key" } td { (l.key.as_deref().unwrap_or("-")) } }
@@ -548,7 +564,7 @@ pub(super) fn dead_letter(view: &View, csrf: &str, topic: &str, l: &DeadLetterEn
 }
 
 pub(super) fn purge_confirm(view: &View, csrf: &str, topic: &str, count: usize) -> Markup {
-    let list = format!("/topics/{}/dead-letters", seg(topic));
+    let list = at(&format!("/topics/{}/dead-letters", seg(topic)));
     layout(
         "Purge dead letters",
         false,
@@ -577,11 +593,11 @@ pub(super) fn login(csrf: &str, next: &str, needed: bool, failed: bool) -> Marku
         html! {
             h1 { "Log in" }
             @if !needed {
-                p { "This dashboard needs no token." } p { a href="/" { "Go to the topics" } }
+                p { "This dashboard needs no token." } p { a href=(at("/")) { "Go to the topics" } }
             } @else {
                 p { "Changes (replay, purge, pause, cancel) need the dashboard's token. Reading does not." }
                 @if failed { p class="error" { "That is not the token." } }
-                form method="post" action="/login" class="toolbar" {
+                form method="post" action=(at("/login")) class="toolbar" {
                     (form_fields(csrf, next))
                     input type="password" name="token" placeholder="token" autofocus;
                     button type="submit" { "Log in" }
