@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::error::Error;
 pub use crate::store::dlq::DeadLetterEntry;
 use crate::store::topic;
-use crate::store::{self, dlq, schedule, stream};
+use crate::store::{self, dlq, due, schedule, stream};
 use crate::JobId;
 use crate::{keys, wire};
 
@@ -129,7 +129,11 @@ pub struct JobInGroup {
 pub enum JobState {
     /// Not yet delivered to the group.
     Waiting,
-    /// Delivered and not acknowledged: running, or waiting for its retry.
+    /// Delivered to a consumer and not acknowledged, and not waiting for a retry: running,
+    /// queued in that worker, or left by a consumer that died until the partition's next
+    /// owner claims it.
+    Running,
+    /// Not acknowledged, waiting for its retry (it failed; the backoff has not passed).
     Pending,
     /// Acknowledged: processed (or, if a dead letter of the group is listed, given up).
     Done,
@@ -139,6 +143,7 @@ impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             JobState::Waiting => "waiting",
+            JobState::Running => "running",
             JobState::Pending => "pending",
             JobState::Done => "done",
         })
@@ -597,7 +602,16 @@ impl Admin {
                     .into_iter()
                     .find(|p| p.id == entry_id);
                 match pending {
-                    Some(p) => (JobState::Pending, Some(p.consumer), Some(p.deliveries)),
+                    Some(p) => {
+                        let due = keys::due(topic, partition, &row.name);
+                        let retrying = due::waiting(&mut conn, &due, &[entry_id]).await?;
+                        let state = if retrying.first() == Some(&true) {
+                            JobState::Pending
+                        } else {
+                            JobState::Running
+                        };
+                        (state, Some(p.consumer), Some(p.deliveries))
+                    }
                     None => (JobState::Done, None, None),
                 }
             };

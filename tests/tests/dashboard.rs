@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use redisaq::admin::Admin;
+use redisaq::admin::{Admin, JobState};
 use redisaq::dashboard::{self, Options};
 use redisaq::{job, EnqueueOptions, Job, JobError};
-use redisaq_tests::{eventually, redis, test_worker, Background, Calls, Work};
+use redisaq_tests::{eventually, redis, test_worker, Background, Calls, Hold, Work};
 use tower::ServiceExt;
 
 static FAIL: AtomicBool = AtomicBool::new(true);
@@ -545,4 +545,57 @@ async fn nested_in_an_app_its_links_forms_and_redirects_stay_under_the_mount_poi
     .await;
     assert_eq!(resumed.status, StatusCode::SEE_OTHER, "{}", resumed.body);
     assert_eq!(resumed.location.as_deref(), Some("/ops/topics/dash_nested"));
+}
+
+static WHERE_HOLD: Hold = Hold::new();
+
+#[job(topic = "dash_where", group = "dash_where_group", retries = 3)]
+async fn dash_where(job: Job<u64>) -> Result<(), JobError> {
+    if *job.payload() == 0 {
+        WHERE_HOLD.hold().await;
+        return Ok(());
+    }
+    Err(JobError::retry("not yet"))
+}
+
+/// The group's state of a job, once `Admin::job` finds it in the group.
+async fn state_in_group(admin: &Admin, id: &redisaq::JobId) -> Option<JobState> {
+    let status = admin.job("dash_where", id).await.unwrap();
+    status.groups.first().map(|g| g.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_shows_running_while_its_handler_runs_and_pending_while_it_waits_to_retry() {
+    redisaq_tests::setup();
+    let admin = Admin::connect(&redis().url()).await.unwrap();
+    // Retries far off: a failed job waits for its retry while the test looks.
+    let worker = Background::start(
+        test_worker(&["dash_where"])
+            .retry_backoff(Duration::from_secs(600), Duration::from_secs(600)),
+    );
+    let held = dash_where::enqueue(0).await.unwrap();
+    assert!(WHERE_HOLD.started().await, "the held job started");
+    let running = admin.job("dash_where", &held).await.unwrap();
+    assert_eq!(running.groups[0].state, JobState::Running, "{running:?}");
+    assert!(running.groups[0].consumer.is_some(), "{running:?}");
+
+    let failing = dash_where::enqueue(1).await.unwrap();
+    let mut seen = Vec::new();
+    let retrying = eventually(Duration::from_secs(30), || {
+        let state = futures_lite(async { Ok(state_in_group(&admin, &failing).await) });
+        seen.push(state);
+        state == Some(JobState::Pending)
+    })
+    .await;
+    assert!(retrying, "the failed job waits for its retry: {seen:?}");
+    let shown = admin.job("dash_where", &failing).await.unwrap();
+    assert_eq!(shown.groups[0].deliveries, Some(1), "{shown:?}");
+
+    WHERE_HOLD.release();
+    let done = eventually(Duration::from_secs(30), || {
+        futures_lite(async { Ok(state_in_group(&admin, &held).await) }) == Some(JobState::Done)
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert!(done, "the held job finished");
 }

@@ -424,7 +424,7 @@ pub(super) fn job(topic: &str, id: Option<&str>, status: Option<&JobStatus>) -> 
                             thead { tr { th { "group" } th { "state" } th { "consumer" } th { "deliveries" } } }
                             tbody {
                                 @for g in &status.groups {
-                                    @let class = match g.state { JobState::Done => "ok", JobState::Pending => "warn", _ => "" };
+                                    @let class = match g.state { JobState::Done => "ok", JobState::Pending | JobState::Running => "warn", _ => "" };
                                     tr {
                                         td { (g.group) }
                                         td { span class={ "badge " (class) } { (g.state.to_string()) } }
