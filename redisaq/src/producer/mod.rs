@@ -332,9 +332,11 @@ pub fn set_redis_url(url: &str) -> Result<(), Error> {
     store::conn::client(url)?;
     let state = producer();
     *state.url.write().expect("producer url lock") = Some(url.to_string());
+    // Before the links are dropped: a connection to the old URL made meanwhile is then
+    // either not kept (its maker sees the new generation) or dropped here.
+    GENERATION.fetch_add(1, Ordering::Release);
     state.links.write().expect("producer links lock").clear();
     state.topics.write().expect("producer topics lock").clear();
-    GENERATION.fetch_add(1, Ordering::Release);
     Ok(())
 }
 
@@ -362,6 +364,7 @@ async fn link() -> Result<Arc<Link>, Error> {
     if let Some(link) = known(runtime) {
         return Ok(link);
     }
+    let generation = GENERATION.load(Ordering::Acquire);
     let url = state
         .url
         .read()
@@ -376,22 +379,24 @@ async fn link() -> Result<Arc<Link>, Error> {
         singles: Coalescer::start(conn.clone()),
         conn,
     });
-    state
-        .links
-        .write()
-        .expect("producer links lock")
-        .insert(runtime, link.clone());
+    let mut links = state.links.write().expect("producer links lock");
+    // Kept only if the URL did not change while connecting (nor a topic's partitions:
+    // then the next enqueue connects once more).
+    if GENERATION.load(Ordering::Acquire) == generation {
+        links.insert(runtime, link.clone());
+    }
     Ok(link)
 }
 
 /// Drops what the producer cached about a topic (its partition count changed).
 pub(crate) fn forget_topic(topic: &str) {
+    // Before the state is dropped, as in `set_redis_url`.
+    GENERATION.fetch_add(1, Ordering::Release);
     producer()
         .topics
         .write()
         .expect("producer topics lock")
         .remove(topic);
-    GENERATION.fetch_add(1, Ordering::Release);
 }
 
 async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<TopicState>, Error> {
@@ -407,6 +412,7 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
     {
         return Ok(state.clone());
     }
+    let generation = GENERATION.load(Ordering::Acquire);
     let info = topic::ensure(conn, spec).await?;
     let next = cached.map_or_else(rand::random::<u16>, |s| {
         s.next.load(Ordering::Relaxed) as u16
@@ -427,11 +433,12 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
         checked_at: Instant::now(),
         next: AtomicU64::new(next as u64),
     });
-    producer()
-        .topics
-        .write()
-        .expect("producer topics lock")
-        .insert(spec.topic, state.clone());
+    let mut topics = producer().topics.write().expect("producer topics lock");
+    // Not kept if what the producer knew was dropped meanwhile: it may describe the
+    // Redis of the old URL, or the partitions before a raise.
+    if GENERATION.load(Ordering::Acquire) == generation {
+        topics.insert(spec.topic, state.clone());
+    }
     Ok(state)
 }
 
