@@ -57,4 +57,21 @@ async fn enqueues_after_a_new_url_go_there_even_if_one_was_connecting_to_the_old
         stored(old.port())
     );
     assert!(!stored(old.port()).contains(&second));
+
+    // Nothing keeps a connection to the old URL open: not the producer, nor the copies
+    // the threads that enqueued keep of it.
+    let closed = eventually(Duration::from_secs(10), || clients(old.port()) == 1).await;
+    assert!(
+        closed,
+        "connections left on the old server: {}",
+        clients(old.port()) - 1
+    );
+}
+
+/// Connections to the server at `port`, the one asking included.
+fn clients(port: u16) -> usize {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    list.lines().count()
 }

@@ -8,7 +8,7 @@ use crate::store::conn::Conn;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -625,7 +625,9 @@ thread_local! {
 struct Near {
     generation: u64,
     runtime: tokio::runtime::Id,
-    link: Arc<Link>,
+    /// Weak: once the producer drops the link (a new URL), it closes, whatever threads
+    /// keep a copy and never enqueue again.
+    link: Weak<Link>,
     topics: Vec<Arc<TopicState>>,
 }
 
@@ -635,17 +637,19 @@ fn near(
     spec: &TopicSpec,
 ) -> Option<(Arc<Link>, Arc<TopicState>)> {
     NEAR.with_borrow(|near| {
-        let near = near.as_ref().filter(|near| {
-            near.runtime == runtime
-                && near.generation == generation
-                && !near.link.singles.is_closed()
-        })?;
+        let near = near
+            .as_ref()
+            .filter(|near| near.runtime == runtime && near.generation == generation)?;
+        let link = near
+            .link
+            .upgrade()
+            .filter(|link| !link.singles.is_closed())?;
         let state = near
             .topics
             .iter()
             .find(|state| state.topic == spec.topic)
             .filter(|state| state.checked_at.elapsed() < PARTITIONS_REFRESH)?;
-        Some((near.link.clone(), state.clone()))
+        Some((link, state.clone()))
     })
 }
 
@@ -661,14 +665,14 @@ fn remember(
             Some(near)
                 if near.runtime == runtime
                     && near.generation == generation
-                    && Arc::ptr_eq(&near.link, link) =>
+                    && std::ptr::eq(near.link.as_ptr(), Arc::as_ptr(link)) =>
             {
                 near
             }
             _ => near.insert(Near {
                 generation,
                 runtime,
-                link: link.clone(),
+                link: Arc::downgrade(link),
                 topics: Vec::new(),
             }),
         };
