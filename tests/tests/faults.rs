@@ -243,3 +243,57 @@ async fn jobs_delivered_by_a_read_whose_reply_was_lost_still_run() {
     assert!(done, "ran {seen:?}");
     assert_eq!(seen.len(), 6, "each job once: {seen:?}");
 }
+
+/// The id of every call of `restricted`.
+static RESTRICTED: Calls<String> = Calls::new();
+
+#[job(topic = "fault_acl", group = "acl_group", partitions = 2)]
+async fn restricted(job: Job<u64>) -> Result<(), JobError> {
+    RESTRICTED.push(job.id().to_string());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_user_without_transactions_still_gets_its_jobs_acknowledged() {
+    setup();
+    let mut conn = redis().connection();
+    // Everything but MULTI (so a transaction's XACKs would run unfenced, one by one), as
+    // an ACL written for the commands redisaq used to need might allow.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("notx")
+        .arg("on")
+        .arg(">notx-pass")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-multi")
+        .query(&mut conn)
+        .unwrap();
+    let url = format!("redis://notx:notx-pass@127.0.0.1:{}", redis().port());
+    let worker = Background::start(
+        worker_with_heartbeats(Duration::from_millis(500), Duration::from_secs(10))
+            .redis_url(url)
+            .topics([restricted::TOPIC])
+            .consumer_name("notx"),
+    );
+    let ids = id_set(restricted::enqueue_batch(0..50).await.unwrap());
+    let done = eventually(Duration::from_secs(60), || {
+        RESTRICTED.distinct() == ids
+            && pending(
+                &mut redis().connection(),
+                restricted::TOPIC,
+                restricted::GROUP,
+                2,
+            ) == 0
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert!(
+        done,
+        "ran {} of 50; pending {}",
+        RESTRICTED.distinct().len(),
+        pending(&mut conn, restricted::TOPIC, restricted::GROUP, 2)
+    );
+    assert_eq!(RESTRICTED.len(), 50, "each job once");
+}

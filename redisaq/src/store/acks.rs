@@ -65,10 +65,21 @@ impl Acks {
         };
         let mut outcomes = watched.send(batches, keep).await;
         // A full Redis (`maxmemory`) queues no command in a transaction, not even one
-        // that frees memory; it runs the fencing script.
+        // that frees memory, and a Redis user may be denied transactions (`NOPERM`):
+        // either still runs the fencing script.
         let refused: Vec<usize> = (0..batches.len())
-            .filter(|&at| matches!(&outcomes[at], Outcome::Failed(e) if is_full(e)))
+            .filter(|&at| matches!(&outcomes[at], Outcome::Failed(e) if needs_script(e)))
             .collect();
+        if refused
+            .iter()
+            .any(|&at| matches!(&outcomes[at], Outcome::Failed(e) if e.code() == Some("NOPERM")))
+        {
+            tracing::warn!(
+                "acknowledging through the fencing script from now on: this Redis user may \
+                 not use WATCH, MULTI or EXEC (allow them for cheaper acknowledgements)"
+            );
+            self.watched = None;
+        }
         if !refused.is_empty() {
             let again: Vec<(Holding, &[String])> =
                 refused.iter().map(|&at| batches[at].clone()).collect();
@@ -99,8 +110,8 @@ async fn scripted(
         .collect())
 }
 
-fn is_full(error: &RedisError) -> bool {
-    matches!(error.code(), Some("OOM" | "EXECABORT"))
+fn needs_script(error: &RedisError) -> bool {
+    matches!(error.code(), Some("OOM" | "EXECABORT" | "NOPERM"))
 }
 
 /// A connection with the leases watched on it, and what they held when read.
@@ -154,12 +165,22 @@ impl Watched {
     ) -> RedisResult<()> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(
-                self.target
+            None => {
+                let mut conn = self
+                    .target
                     .session(Duration::from_secs(10))
                     .await
-                    .map_err(into_redis)?,
-            ),
+                    .map_err(into_redis)?;
+                // A user denied MULTI would see the XACKs run outside a transaction,
+                // unfenced: make sure it may use them (else `NOPERM`) before any is sent.
+                let _: Value = redis::pipe()
+                    .cmd("MULTI")
+                    .ignore()
+                    .cmd("EXEC")
+                    .query_async(&mut conn)
+                    .await?;
+                self.conn.insert(conn)
+            }
         };
         let is_ours = |seen: &HashMap<String, Option<String>>, holding: &Holding| match seen
             .get(&holding.lease)
