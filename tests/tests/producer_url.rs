@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use redis::Commands;
+
 use redisaq::{job, Job, JobError};
 use redisaq_tests::proxy::{Fault, Proxy};
 use redisaq_tests::{eventually, init_tracing, redis, RedisServer};
@@ -38,6 +40,14 @@ fn stored(port: u16) -> Vec<String> {
 async fn enqueues_after_a_new_url_go_there_even_if_one_was_connecting_to_the_old() {
     init_tracing();
     let old = RedisServer::start().expect("a second redis-server");
+    // The topic has two partitions there, one on the new server: nothing learnt of the
+    // old server may be used for the new one.
+    let _: () = redis::Client::open(format!("redis://127.0.0.1:{}", old.port()))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+        .hset(redisaq::keys::meta(url_switch::TOPIC), "partitions", 2)
+        .unwrap();
     let proxy = Proxy::start(old.port());
     // The first enqueue connects to the old URL and waits there for Redis' answers.
     proxy.set(Fault::HoldReplies);
@@ -50,7 +60,17 @@ async fn enqueues_after_a_new_url_go_there_even_if_one_was_connecting_to_the_old
     proxy.set(Fault::Pass);
     let first = connecting.await.unwrap();
 
-    let second = url_switch::enqueue(2).await.unwrap().to_string();
+    // Several, so that a partition count of two would send some to partition 1.
+    let mut later = Vec::new();
+    for n in 2..6 {
+        later.push(url_switch::enqueue(n).await.unwrap().to_string());
+    }
+    let second = later[0].clone();
+    let on_new = stored(redis().port());
+    assert!(
+        later.iter().all(|id| on_new.contains(id)),
+        "every enqueue after the new URL went to its one partition: {later:?} vs {on_new:?}"
+    );
     assert!(
         stored(redis().port()).contains(&second),
         "the enqueue after the new URL went there (the first: {first:?}); old server holds {:?}",

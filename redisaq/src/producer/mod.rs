@@ -347,6 +347,12 @@ pub(crate) async fn connection() -> Result<Conn, Error> {
 
 /// The producer's connection and coalescer for the current runtime.
 async fn link() -> Result<Arc<Link>, Error> {
+    link_at(GENERATION.load(Ordering::Acquire)).await
+}
+
+/// [`link`], kept for later enqueues only if the producer dropped nothing since
+/// `generation`.
+async fn link_at(generation: u64) -> Result<Arc<Link>, Error> {
     let state = producer();
     let runtime = tokio::runtime::Handle::current().id();
     // A coalescer that stopped (it panicked) is replaced with the connection.
@@ -364,7 +370,6 @@ async fn link() -> Result<Arc<Link>, Error> {
     if let Some(link) = known(runtime) {
         return Ok(link);
     }
-    let generation = GENERATION.load(Ordering::Acquire);
     let url = state
         .url
         .read()
@@ -399,7 +404,13 @@ pub(crate) fn forget_topic(topic: &str) {
         .remove(topic);
 }
 
-async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<TopicState>, Error> {
+/// What is known of `spec`'s topic, cached for later enqueues only if the producer
+/// dropped nothing since `generation`.
+async fn topic_state(
+    conn: &mut Conn,
+    spec: &'static TopicSpec,
+    generation: u64,
+) -> Result<Arc<TopicState>, Error> {
     let cached = producer()
         .topics
         .read()
@@ -412,7 +423,6 @@ async fn topic_state(conn: &mut Conn, spec: &'static TopicSpec) -> Result<Arc<To
     {
         return Ok(state.clone());
     }
-    let generation = GENERATION.load(Ordering::Acquire);
     let info = topic::ensure(conn, spec).await?;
     let next = cached.map_or_else(rand::random::<u16>, |s| {
         s.next.load(Ordering::Relaxed) as u16
@@ -606,8 +616,10 @@ async fn prepare(spec: &'static TopicSpec) -> Result<(Arc<Link>, Arc<TopicState>
     if let Some(near) = near(runtime, generation, spec) {
         return Ok(near);
     }
-    let link = link().await?;
-    let state = topic_state(&mut link.conn.clone(), spec).await?;
+    // Both kept only if nothing was dropped since `generation`: a link made for an old
+    // URL, or what it learnt of the topic there, must not serve later enqueues.
+    let link = link_at(generation).await?;
+    let state = topic_state(&mut link.conn.clone(), spec, generation).await?;
     remember(runtime, generation, &link, &state);
     Ok((link, state))
 }
