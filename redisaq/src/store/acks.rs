@@ -36,7 +36,8 @@ pub(crate) enum Outcome {
 }
 
 /// How acknowledgements are sent: watched transactions on one node, the fencing script
-/// on a cluster (and for what a full Redis refuses to queue in a transaction).
+/// on a cluster (and for what a full Redis refuses to queue in a transaction, or a Redis
+/// user may not send in one).
 pub(crate) struct Acks {
     conn: Conn,
     watched: Option<Watched>,
@@ -166,11 +167,7 @@ impl Watched {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let mut conn = self
-                    .target
-                    .session(Duration::from_secs(10))
-                    .await
-                    .map_err(into_redis)?;
+                let mut conn = self.target.session(Duration::from_secs(10)).await?;
                 // A user denied MULTI would see the XACKs run outside a transaction,
                 // unfenced: make sure it may use them (else `NOPERM`) before any is sent.
                 let _: Value = redis::pipe()
@@ -276,16 +273,5 @@ impl Watched {
             }
         }
         Ok(())
-    }
-}
-
-fn into_redis(error: Error) -> RedisError {
-    match error {
-        Error::Redis(e) => e,
-        other => RedisError::from((
-            redis::ErrorKind::Client,
-            "could not connect",
-            other.to_string(),
-        )),
     }
 }

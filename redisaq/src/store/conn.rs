@@ -332,13 +332,10 @@ impl Target {
     pub(crate) async fn session(
         &self,
         response_timeout: Duration,
-    ) -> Result<redis::aio::MultiplexedConnection, Error> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(response_timeout));
-        Ok(self.nodes[0]
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        self.nodes[0]
+            .get_multiplexed_async_connection_with_config(&plain_config(response_timeout))
+            .await
     }
 
     /// A pub/sub connection to the first node that answers (on a cluster, any node hears
@@ -372,11 +369,8 @@ impl Target {
 
 /// `INFO` of one node: cluster or not, and the version.
 async fn ask(node: &Client) -> redis::RedisResult<Server> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
     let mut conn = node
-        .get_multiplexed_async_connection_with_config(&config)
+        .get_multiplexed_async_connection_with_config(&plain_config(Duration::from_secs(5)))
         .await?;
     let info: String = redis::cmd("INFO").query_async(&mut conn).await?;
     let field = |name: &str| {
@@ -427,6 +421,13 @@ pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
                 "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "OOM"
             )
         )
+}
+
+/// A connection of one's own that does not reconnect by itself.
+fn plain_config(response_timeout: Duration) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout))
 }
 
 fn config(response_timeout: Duration, retries: usize) -> ConnectionManagerConfig {
