@@ -342,15 +342,18 @@ pub(crate) fn parse_pending(value: &Value) -> Result<Vec<Pending>, RedisError> {
         .collect()
 }
 
-/// The reply of `XCLAIM` (without `JUSTID`): the claimed entries. Redis 6.2 answers
-/// `nil` for entries deleted meanwhile; they are skipped.
-pub(crate) fn parse_claimed(value: Value) -> Result<Vec<StreamEntry>, RedisError> {
-    into_items(value)
-        .map_err(|v| unexpected("XCLAIM reply", &v))?
+/// The reply of the claim script (`store::stream::claim`): the claimed entries, and the
+/// ids found deleted.
+pub(crate) fn parse_claimed(value: Value) -> Result<(Vec<StreamEntry>, Vec<String>), RedisError> {
+    let parts = into_items(value).map_err(|v| unexpected("claim reply", &v))?;
+    let [taken, gone] = <[Value; 2]>::try_from(parts)
+        .map_err(|parts| unexpected("claim reply", &Value::Array(parts)))?;
+    let taken = into_items(taken)
+        .map_err(|v| unexpected("claimed entries", &v))?
         .into_iter()
-        .filter(|v| !matches!(v, Value::Nil))
         .map(parse_entry)
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((taken, parse_strings(&gone)?))
 }
 
 /// `XPENDING key group` summary: the smallest pending id, if any is pending.

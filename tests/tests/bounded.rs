@@ -204,3 +204,77 @@ async fn retries_wait_in_redis_and_the_next_owner_runs_them_when_due() {
         );
     }
 }
+
+/// Whether `racing` fails its first attempts.
+static RACING_FAIL_FIRST: AtomicBool = AtomicBool::new(true);
+/// (job n, attempt) of every call of `racing`.
+static RACING_CALLS: Calls<(u64, u32)> = Calls::new();
+
+#[job(
+    topic = "bounded_race",
+    group = "bounded_race_group",
+    partitions = 1,
+    concurrency = 8,
+    retries = 3
+)]
+async fn racing(job: Job<Work>) -> Result<(), JobError> {
+    RACING_CALLS.push((job.payload().n, job.attempt()));
+    if job.attempt() == 1 && RACING_FAIL_FIRST.load(Ordering::SeqCst) {
+        return Err(JobError::retry("first attempts fail"));
+    }
+    Ok(())
+}
+
+/// Before: the next owner looks over what a dead consumer left pending (a page of the
+/// pending list, then which of it waits for a retry) while its fetch loop claims the
+/// retries that fall due. A retry claimed between the two looks was taken a second time
+/// as the dead consumer's, and ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_falling_due_while_the_pending_list_is_looked_over_runs_once() {
+    setup();
+    let mut conn = redis().connection();
+    let jobs = 1500;
+    racing::enqueue_batch((0..jobs).map(|n| Work { n }))
+        .await
+        .unwrap();
+    let worker = |name: &str| {
+        worker_with_heartbeats(Duration::from_millis(100), Duration::from_millis(400))
+            .consumer_name(name)
+            .topics([racing::TOPIC])
+            .retry_backoff(Duration::from_secs(6), Duration::from_secs(6))
+    };
+
+    // The first worker fails every first attempt and goes away with all of them waiting.
+    let first = tokio::spawn(worker("race-a").run_until(std::future::pending::<()>()));
+    let failed = eventually(Duration::from_secs(60), || {
+        RACING_CALLS.len() as u64 >= jobs
+    })
+    .await;
+    first.abort();
+    let _ = first.await;
+    assert!(failed, "every first attempt ran");
+    RACING_FAIL_FIRST.store(false, Ordering::SeqCst);
+
+    // The retries fall due over about 3 s, while the next owner keeps looking over the
+    // 1,500 entries the first one left pending.
+    let second = Background::start(worker("race-b"));
+    let retried = eventually(Duration::from_secs(60), || {
+        RACING_CALLS.count(|(_, attempt)| *attempt >= 2) as u64 >= jobs
+            && pending(&mut conn, racing::TOPIC, racing::GROUP, 1) == 0
+    })
+    .await;
+    second.stop().await.unwrap();
+    assert!(retried, "every job ran its second attempt");
+    let twice: Vec<(u64, u32)> = RACING_CALLS
+        .counts()
+        .into_iter()
+        .filter(|(_, runs)| *runs > 1)
+        .map(|(call, _)| call)
+        .collect();
+    assert!(twice.is_empty(), "attempts that ran twice: {twice:?}");
+    assert_eq!(
+        RACING_CALLS.count(|(_, attempt)| *attempt == 1) as u64,
+        jobs,
+        "each first attempt ran once"
+    );
+}

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use super::partitions::Tenure;
 use super::{Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
@@ -69,15 +68,10 @@ pub(crate) async fn claim_orphans(
         start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
         // Another consumer's entries were delivered there: the next run is a new
         // attempt. Our own leftovers may never have started, so they keep their count,
-        // unless we know they ran.
+        // unless we know they ran. The claim itself skips entries waiting for a retry
+        // (they run when due) and whatever changed hands since this page was read.
         let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
-        // Entries waiting for a retry run when they are due, not now.
-        let ids: Vec<&str> = page.iter().map(|p| p.id.as_str()).collect();
-        let waiting = store::due::waiting(&mut conn, &holding.due, &ids).await?;
-        for (pending, waits) in page.iter().zip(waiting) {
-            if waits {
-                continue;
-            }
+        for pending in &page {
             if let Orphans::OwnAfter(_) = whose {
                 if pending.consumer == shared.consumer {
                     batches
@@ -99,18 +93,18 @@ pub(crate) async fn claim_orphans(
             }
         }
         for (keep_count, batch) in batches {
-            let ids: Vec<&str> = batch.iter().map(|p| p.id.as_str()).collect();
             let claimed =
-                stream::claim(&mut conn, &holding, &shared.consumer, &ids, keep_count).await?;
-            if claimed.len() < batch.len() {
-                let missing: Vec<&str> = batch
-                    .iter()
-                    .map(|p| p.id.as_str())
-                    .filter(|id| !claimed.iter().any(|e| e.id == *id))
-                    .collect();
-                forget_deleted(shared, tenure, &missing).await?;
+                stream::claim(&mut conn, &holding, &shared.consumer, &batch, keep_count).await?;
+            for id in &claimed.gone {
+                shared.metrics.lost.inc();
+                tracing::error!(
+                    partition,
+                    entry = %id,
+                    "entry {id} was deleted from the stream while pending (XDEL, or trimming \
+                     by someone else); its job cannot run"
+                );
             }
-            for entry in claimed {
+            for entry in claimed.entries {
                 let previous = batch.iter().find(|p| p.id == entry.id);
                 let deliveries = previous.map_or(1, |p| p.deliveries);
                 let attempt = match keep_count {
@@ -142,30 +136,6 @@ pub(crate) async fn claim_orphans(
         shared.held.forget_ran_unacked(partition); // what is not pending any more
     }
     Ok(queued)
-}
-
-/// Entries a claim did not return were acknowledged meanwhile, or deleted from the
-/// stream while pending (`XDEL`, trimming by someone else). Deleted ones can never run:
-/// they are counted and logged, and acknowledged so that they leave the pending list
-/// (Redis 6.2 keeps them there forever; 7 drops them in the claim).
-async fn forget_deleted(shared: &Shared, tenure: Tenure, ids: &[&str]) -> Result<(), Error> {
-    let holding = shared.holding(tenure);
-    let mut conn = shared.conn.clone();
-    let deleted = stream::deleted(&mut conn, &holding.stream, ids).await?;
-    if deleted.is_empty() {
-        return Ok(());
-    }
-    stream::ack(&mut conn, &holding, &deleted).await?;
-    for id in deleted {
-        shared.metrics.lost.inc();
-        tracing::error!(
-            partition = tenure.partition,
-            entry = %id,
-            "entry {id} was deleted from the stream while pending (XDEL, or trimming by \
-             someone else); its job cannot run"
-        );
-    }
-    Ok(())
 }
 
 /// Removes from the group, on this partition, consumers that are not alive and hold

@@ -2,10 +2,13 @@
 //! holding's lease), and the reads of pending entries, groups and lag that the consumer
 //! and the tools share.
 
+use std::sync::LazyLock;
+
 use redis::aio::ConnectionLike;
 use redis::ToRedisArgs;
 
 use super::conn::Conn;
+use super::scripts::lua_fence;
 use super::{lease, scripts, Holding};
 use crate::error::Error;
 use crate::wire::{self, StreamEntry};
@@ -111,55 +114,81 @@ pub(crate) async fn pending_page(
     Ok(wire::parse_pending(&rows)?)
 }
 
-/// Claims `ids` for `consumer` while the holding has its lease, keeping the delivery
-/// count at `keep_count` if given (else Redis adds one). Entries deleted from the
-/// stream meanwhile are not returned.
+/// While lease `KEYS[1]` holds `ARGV[1]`: claims for consumer `ARGV[3]` of group `ARGV[2]`
+/// on stream `KEYS[2]` each entry of the triples (id, owner, deliveries) from `ARGV[5]` on
+/// that is still pending under that owner with that count and has no due record in
+/// `KEYS[3]`, setting its count to `ARGV[4]` unless that is negative (then Redis adds
+/// one). Answers the claimed entries, and the ids deleted from the stream while pending
+/// (acknowledged here, so they leave the pending list).
+///
+/// The owner and count are checked in the same step as the claim because the list they
+/// come from is read a round trip earlier: meanwhile the fetch loop may have claimed an
+/// entry that fell due, and taking it again would run it twice.
+const CLAIM: &str = concat!(
+    lua_fence!(),
+    r"local keep = tonumber(ARGV[4])
+local taken, gone = {}, {}
+for i = 5, #ARGV, 3 do
+  local id = ARGV[i]
+  local row = redis.call('XPENDING', KEYS[2], ARGV[2], id, id, 1)[1]
+  if row and row[2] == ARGV[i + 1] and row[4] == tonumber(ARGV[i + 2])
+      and not redis.call('ZSCORE', KEYS[3], id) then
+    local claimed
+    if keep < 0 then
+      claimed = redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, id)
+    else
+      claimed = redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, id, 'RETRYCOUNT', keep)
+    end
+    if claimed[1] then
+      taken[#taken + 1] = claimed[1]
+    else
+      redis.call('XACK', KEYS[2], ARGV[2], id)
+      gone[#gone + 1] = id
+    end
+  end
+end
+return {taken, gone}
+"
+);
+static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
+
+/// What [`claim`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    /// The entries now pending under the claiming consumer.
+    pub entries: Vec<StreamEntry>,
+    /// Entries deleted from the stream while pending (`XDEL`, trimming by someone else):
+    /// they can never run, and are acknowledged.
+    pub gone: Vec<String>,
+}
+
+/// Claims for `consumer`, while the holding has its lease, those of the `listed` pending
+/// entries that are still as listed (same owner, same delivery count) and not waiting
+/// for a retry; keeps the delivery count at `keep_count` if given, else Redis adds one.
 pub(crate) async fn claim(
     conn: &mut impl ConnectionLike,
     holding: &Holding,
     consumer: &str,
-    ids: &[&str],
+    listed: &[&wire::Pending],
     keep_count: Option<u64>,
-) -> Result<Vec<StreamEntry>, Error> {
-    let mut claim = lease::fenced(&holding.lease, &holding.stream, &holding.token, "XCLAIM");
-    claim.arg(&holding.group).arg(consumer).arg(0).arg(ids);
-    if let Some(count) = keep_count {
-        claim.arg("RETRYCOUNT").arg(count);
+) -> Result<Claimed, Error> {
+    let mut invocation = CLAIM_SCRIPT.key(&holding.lease);
+    invocation
+        .key(&holding.stream)
+        .key(&holding.due)
+        .arg(&holding.token)
+        .arg(&holding.group)
+        .arg(consumer)
+        .arg(keep_count.map_or(-1, |count| i64::try_from(count).unwrap_or(i64::MAX)));
+    for pending in listed {
+        invocation
+            .arg(&pending.id)
+            .arg(&pending.consumer)
+            .arg(pending.deliveries);
     }
-    let claimed: redis::Value = scripts::query(conn, &claim, lease::fenced_script()).await?;
-    Ok(wire::parse_claimed(claimed)?)
-}
-
-/// Which of `ids` no longer exist in `stream` (deleted while pending).
-pub(crate) async fn deleted(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    ids: &[&str],
-) -> Result<Vec<String>, Error> {
-    let mut deleted = Vec::new();
-    for &id in ids {
-        let found: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(id)
-            .arg(id)
-            .query_async(conn)
-            .await?;
-        if matches!(&found, redis::Value::Array(items) if items.is_empty()) {
-            deleted.push(id.to_string());
-        }
-    }
-    Ok(deleted)
-}
-
-/// Acknowledges `ids` while the holding has its lease.
-pub(crate) async fn ack(
-    conn: &mut impl ConnectionLike,
-    holding: &Holding,
-    ids: &[impl AsRef<str>],
-) -> Result<(), Error> {
-    let _: redis::Value =
-        scripts::query(conn, &ack_cmd(holding, ids), lease::fenced_script()).await?;
-    Ok(())
+    let reply: redis::Value = invocation.invoke_async(conn).await?;
+    let (entries, gone) = wire::parse_claimed(reply)?;
+    Ok(Claimed { entries, gone })
 }
 
 fn ack_cmd(holding: &Holding, ids: &[impl AsRef<str>]) -> redis::Cmd {

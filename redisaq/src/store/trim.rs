@@ -33,7 +33,7 @@ pub(crate) async fn trim(conn: &mut Conn, stream: &str, maxlen: u64) -> Result<u
         .arg(excess)
         .query_async(conn)
         .await?;
-    let Some(last_excess) = wire::parse_claimed(oldest)?.pop() else {
+    let Some(last_excess) = wire::parse_entries(oldest)?.pop() else {
         return Ok(0);
     };
     let mut boundary = wire::next_stream_id(&last_excess.id).unwrap_or(last_excess.id);
