@@ -119,6 +119,13 @@ pub fn epoch(topic: &str, partition: u32, group: &str) -> String {
     format!("{}:{{{topic}:{partition}}}:epoch:{group}", prefix())
 }
 
+/// The consumer that last gave a group's lease of one partition up in a hand-over (not
+/// by crashing or losing it): what it still has pending there it never ran to the end,
+/// so the next owner does not count those as attempts.
+pub fn handed_over(topic: &str, partition: u32, group: &str) -> String {
+    format!("{}:{{{topic}:{partition}}}:handed:{group}", prefix())
+}
+
 /// A lease's value while `consumer` holds it with `epoch`: what every fenced script
 /// compares, so a command of an earlier holding fails even after the same consumer took
 /// the partition again.

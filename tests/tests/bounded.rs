@@ -3,13 +3,14 @@
 //! read-ahead of 512) are pending under it; retries waiting for their backoff wait
 //! in Redis, where the partition's next owner finds them when they are due.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redisaq::{job, Job, JobError};
 use redisaq_tests::{
-    eventually, pending, redis, setup, worker_with_heartbeats, Background, Calls, Work,
+    dead_letters, eventually, pending, redis, setup, worker_with_heartbeats, Background, Calls,
+    Work,
 };
 
 const PARTITIONS: u32 = 8;
@@ -276,5 +277,76 @@ async fn a_retry_falling_due_while_the_pending_list_is_looked_over_runs_once() {
         RACING_CALLS.count(|(_, attempt)| *attempt == 1) as u64,
         jobs,
         "each first attempt ran once"
+    );
+}
+
+/// (job n, attempt) of every call of `handed`.
+static HANDED_CALLS: Calls<(u64, u32)> = Calls::new();
+
+#[job(
+    topic = "bounded_handover",
+    group = "bounded_handover_group",
+    partitions = 2,
+    concurrency = 1,
+    retries = 0
+)]
+async fn handed(job: Job<Work>) -> Result<(), JobError> {
+    HANDED_CALLS.push((job.payload().n, job.attempt()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+/// Before: the jobs a worker had read ahead on a partition it handed over to a joining
+/// worker were charged an attempt they never had: the next owner claimed them as another
+/// consumer's and counted a new delivery, so with `retries = 0` they went to the dead
+/// letters unrun ("the worker stopped while running the last ones").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_costs_the_jobs_it_moves_no_attempt() {
+    setup();
+    let mut conn = redis().connection();
+    let jobs = 200;
+    handed::enqueue_batch((0..jobs).map(|n| Work { n }))
+        .await
+        .unwrap();
+    let worker = |name: &str| {
+        worker_with_heartbeats(Duration::from_millis(100), Duration::from_millis(400))
+            .consumer_name(name)
+            .topics([handed::TOPIC])
+    };
+
+    // The first worker holds both partitions and reads ahead all it can; the second
+    // joins while most jobs wait in the first one's queue, and one partition moves.
+    let first = Background::start(worker("handover-a"));
+    assert!(
+        eventually(Duration::from_secs(30), || HANDED_CALLS.len() >= 5).await,
+        "the first worker started"
+    );
+    let second = Background::start(worker("handover-b"));
+    let settled = eventually(Duration::from_secs(60), || {
+        let ran: HashSet<u64> = HANDED_CALLS.all().into_iter().map(|(n, _)| n).collect();
+        (ran.len() as u64 == jobs || !dead_letters(&mut conn, handed::TOPIC).is_empty())
+            && pending(&mut conn, handed::TOPIC, handed::GROUP, 2) == 0
+    })
+    .await;
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+    assert!(settled, "every job ran or was dead-lettered");
+    let letters = dead_letters(&mut conn, handed::TOPIC);
+    assert!(
+        letters.is_empty(),
+        "no job was dead-lettered; {} were, the first: {:?}",
+        letters.len(),
+        letters.first()
+    );
+    let ran: HashSet<u64> = HANDED_CALLS.all().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(ran.len() as u64, jobs, "every job ran");
+    let later: Vec<(u64, u32)> = HANDED_CALLS
+        .all()
+        .into_iter()
+        .filter(|(_, attempt)| *attempt > 1)
+        .collect();
+    assert!(
+        later.is_empty(),
+        "every job ran as its first attempt: {later:?}"
     );
 }

@@ -175,6 +175,15 @@ async fn a_hung_call_cannot_stall_a_hand_over() {
         "jobs behind the hung ones ran: {} of 40",
         done("handover").iter().filter(|(n, _)| *n >= 10).count()
     );
+    // The call the hand-over cancelled had its attempt: it starts again at the new owner
+    // as the next one, while the one that stayed starts once.
+    let mut hung = started("handover");
+    hung.retain(|(n, _)| *n < 10);
+    hung.sort_unstable();
+    assert!(
+        hung == [(0, 1), (0, 2), (1, 1)] || hung == [(0, 1), (1, 1), (1, 2)],
+        "the moved hung job started again as attempt 2: {hung:?}"
+    );
     let mut runs: HashMap<u64, usize> = HashMap::new();
     for (n, _) in done("handover") {
         *runs.entry(n).or_default() += 1;

@@ -486,6 +486,7 @@ async fn apply(
             &mut shared.conn.clone(),
             &keys::lease(&shared.topic, partition, shared.group),
             &keys::epoch(&shared.topic, partition, shared.group),
+            &keys::handed_over(&shared.topic, partition, shared.group),
             &shared.consumer,
             ttl,
             shared.script_flags,
@@ -607,9 +608,15 @@ pub(crate) async fn release(shared: &Shared, partition: u32) -> Result<(), Error
     else {
         return Ok(());
     };
-    let lease_key = keys::lease(&shared.topic, partition, shared.group);
-    let token = keys::lease_token(&shared.consumer, tenure.id);
-    lease::release(&mut shared.conn.clone(), &lease_key, &token).await?;
+    lease::release(
+        &mut shared.conn.clone(),
+        &shared.holding(tenure),
+        &keys::handed_over(&shared.topic, partition, shared.group),
+        &shared.consumer,
+        &shared.held.abandoned_in(tenure),
+        shared.script_flags,
+    )
+    .await?;
     shared.held.drop_tenure(tenure);
     tracing::info!(
         partition,

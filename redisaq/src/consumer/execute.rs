@@ -197,6 +197,11 @@ pub(super) async fn call(
                 "Consumer {} lost a partition while running {count} job(s); abandoning them to the new owner",
                 shared.consumer
             );
+            for delivery in &runnable {
+                shared
+                    .held
+                    .abandoned(delivery.tenure, [delivery.entry_id.to_string()]);
+            }
             drop(permit);
             shared.held.end(&partitions);
             return;

@@ -52,6 +52,9 @@ struct Slot {
     /// When an entry waiting in the partition's due record (a retry) is due next, as far
     /// as this holding knows; `None` when none waits.
     next_due: Option<Instant>,
+    /// Entries whose call started here and was cancelled by the hand-over: the release
+    /// charges them their attempt (what else it leaves pending never ran here).
+    abandoned: Vec<String>,
 }
 
 /// One holding of one partition, as deliveries and calls carry it: `id` is the epoch
@@ -129,6 +132,7 @@ impl Partitions {
                     claimed: false,
                     read_floor: String::new(),
                     next_due: None,
+                    abandoned: Vec::new(),
                 },
             )
         });
@@ -253,6 +257,25 @@ impl Partitions {
             }
             None => false,
         }
+    }
+
+    /// Remembers that calls of `tenure` were cancelled while running these entries.
+    pub(crate) fn abandoned(&self, tenure: Tenure, ids: impl IntoIterator<Item = String>) {
+        self.with(|slots| {
+            if let Some(slot) = slots.get_mut(&tenure.partition) {
+                if slot.tenure == tenure.id {
+                    slot.abandoned.extend(ids);
+                }
+            }
+        });
+    }
+
+    /// The entries of `tenure` whose calls were cancelled (see [`abandoned`](Self::abandoned)).
+    pub(crate) fn abandoned_in(&self, tenure: Tenure) -> Vec<String> {
+        self.with(|slots| match slots.get(&tenure.partition) {
+            Some(slot) if slot.tenure == tenure.id => slot.abandoned.clone(),
+            _ => Vec::new(),
+        })
     }
 
     /// Stops new work on a partition that moves elsewhere.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::{Delivery, Shared};
 use crate::error::Error;
 use crate::keys;
-use crate::store::{self, group::Removal, stream};
+use crate::store::{self, group::Removal, lease, stream};
 use crate::wire;
 
 /// Most entries claimed in one round trip.
@@ -47,6 +47,14 @@ pub(crate) async fn claim_orphans(
             return Ok(0);
         }
     }
+    // A consumer that handed the partition over ran nothing it left here to the end.
+    let handed = match whose {
+        Orphans::OwnAfter(_) => None,
+        _ => {
+            let key = keys::handed_over(&shared.topic, partition, shared.group);
+            lease::handed_over(&mut conn, &key).await?
+        }
+    };
     let mut queued = 0;
     let mut start = match &whose {
         Orphans::OwnAfter(floor) => wire::next_stream_id(floor).unwrap_or_else(|| floor.clone()),
@@ -66,9 +74,10 @@ pub(crate) async fn claim_orphans(
             stream::pending_page(&mut conn, &holding.stream, shared.group, &start, room).await?;
         let Some(last) = page.last() else { break };
         start = wire::next_stream_id(&last.id).unwrap_or_else(|| last.id.clone());
-        // Another consumer's entries were delivered there: the next run is a new
-        // attempt. Our own leftovers may never have started, so they keep their count,
-        // unless we know they ran. The claim itself skips entries waiting for a retry
+        // Entries of a consumer that crashed or lost the partition were delivered there:
+        // the next run is a new attempt. Those of the one that handed it over, and our
+        // own leftovers, may never have started, so they keep their count, unless we
+        // know they ran. The claim itself skips entries waiting for a retry
         // (they run when due) and whatever changed hands since this page was read.
         let mut batches: BTreeMap<Option<u64>, Vec<&wire::Pending>> = BTreeMap::new();
         for pending in &page {
@@ -80,7 +89,11 @@ pub(crate) async fn claim_orphans(
                         .push(pending);
                 }
             } else if pending.consumer != shared.consumer {
-                batches.entry(None).or_default().push(pending);
+                let unrun = handed.as_deref() == Some(pending.consumer.as_str());
+                batches
+                    .entry(unrun.then_some(pending.deliveries))
+                    .or_default()
+                    .push(pending);
             } else if whose == Orphans::All && shared.held.take_ran_unacked(partition, &pending.id)
             {
                 // It ran here and its ack was refused: this is a new attempt.

@@ -20,6 +20,9 @@ use crate::error::Error;
 /// even when Redis lost the counter (a restart without persistence). The lease's value
 /// is the holder's token, `consumer epoch`. Answers the epoch, or 0.
 ///
+/// A consumer taking the partition again stops being the one that handed it over
+/// (`KEYS[3]`): whatever it leaves pending from now on may have run.
+///
 /// `PERSIST` (a no-op: the counter has no TTL) is its first write so that a full Redis
 /// without script flags (6.2) runs it: there a script is refused only if its first
 /// write is one a full Redis refuses, like `INCR`.
@@ -37,6 +40,9 @@ local epoch = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[2], epoch)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
+if redis.call('GET', KEYS[3]) == ARGV[1] then
+  redis.call('DEL', KEYS[3])
+end
 return epoch
 "
 );
@@ -68,15 +74,23 @@ end
 return renewed
 ";
 
-/// Deletes the lease if this holding still has it.
+/// Gives the lease up if this holding still has it, recording its consumer `ARGV[2]` as
+/// the one that handed the partition over (`KEYS[2]`). First the entries from `ARGV[4]`
+/// on, whose calls the hand-over cancelled, are claimed by it again in group `ARGV[3]` of
+/// stream `KEYS[3]`: that counts the attempt they had here.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  if #ARGV > 3 then
+    redis.call('XCLAIM', KEYS[3], ARGV[3], ARGV[2], 0, unpack(ARGV, 4))
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
 end
 return 0
 ";
-static RELEASE_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(RELEASE));
+static RELEASE_SCRIPT: std::sync::LazyLock<super::scripts::Lua> =
+    std::sync::LazyLock::new(|| super::scripts::Lua::new(RELEASE));
 
 /// Runs `ARGV[2]` on the stream `KEYS[2]` with the remaining arguments, only while the
 /// lease `KEYS[1]` holds the token `ARGV[1]`.
@@ -115,6 +129,7 @@ pub(crate) async fn acquire(
     conn: &mut Conn,
     lease: &str,
     epoch_counter: &str,
+    handed: &str,
     consumer: &str,
     ttl: Duration,
     script_flags: bool,
@@ -125,6 +140,7 @@ pub(crate) async fn acquire(
         let epoch: u64 = script
             .key(lease)
             .key(epoch_counter)
+            .key(handed)
             .arg(consumer)
             .arg(ttl.as_millis() as u64)
             .invoke_async(conn)
@@ -135,7 +151,7 @@ pub(crate) async fn acquire(
     // lease taken on a master that died before passing it on would be free again on
     // its replica, for someone else to take. So the lease is taken only once a replica
     // has it, or the master has none to wait for.
-    let mut take = scripts::evalsha(script, &[lease, epoch_counter]);
+    let mut take = scripts::evalsha(script, &[lease, epoch_counter, handed]);
     take.arg(consumer).arg(ttl.as_millis() as u64);
     let mut pipe = redis::pipe();
     pipe.ignore_errors()
@@ -167,14 +183,39 @@ pub(crate) async fn acquire(
 /// only on a master without replicas.
 const REPLICA_WAIT: Duration = Duration::from_millis(100);
 
-/// Gives the lease up so the next owner can start at once.
-pub(crate) async fn release(conn: &mut Conn, lease: &str, token: &str) -> Result<(), Error> {
+/// Gives the lease up so the next owner can start at once, recording the holding's
+/// consumer as the one that handed the partition over (at `handed`), after counting the
+/// attempt of the `abandoned` entries (whose calls the hand-over cancelled).
+pub(crate) async fn release(
+    conn: &mut Conn,
+    holding: &Holding,
+    handed: &str,
+    consumer: &str,
+    abandoned: &[String],
+    script_flags: bool,
+) -> Result<(), Error> {
+    // Allowed on a full Redis: the next owner must be able to take the partition.
     let _: i64 = RELEASE_SCRIPT
-        .key(lease)
-        .arg(token)
+        .script(script_flags)
+        .key(&holding.lease)
+        .key(handed)
+        .key(&holding.stream)
+        .arg(&holding.token)
+        .arg(consumer)
+        .arg(&holding.group)
+        .arg(abandoned)
         .invoke_async(conn)
         .await?;
     Ok(())
+}
+
+/// The consumer that last handed a partition over (see [`release`]), unless it has taken
+/// the partition again since.
+pub(crate) async fn handed_over(
+    conn: &mut impl redis::aio::ConnectionLike,
+    handed: &str,
+) -> Result<Option<String>, Error> {
+    Ok(redis::cmd("GET").arg(handed).query_async(conn).await?)
 }
 
 /// [`RENEW`] of one holding, for a renewal pipeline.
