@@ -238,8 +238,10 @@ async fn a_retry_falling_due_while_the_pending_list_is_looked_over_runs_once() {
     racing::enqueue_batch((0..jobs).map(|n| Work { n }))
         .await
         .unwrap();
+    // Leases that outlast a loaded machine's stalls: a call abandoned with a lost lease
+    // runs again under the same attempt when its consumer takes the partition back.
     let worker = |name: &str| {
-        worker_with_heartbeats(Duration::from_millis(100), Duration::from_millis(400))
+        worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(2))
             .consumer_name(name)
             .topics([racing::TOPIC])
             .retry_backoff(Duration::from_secs(6), Duration::from_secs(6))
@@ -308,8 +310,9 @@ async fn a_hand_over_costs_the_jobs_it_moves_no_attempt() {
     handed::enqueue_batch((0..jobs).map(|n| Work { n }))
         .await
         .unwrap();
+    // Leases that outlast a loaded machine's stalls: only a hand-over moves a partition.
     let worker = |name: &str| {
-        worker_with_heartbeats(Duration::from_millis(100), Duration::from_millis(400))
+        worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(3))
             .consumer_name(name)
             .topics([handed::TOPIC])
     };
