@@ -297,3 +297,54 @@ async fn a_redis_user_without_transactions_still_gets_its_jobs_acknowledged() {
     );
     assert_eq!(RESTRICTED.len(), 50, "each job once");
 }
+
+/// Holds the first call of `stalled`.
+static STALL_HOLD: Hold = Hold::new();
+/// (job n, attempt) of every call of `stalled`.
+static STALLED: Calls<(u64, u32)> = Calls::new();
+
+#[job(topic = "fault_stall", group = "stall_group", partitions = 1)]
+async fn stalled(job: Job<u64>) -> Result<(), JobError> {
+    STALLED.push((*job.payload(), job.attempt()));
+    STALL_HOLD.hold_first().await;
+    Ok(())
+}
+
+/// Before: a call abandoned because its consumer's lease ran out ran again under the same
+/// attempt number when that consumer took the partition back (its own leftovers keep
+/// their count), though it had started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_with_a_lapsed_lease_runs_again_as_the_next_attempt() {
+    let (proxy, worker) = proxied_worker(stalled::TOPIC, Duration::from_secs(2));
+    let worker = Background::start(worker.consumer_name("stalling"));
+    let held = stalled::enqueue(0).await.unwrap();
+    assert!(STALL_HOLD.started().await, "the job started");
+    // Nothing reaches Redis past the lease's TTL: the lease runs out there, the worker
+    // abandons the call, and takes the partition again once Redis answers.
+    proxy.set(Fault::Stall);
+    let lapsed = eventually(Duration::from_secs(30), || {
+        let lease: Option<String> = redis::cmd("GET")
+            .arg(redisaq::keys::lease(stalled::TOPIC, 0, stalled::GROUP))
+            .query(&mut redis().connection())
+            .unwrap();
+        lease.is_none()
+    })
+    .await;
+    proxy.set(Fault::Pass);
+    assert!(lapsed, "the lease ran out");
+    let done = eventually(Duration::from_secs(60), || {
+        STALLED.len() >= 2
+            && pending(&mut redis().connection(), stalled::TOPIC, stalled::GROUP, 1) == 0
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert!(
+        done,
+        "the job ran again and was acknowledged: {STALLED:?} ({held})"
+    );
+    assert_eq!(
+        STALLED.all(),
+        vec![(0, 1), (0, 2)],
+        "the abandoned call counted as an attempt"
+    );
+}

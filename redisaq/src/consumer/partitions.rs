@@ -69,8 +69,8 @@ pub(crate) struct Tenure {
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
     slots: Mutex<BTreeMap<u32, Slot>>,
-    /// Entries (partition, id) that ran here but whose ack was refused: taken again,
-    /// they start a new attempt.
+    /// Entries (partition, id) that ran here but whose ack was refused, or whose call was
+    /// abandoned with the lease: taken again, they start a new attempt.
     ran_unacked: Mutex<HashSet<(u32, String)>>,
     /// Every partition held since the start: where this consumer may be in the Redis
     /// group.
@@ -90,7 +90,8 @@ impl Partitions {
         ever.iter().copied().collect()
     }
 
-    /// Remembers entries that ran here but whose ack was refused.
+    /// Remembers entries that ran here but whose ack was refused (or whose call was
+    /// abandoned with the lease).
     pub(crate) fn ran_unacked(&self, partition: u32, ids: &[String]) {
         let mut ran = self.ran_unacked.lock().expect("ran_unacked lock");
         ran.extend(ids.iter().map(|id| (partition, id.clone())));
@@ -259,15 +260,19 @@ impl Partitions {
         }
     }
 
-    /// Remembers that calls of `tenure` were cancelled while running these entries.
-    pub(crate) fn abandoned(&self, tenure: Tenure, ids: impl IntoIterator<Item = String>) {
-        self.with(|slots| {
-            if let Some(slot) = slots.get_mut(&tenure.partition) {
-                if slot.tenure == tenure.id {
-                    slot.abandoned.extend(ids);
-                }
+    /// Remembers that a call of `tenure` was stopped while running these entries: for
+    /// the release of a holding that hands the partition over, or, once the holding is
+    /// gone (its lease lost), for this consumer's next claim if it takes the partition
+    /// again. Either way they run next as a new attempt.
+    pub(crate) fn abandoned(&self, tenure: Tenure, ids: Vec<String>) {
+        let ids = self.with(|slots| match slots.get_mut(&tenure.partition) {
+            Some(slot) if slot.tenure == tenure.id => {
+                slot.abandoned.extend(ids);
+                Vec::new()
             }
+            _ => ids,
         });
+        self.ran_unacked(tenure.partition, &ids);
     }
 
     /// The entries of `tenure` whose calls were cancelled (see [`abandoned`](Self::abandoned)).
