@@ -238,8 +238,8 @@ async fn a_retry_falling_due_while_the_pending_list_is_looked_over_runs_once() {
     racing::enqueue_batch((0..jobs).map(|n| Work { n }))
         .await
         .unwrap();
-    // Leases that outlast a loaded machine's stalls: a call abandoned with a lost lease
-    // runs again under the same attempt when its consumer takes the partition back.
+    // Leases that outlast a loaded machine's stalls: only the first worker's going away
+    // moves the partition.
     let worker = |name: &str| {
         worker_with_heartbeats(Duration::from_millis(200), Duration::from_secs(2))
             .consumer_name(name)
