@@ -608,7 +608,7 @@ pub(crate) async fn release(shared: &Shared, partition: u32) -> Result<(), Error
     else {
         return Ok(());
     };
-    lease::release(
+    let released = lease::release(
         &mut shared.conn.clone(),
         &shared.holding(tenure),
         &keys::handed_over(&shared.topic, partition, shared.group),
@@ -617,7 +617,11 @@ pub(crate) async fn release(shared: &Shared, partition: u32) -> Result<(), Error
         shared.script_flags,
     )
     .await?;
-    shared.held.drop_tenure(tenure);
+    if released {
+        shared.held.released(tenure);
+    } else {
+        shared.held.drop_tenure(tenure); // the lease was gone: nothing was counted
+    }
     tracing::info!(
         partition,
         "Consumer {} released partition {partition}",

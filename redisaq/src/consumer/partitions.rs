@@ -52,8 +52,10 @@ struct Slot {
     /// When an entry waiting in the partition's due record (a retry) is due next, as far
     /// as this holding knows; `None` when none waits.
     next_due: Option<Instant>,
-    /// Entries whose call started here and was cancelled by the hand-over: the release
-    /// charges them their attempt (what else it leaves pending never ran here).
+    /// Entries whose call started here and was cancelled while this holding lasted (by
+    /// the hand-over): the release charges them their attempt (what else it leaves
+    /// pending never ran here); if the holding is dropped instead, they go to
+    /// `ran_unacked`.
     abandoned: Vec<String>,
 }
 
@@ -235,6 +237,7 @@ impl Partitions {
         match self.with(|slots| slots.remove(&partition)) {
             Some(slot) => {
                 slot.lost.cancel();
+                self.ran_unacked(partition, &slot.abandoned);
                 true
             }
             None => false,
@@ -244,16 +247,11 @@ impl Partitions {
     /// [`drop_partition`](Self::drop_partition), if it is still held in this tenure;
     /// false if it was not.
     pub(crate) fn drop_tenure(&self, tenure: Tenure) -> bool {
-        let slot = self.with(|slots| {
-            if slots.get(&tenure.partition)?.tenure == tenure.id {
-                slots.remove(&tenure.partition)
-            } else {
-                None
-            }
-        });
+        let slot = self.remove(tenure);
         match slot {
             Some(slot) => {
                 slot.lost.cancel();
+                self.ran_unacked(tenure.partition, &slot.abandoned);
                 true
             }
             None => false,
@@ -280,6 +278,24 @@ impl Partitions {
         self.with(|slots| match slots.get(&tenure.partition) {
             Some(slot) if slot.tenure == tenure.id => slot.abandoned.clone(),
             _ => Vec::new(),
+        })
+    }
+
+    /// Forgets a holding whose lease it gave up, with its abandoned entries (the release
+    /// counted their attempt).
+    pub(crate) fn released(&self, tenure: Tenure) {
+        if let Some(slot) = self.remove(tenure) {
+            slot.lost.cancel();
+        }
+    }
+
+    fn remove(&self, tenure: Tenure) -> Option<Slot> {
+        self.with(|slots| {
+            if slots.get(&tenure.partition)?.tenure == tenure.id {
+                slots.remove(&tenure.partition)
+            } else {
+                None
+            }
         })
     }
 

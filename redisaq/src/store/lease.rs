@@ -77,11 +77,12 @@ return renewed
 /// Gives the lease up if this holding still has it, recording its consumer `ARGV[2]` as
 /// the one that handed the partition over (`KEYS[2]`). First the entries from `ARGV[4]`
 /// on, whose calls the hand-over cancelled, are claimed by it again in group `ARGV[3]` of
-/// stream `KEYS[3]`: that counts the attempt they had here.
+/// stream `KEYS[3]`: that counts the attempt they had here. (One at a time, and an error
+/// there, such as a group deleted meanwhile, does not keep the lease from going.)
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if #ARGV > 3 then
-    redis.call('XCLAIM', KEYS[3], ARGV[3], ARGV[2], 0, unpack(ARGV, 4))
+  for i = 4, #ARGV do
+    redis.pcall('XCLAIM', KEYS[3], ARGV[3], ARGV[2], 0, ARGV[i])
   end
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[2], ARGV[2])
@@ -185,7 +186,8 @@ const REPLICA_WAIT: Duration = Duration::from_millis(100);
 
 /// Gives the lease up so the next owner can start at once, recording the holding's
 /// consumer as the one that handed the partition over (at `handed`), after counting the
-/// attempt of the `abandoned` entries (whose calls the hand-over cancelled).
+/// attempt of the `abandoned` entries (whose calls the hand-over cancelled). False if the
+/// holding had lost the lease: then nothing was done.
 pub(crate) async fn release(
     conn: &mut Conn,
     holding: &Holding,
@@ -193,9 +195,9 @@ pub(crate) async fn release(
     consumer: &str,
     abandoned: &[String],
     script_flags: bool,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     // Allowed on a full Redis: the next owner must be able to take the partition.
-    let _: i64 = RELEASE_SCRIPT
+    let released: i64 = RELEASE_SCRIPT
         .script(script_flags)
         .key(&holding.lease)
         .key(handed)
@@ -206,7 +208,7 @@ pub(crate) async fn release(
         .arg(abandoned)
         .invoke_async(conn)
         .await?;
-    Ok(())
+    Ok(released == 1)
 }
 
 /// The consumer that last handed a partition over (see [`release`]), unless it has taken
