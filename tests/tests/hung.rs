@@ -190,3 +190,53 @@ async fn a_hung_call_cannot_stall_a_hand_over() {
     }
     assert!(runs.values().all(|&r| r == 1), "each job once: {runs:?}");
 }
+
+/// (n, attempt, partition) of every job a call of `mixed` started with.
+static MIXED: Calls<(u64, u32, u32)> = Calls::new();
+
+#[job(
+    topic = "hung_mixed",
+    group = "mixed_group",
+    partitions = 2,
+    batch = 10,
+    max_wait_ms = 500
+)]
+async fn mixed(jobs: Vec<Job<u64>>) -> Vec<Result<(), JobError>> {
+    for job in &jobs {
+        MIXED.push((*job.payload(), job.attempt(), job.partition()));
+    }
+    if jobs.iter().any(|job| job.attempt() == 1) {
+        std::future::pending::<()>().await;
+    }
+    jobs.iter().map(|_| Ok(())).collect()
+}
+
+/// Before: a hand-over cancelled a hung batch call that also held a job of a partition
+/// staying with the worker; that job stayed pending under the worker, never to run
+/// again while it kept the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_that_cancels_a_batch_runs_again_the_jobs_of_partitions_that_stay() {
+    let _ = worker(mixed::TOPIC, "first");
+    // One job on each partition (round-robin), in one call that hangs.
+    mixed::enqueue_batch([0, 1]).await.unwrap();
+    let first = Background::start(worker(mixed::TOPIC, "mixed-a"));
+    assert!(
+        eventually(Duration::from_secs(30), || MIXED.len() == 2).await,
+        "both jobs started: {MIXED:?}"
+    );
+    assert_eq!(
+        MIXED.count(|(_, attempt, _)| *attempt == 1),
+        2,
+        "in one call: {MIXED:?}"
+    );
+    // A second consumer joins: one partition moves, and its release cancels the call
+    // after the release deadline (one heartbeat TTL, 2 s here).
+    let second = Background::start(worker(mixed::TOPIC, "mixed-b"));
+    let done = eventually(Duration::from_secs(60), || {
+        MIXED.count(|(_, attempt, _)| *attempt == 2) == 2
+            && pending(&mut redis().connection(), mixed::TOPIC, mixed::GROUP, 2) == 0
+    })
+    .await;
+    let _ = tokio::join!(first.stop(), second.stop());
+    assert!(done, "both jobs ran again, as attempt 2: {MIXED:?}");
+}

@@ -204,6 +204,17 @@ pub(super) async fn call(
             }
             drop(permit);
             shared.held.end(&partitions);
+            // A batch stopped for another partition's sake (its hand-over) also held jobs
+            // of partitions that stay here, pending under this consumer, where no claim
+            // looks: taking those partitions anew runs them again.
+            for &tenure in &partitions {
+                if shared.held.is_active(tenure) {
+                    shared.lease_lost(
+                        tenure,
+                        "a call with jobs of it was cancelled for another partition's hand-over",
+                    );
+                }
+            }
             return;
         }
         Ran::TimedOut => {

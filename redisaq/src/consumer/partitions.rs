@@ -395,6 +395,15 @@ impl Partitions {
         self.tenure(tenure.partition) == Some(tenure)
     }
 
+    /// Whether `tenure` is held and not being handed over.
+    pub(crate) fn is_active(&self, tenure: Tenure) -> bool {
+        self.with(|slots| {
+            slots
+                .get(&tenure.partition)
+                .is_some_and(|s| s.tenure == tenure.id && s.phase == Phase::Active)
+        })
+    }
+
     /// Partitions to fetch from: active, leftovers claimed, with a lease that is surely
     /// still ours.
     pub(crate) fn fetchable(&self) -> Vec<Tenure> {
