@@ -200,7 +200,7 @@ pub(super) async fn call(
             for delivery in &runnable {
                 shared
                     .held
-                    .abandoned(delivery.tenure, vec![delivery.entry_id.to_string()]);
+                    .abandoned(delivery.tenure, delivery.entry_id.to_string());
             }
             drop(permit);
             shared.held.end(&partitions);

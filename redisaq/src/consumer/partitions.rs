@@ -234,43 +234,40 @@ impl Partitions {
     /// Forgets a partition whose lease is gone, stopping its running jobs; false if it
     /// was not held.
     pub(crate) fn drop_partition(&self, partition: u32) -> bool {
-        match self.with(|slots| slots.remove(&partition)) {
-            Some(slot) => {
-                slot.lost.cancel();
-                self.ran_unacked(partition, &slot.abandoned);
-                true
-            }
-            None => false,
-        }
+        let slot = self.with(|slots| slots.remove(&partition));
+        self.forget(partition, slot)
     }
 
     /// [`drop_partition`](Self::drop_partition), if it is still held in this tenure;
     /// false if it was not.
     pub(crate) fn drop_tenure(&self, tenure: Tenure) -> bool {
-        let slot = self.remove(tenure);
-        match slot {
-            Some(slot) => {
-                slot.lost.cancel();
-                self.ran_unacked(tenure.partition, &slot.abandoned);
-                true
-            }
-            None => false,
-        }
+        self.forget(tenure.partition, self.remove(tenure))
     }
 
-    /// Remembers that a call of `tenure` was stopped while running these entries: for
+    /// Stops a removed holding's running jobs; its abandoned entries are this consumer's
+    /// to count if it takes the partition again. False if nothing was removed.
+    fn forget(&self, partition: u32, slot: Option<Slot>) -> bool {
+        let Some(slot) = slot else { return false };
+        slot.lost.cancel();
+        self.ran_unacked(partition, &slot.abandoned);
+        true
+    }
+
+    /// Remembers that a call of `tenure` was stopped while running this entry: for
     /// the release of a holding that hands the partition over, or, once the holding is
     /// gone (its lease lost), for this consumer's next claim if it takes the partition
-    /// again. Either way they run next as a new attempt.
-    pub(crate) fn abandoned(&self, tenure: Tenure, ids: Vec<String>) {
-        let ids = self.with(|slots| match slots.get_mut(&tenure.partition) {
+    /// again. Either way it runs next as a new attempt.
+    pub(crate) fn abandoned(&self, tenure: Tenure, id: String) {
+        let gone = self.with(|slots| match slots.get_mut(&tenure.partition) {
             Some(slot) if slot.tenure == tenure.id => {
-                slot.abandoned.extend(ids);
-                Vec::new()
+                slot.abandoned.push(id);
+                None
             }
-            _ => ids,
+            _ => Some(id),
         });
-        self.ran_unacked(tenure.partition, &ids);
+        if let Some(id) = gone {
+            self.ran_unacked(tenure.partition, &[id]);
+        }
     }
 
     /// The entries of `tenure` whose calls were cancelled (see [`abandoned`](Self::abandoned)).
