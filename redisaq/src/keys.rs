@@ -16,6 +16,8 @@
 //! | `redisaq:{topic}:assignment:{group}` | hash | `generation`, `members`, `owners` (JSON lists; owner by partition) |
 //! | `redisaq:{topic}:stuck:{group}:{consumer}` | string | partitions whose hand-over waits for calls that ignore cancellation (with a TTL; `redisaq monitor` shows `STUCK`) |
 //! | `redisaq:{topic:N}:lease:{group}` | string | the consumer that owns partition `N` for the group, with a TTL |
+//! | `redisaq:{topic:N}:epoch:{group}` | string | the counter of the group's holdings of partition `N`: each lease's epoch |
+//! | `redisaq:{topic:N}:handed:{group}` | string | the consumer that last handed partition `N` over in the group (released it, not crashed); deleted when it takes the partition again |
 //! | `redisaq:{topic:N}:due:{group}` | sorted set | entries of partition `N` pending in the group that wait to run again (a retry's backoff), scored by when they are due (ms) |
 //! | `redisaq:{topic:N}:replayed` | set | dead-letter ids already put back into partition `N` (expires after 7 days) |
 //! | `redisaq:{topic:N}:delayed` | sorted set | delayed jobs of partition `N` (job id), scored by when they are due (ms) |
